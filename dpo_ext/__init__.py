@@ -1,0 +1,29 @@
+"""dpo_ext: Plackett-Luce DPO, implicit-reward scoring and LoRA reference sharing for TRL and PEFT.
+
+Names are imported lazily so that ``import dpo_ext`` (and the ``dpo-ext`` command's fast paths) do not pay for
+importing trl and transformers until a trainer or scorer is actually used.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "plackett_luce_loss": "dpo_ext.losses",
+    "dpo_loss": "dpo_ext.losses",
+    "preferred_ft_loss": "dpo_ext.losses",
+    "unlikelihood_loss": "dpo_ext.losses",
+    "implicit_rewards": "dpo_ext.losses",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dpo_ext' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

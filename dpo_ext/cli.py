@@ -1,0 +1,31 @@
+"""The ``dpo-ext`` command. Each subcommand lives in its own module, which exposes ``register(subparsers)``;
+heavy imports (torch, trl) happen inside the subcommand's handler, so ``dpo-ext --help`` stays fast."""
+
+import argparse
+import importlib
+import sys
+
+# Modules that add subcommands, in the order they appear in --help.
+_COMMAND_MODULES = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpo-ext", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in _COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, FileNotFoundError, PermissionError) as error:
+        # Input problems are the user's to fix: one clear line, no traceback.
+        print(f"dpo-ext {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

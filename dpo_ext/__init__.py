@@ -14,6 +14,13 @@ _EXPORTS = {
     "preferred_ft_loss": "dpo_ext.losses",
     "unlikelihood_loss": "dpo_ext.losses",
     "implicit_rewards": "dpo_ext.losses",
+    "PLDPOConfig": "dpo_ext.config",
+    "PLDPOTrainer": "dpo_ext.trainer",
+    "PreferenceDataError": "dpo_ext.data",
+    "ReferenceError": "dpo_ext.reference",
+    "prepare_ranked_dataset": "dpo_ext.data",
+    "normalize_row": "dpo_ext.data",
+    "tokenize_ranked": "dpo_ext.data",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

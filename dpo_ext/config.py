@@ -1,0 +1,74 @@
+"""PLDPOConfig: the training arguments of PLDPOTrainer."""
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+LOSS_TYPES = ("plackett_luce", "preferred_ft", "unlikelihood")
+
+
+@dataclass
+class PLDPOConfig(TrainingArguments):
+    r"""Configuration for [`PLDPOTrainer`]: `transformers.TrainingArguments` plus the preference-training fields.
+
+    Defaults differ from `TrainingArguments` where DPO practice differs: `learning_rate=1e-6` (the DPO paper's),
+    `logging_steps=10` (as TRL), and `remove_unused_columns=False` (the tokenized columns are not model inputs).
+
+    Parameters:
+        beta (`float`, defaults to `0.1`): KL-penalty coefficient; rewards are beta * log(pi / pi_ref).
+        loss_type (`str`, defaults to `"plackett_luce"`): `"plackett_luce"` (DPO generalised to K ranked completions;
+            K = 2 is exactly sigmoid DPO), `"preferred_ft"` (SFT on the best completion), or `"unlikelihood"`
+            (best completion up, worst completion's tokens down, weighted by `unlikelihood_alpha`).
+        unlikelihood_alpha (`float`, defaults to `1.0`): weight of the unlikelihood term.
+        max_length (`int` or `None`, defaults to `1024`): maximum tokens of prompt + completion; longer sequences
+            lose their end, and rows whose prompt alone reaches it are dropped (with a logged count).
+        reference (`str`, defaults to `"auto"`): where the reference policy comes from: `"auto"`,
+            `"disabled_adapters"`, `"adapter_copy"`, `"ref_model"` or `"initial_policy"`
+            (see `dpo_ext.reference`).
+        precompute_ref_log_probs (`bool`, defaults to `False`): compute reference log-probs once, before training,
+            and store them as a `ref_logps` column.
+        precompute_ref_batch_size (`int`, *optional*): batch size of that pass (defaults to the eval batch size).
+        disable_dropout (`bool`, defaults to `True`): turn dropout off in the policy and reference.
+        dataset_num_proc (`int`, *optional*): processes used to tokenize the datasets.
+        prefix_sharing (`bool`, defaults to `False`): process each prompt once per list of K completions.
+    """
+
+    learning_rate: float = field(default=1e-6, metadata={"help": "Initial learning rate (the DPO paper uses 1e-6)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every X update steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep False: the tokenized preference columns are not model inputs."}
+    )
+    beta: float = field(default=0.1, metadata={"help": "KL-penalty coefficient beta; rewards are beta*log(pi/pi_ref)."})
+    loss_type: str = field(
+        default="plackett_luce",
+        metadata={"help": "Loss: plackett_luce (K=2 is sigmoid DPO), preferred_ft, or unlikelihood.",
+                  "choices": list(LOSS_TYPES)},
+    )
+    unlikelihood_alpha: float = field(default=1.0, metadata={"help": "Weight of the unlikelihood term."})
+    max_length: int | None = field(
+        default=1024, metadata={"help": "Max tokens of prompt + completion; the end of longer ones is cut."}
+    )
+    reference: str = field(
+        default="auto",
+        metadata={"help": "Reference source: auto, disabled_adapters, adapter_copy, ref_model or initial_policy."},
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False, metadata={"help": "Compute reference log-probs once before training (a ref_logps column)."}
+    )
+    precompute_ref_batch_size: int | None = field(
+        default=None, metadata={"help": "Batch size of the reference precompute pass (default: eval batch size)."}
+    )
+    disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in policy and reference."})
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset tokenization."})
+    prefix_sharing: bool = field(
+        default=False, metadata={"help": "Process each prompt once per list of K completions (packed rows)."}
+    )
+
+    def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2 tokens or None, got {self.max_length}")
+        super().__post_init__()

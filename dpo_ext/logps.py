@@ -1,0 +1,43 @@
+"""Per-token and per-sequence log-probabilities from logits, labels and masks (pure tensor functions).
+
+Shapes: N rows (one per prompt + completion), T tokens, V vocabulary entries. Logits at position t predict the token
+at t + 1, so a row of T tokens has T - 1 scorable positions.
+"""
+
+import torch
+
+
+def gather_token_logps(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 8) -> torch.Tensor:
+    """log softmax(logits)[label] for every position, without materialising a (N, T, V) log-softmax.
+
+    Args:
+        logits (`torch.Tensor`): (N, T, V) next-token logits, any float dtype (upcast to float32 chunk by chunk).
+        labels (`torch.Tensor`): (N, T) token ids to score; any value is fine where the result is masked later.
+        chunk_rows (`int`): rows upcast at a time, which bounds the float32 copy of the logits.
+
+    Returns:
+        `torch.Tensor`: (N, T) float32 log-probabilities.
+    """
+    out = []
+    for start in range(0, logits.shape[0], chunk_rows):
+        chunk = logits[start : start + chunk_rows].float()  # (n, T, V)
+        picked = chunk.gather(-1, labels[start : start + chunk_rows].unsqueeze(-1)).squeeze(-1)  # (n, T)
+        out.append(picked - torch.logsumexp(chunk, dim=-1))
+    return torch.cat(out, dim=0)
+
+
+def shift_for_next_token(input_ids: torch.Tensor, completion_mask: torch.Tensor):
+    """Labels and the mask of positions whose *next* token is a completion token: both (N, T - 1)."""
+    return input_ids[:, 1:], completion_mask[:, 1:]
+
+
+def sequence_logps(per_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of per-token log-probabilities over masked positions: (N, T) x (N, T) -> (N,)."""
+    return (per_token_logps * mask.to(per_token_logps.dtype)).sum(-1)
+
+
+def to_grid(values: torch.Tensor, slot_index: torch.Tensor, batch_size: int, num_slots: int) -> torch.Tensor:
+    """Scatter per-row values (N,) into their (B, K) slots; slots without a row hold 0 (their rank is -1)."""
+    grid = values.new_zeros(batch_size * num_slots)
+    grid = grid.index_copy(0, slot_index, values)  # differentiable, unlike in-place indexing on a leaf
+    return grid.view(batch_size, num_slots)

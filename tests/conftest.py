@@ -1,0 +1,70 @@
+"""Everything the tests need is built here, offline: a word-level tokenizer trained in memory and tiny GPT-2s."""
+
+import os
+import random
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+WORDS = ("the movie was good bad great awful fine plot actors film story boring fun loved hated it and a "
+         "very not really quite scene ending music best worst i we they saw liked").split()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_hf_home(tmp_path_factory, monkeypatch):
+    # evaluate and datasets write caches under HF_HOME: keep them out of the user's home
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["<pad>", "<eos>", "<unk>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+
+
+def make_model(tokenizer, seed=0, n_layer=2, n_embd=32):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=n_embd, n_layer=n_layer, n_head=2,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    return GPT2LMHeadModel(config)
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    return make_model(tokenizer)
+
+
+def sentence(rng, n):
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def ranked_rows(n_rows=8, k=4, seed=0, variable_k=False):
+    """Ranked rows with a learnable pattern: completions with more 'good' words rank higher."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n_rows):
+        kk = rng.randint(2, k) if variable_k else k
+        completions = [" ".join(["good"] * (kk - j) + [rng.choice(WORDS)]) for j in range(kk)]
+        order = list(range(kk))
+        rng.shuffle(order)
+        rows.append({"prompt": sentence(rng, 3), "completions": [completions[j] for j in order],
+                     "ranks": order})
+    return rows
+
+
+def pairwise_rows(n_rows=8, seed=0):
+    rng = random.Random(seed)
+    return [{"prompt": sentence(rng, 3), "chosen": "good great " + sentence(rng, 2),
+             "rejected": "bad awful " + sentence(rng, 3)} for _ in range(n_rows)]

@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, set_seed
 
 from .config import PLDPOConfig
 from .data import REF_LOGPS, RankedCollator, prepare_ranked_dataset
@@ -57,6 +57,7 @@ class PLDPOTrainer(Trainer):
             raise TypeError(f"args must be a PLDPOConfig, got {type(args).__name__}")
         if train_dataset is None:
             raise ValueError("train_dataset is required")
+        set_seed(args.seed)  # before the adapter is created, so its random init is reproducible (as in TRL)
         if isinstance(model, str):
             processing_class = processing_class or AutoTokenizer.from_pretrained(model)
             model = AutoModelForCausalLM.from_pretrained(model)

@@ -59,12 +59,12 @@ def ranked_rows(n_rows=8, k=4, seed=0, variable_k=False):
         completions = [" ".join(["good"] * (kk - j) + [rng.choice(WORDS)]) for j in range(kk)]
         order = list(range(kk))
         rng.shuffle(order)
-        rows.append({"prompt": sentence(rng, 3), "completions": [completions[j] for j in order],
+        rows.append({"prompt": sentence(rng, 3) + " ", "completions": [completions[j] for j in order],
                      "ranks": order})
     return rows
 
 
 def pairwise_rows(n_rows=8, seed=0):
     rng = random.Random(seed)
-    return [{"prompt": sentence(rng, 3), "chosen": "good great " + sentence(rng, 2),
+    return [{"prompt": sentence(rng, 3) + " ", "chosen": "good great " + sentence(rng, 2),
              "rejected": "bad awful " + sentence(rng, 3)} for _ in range(n_rows)]

@@ -1,0 +1,78 @@
+"""Stage 7b: Best-of-N (DPO paper's Best-of-N baseline: N samples from the SFT model, the one a reward ranks first
+is kept). Here the picker varies: the ground-truth classifier (an oracle upper bound), the implicit reward
+beta * log(pi/pi_ref) of a trained DPO / PL-DPO adapter, or chance. The y-axis is always the ground-truth reward
+of the kept sample, so the question is whether the implicit reward ranks samples like the true reward does.
+
+Lower variance for free: for N < N_max the N_max samples of a prompt are cut into N_max / N disjoint groups and
+every group contributes its pick.
+"""
+
+import json
+import random
+from pathlib import Path
+
+import torch
+
+import generation
+import preference_data
+
+
+def picks_mean(scores: torch.Tensor, truth: torch.Tensor, n: int) -> float:
+    """Mean ground-truth reward of the highest-``scores`` sample in each disjoint group of ``n``.
+
+    Args:
+        scores (`torch.Tensor`): (P, N_max) the picker's scores.
+        truth (`torch.Tensor`): (P, N_max) ground-truth rewards.
+    """
+    prompts, n_max = scores.shape
+    groups = n_max // n
+    scores = scores[:, : groups * n].reshape(prompts, groups, n)  # (P, G, n)
+    truth = truth[:, : groups * n].reshape(prompts, groups, n)
+    best = scores.argmax(-1, keepdim=True)  # (P, G, 1)
+    return truth.gather(-1, best).mean().item()
+
+
+def build(out_dir: Path, sft_dir: Path, tokenizer, reward, prompts, scorer_dirs: dict, data_args, seed, log) -> dict:
+    """Sample N_max completions per prompt from the SFT policy, score them with every picker, write bon.json."""
+    import sft_policy
+    from peft import PeftModel
+
+    n_max = data_args.best_of_n_max
+    model = sft_policy.load(sft_dir)
+    samples = generation.sample(model, prompts, n_max, data_args.max_new_tokens, tokenizer.eos_token_id,
+                                tokenizer.pad_token_id, seed=seed + 2)  # (P, N_max)
+    flat_prompts = [p for p, row in zip(prompts, samples) for _ in row]
+    flat_completions = [c for row in samples for c in row]
+    texts = [preference_data.reward_text(tokenizer, preference_data.decode(tokenizer, p),
+                                         preference_data.decode(tokenizer, c))
+             for p, c in zip(flat_prompts, flat_completions)]
+    truth = torch.tensor(reward(texts)).reshape(len(prompts), n_max)
+    rng = random.Random(seed)
+    pickers = {
+        "ground_truth": truth,
+        "random": torch.tensor([rng.random() for _ in texts]).reshape(len(prompts), n_max),
+    }
+    for name, (adapter_dir, beta) in scorer_dirs.items():
+        peft_model = PeftModel.from_pretrained(sft_policy.load(sft_dir), adapter_dir)
+        scores = generation.implicit_rewards(peft_model, flat_prompts, flat_completions, beta, tokenizer.pad_token_id)
+        pickers[f"implicit_{name}"] = scores.reshape(len(prompts), n_max)
+        log(f"best-of-n: implicit reward of {name} scored {len(texts)} samples")
+    ns = [2**i for i in range(n_max.bit_length()) if 2**i <= n_max]
+    result = {"N": ns, "prompts": len(prompts), "samples_per_prompt": n_max, "source": "SFT policy samples",
+              "picks": {name: [round(picks_mean(scores, truth, n), 4) for n in ns] for name, scores in pickers.items()},
+              "pair_agreement": {name: round(pair_agreement(scores, truth), 4) for name, scores in pickers.items()}}
+    (out_dir / "best_of_n.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def pair_agreement(scores: torch.Tensor, truth: torch.Tensor) -> float:
+    """Fraction of same-prompt sample pairs (ties in truth skipped) that ``scores`` orders like the ground truth."""
+    score_diff = scores[:, :, None] - scores[:, None, :]  # (P, N, N)
+    truth_diff = truth[:, :, None] - truth[:, None, :]
+    valid = truth_diff != 0
+    agree = (torch.sign(score_diff) == torch.sign(truth_diff)) & valid
+    return (agree.sum() / valid.sum().clamp(min=1)).item()
+
+
+def load(out_dir: Path) -> dict:
+    return json.loads((out_dir / "best_of_n.json").read_text())

@@ -1,0 +1,40 @@
+"""Stage 2: a byte-level BPE tokenizer trained on the SFT reviews (offline path), saved as a
+`PreTrainedTokenizerFast`. At paper scale the model's own tokenizer is used instead.
+
+No post-processor adds special tokens: a prompt is a review prefix of at least two tokens, so the model never has to
+predict a review's first token, and ``tokenizer(prompt + completion)`` is the plain concatenation TRL expects.
+"""
+
+from pathlib import Path
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"  # distinct from EOS so that padding after an early EOS can be told apart from the EOS itself
+
+
+def build(out_dir: Path, texts: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
+    wrapped.model_max_length = 1024
+    wrapped.save_pretrained(out_dir)
+    return wrapped
+
+
+def load(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # GPT-2's tokenizer has none; padding is always masked out
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -1,0 +1,74 @@
+"""Stage 7a: a policy's point on the reward-KL plane (DPO paper, section 6.1, Figure 2 left).
+
+- reward: mean ground-truth reward of completions sampled from the policy on held-out prompts;
+- KL: sequence-level KL(pi || pi_ref) estimated from the same samples, mean over y ~ pi of
+  sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)], the reference being the adapters disabled.
+
+The same seed is used at every evaluation, so checkpoints and methods are compared on common random numbers.
+"""
+
+import math
+
+import generation
+import preference_data
+
+
+def _mean_and_sem(values):
+    n = len(values)
+    mean = sum(values) / n
+    variance = sum((v - mean) ** 2 for v in values) / max(1, n - 1)
+    return mean, math.sqrt(variance / n)
+
+
+def evaluate_policy(model, tokenizer, reward, prompts, samples_per_prompt, max_new_tokens, seed, has_adapter=True):
+    """Reward and KL of ``model`` (a PeftModel; ``has_adapter=False`` for the SFT policy itself, KL 0).
+
+    Returns:
+        `dict`: ``reward``, ``reward_sem``, ``kl``, ``kl_sem``, ``num_samples`` and three ``examples``.
+    """
+    completions = generation.sample(
+        model, prompts, samples_per_prompt, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, seed=seed
+    )  # (P, S)
+    flat_prompts = [p for p, row in zip(prompts, completions) for _ in row]
+    flat_completions = [c for row in completions for c in row]
+    texts = [
+        preference_data.reward_text(tokenizer, preference_data.decode(tokenizer, p), preference_data.decode(tokenizer, c))
+        for p, c in zip(flat_prompts, flat_completions)
+    ]
+    rewards = reward(texts)
+    if has_adapter:
+        policy, ref = generation.policy_and_reference_logps(model, flat_prompts, flat_completions,
+                                                            tokenizer.pad_token_id)
+        kls = (policy - ref).tolist()
+    else:
+        kls = [0.0] * len(texts)
+    reward_mean, reward_sem = _mean_and_sem(rewards)
+    kl_mean, kl_sem = _mean_and_sem(kls)
+    return {
+        "reward": round(reward_mean, 4),
+        "reward_sem": round(reward_sem, 4),
+        "kl": round(kl_mean, 4),
+        "kl_sem": round(kl_sem, 4),
+        "num_samples": len(texts),
+        "examples": texts[:3],
+    }
+
+
+def make_callback(tokenizer, reward, prompts, training_args, data_args, curve: list):
+    """A `transformers.TrainerCallback` that appends ``{"step", reward, kl, ...}`` to ``curve`` every
+    ``eval_every_steps`` optimizer steps: the checkpoints that trace each run's frontier (paper: every 100 steps)."""
+    from transformers import TrainerCallback
+
+    class FrontierCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            every = training_args.eval_every_steps
+            if every <= 0 or state.global_step % every != 0 or not state.is_world_process_zero:
+                return
+            point = evaluate_policy(
+                model, tokenizer, reward, prompts, training_args.eval_samples_per_prompt,
+                data_args.max_new_tokens, seed=training_args.seed + 1,
+            )
+            point.pop("examples")
+            curve.append({"step": state.global_step, **point})
+
+    return FrontierCallback()

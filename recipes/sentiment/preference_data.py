@@ -1,0 +1,129 @@
+"""Stage 5: prompts and synthetic preference data.
+
+Prompts are review beginnings of ``prompt_min_tokens``..``prompt_max_tokens`` tokens, cut at a word boundary (the
+next token starts with a space), so that ``prompt + completion`` re-tokenizes with the prompt's own tokens. The prompt
+reviews are split, in order, into preference prompts, eval prompts and Best-of-N prompts.
+
+For every preference prompt the SFT policy samples K completions; the ground-truth reward scores ``prompt +
+completion``. Written rows:
+- ranked   ``{"prompt", "completions": [K strings], "scores": [K floats]}`` (higher is better), for Plackett-Luce;
+- pairwise ``{"prompt", "chosen", "rejected"}``: best vs worst of the K (default; one pair per prompt, so DPO sees
+  the same prompts and steps as Plackett-Luce), or every adjacent pair of the ranking (``pairs=adjacent``).
+"""
+
+import json
+import random
+from pathlib import Path
+
+import generation
+
+SPLITS = ("train", "eval", "best_of_n")
+
+
+def make_prompts(tokenizer, texts, min_tokens, max_tokens, seed):
+    """One prompt per text: draw a length in [min, max], then move it to the nearest word boundary in range."""
+    rng = random.Random(seed)
+    prompts = []
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        target = rng.randint(min_tokens, max_tokens)
+        tokens = tokenizer.convert_ids_to_tokens(ids[: max_tokens + 1])
+        lengths = sorted(range(min_tokens, max_tokens + 1), key=lambda n: (abs(n - target), n))
+        # "Ġ" is how byte-level BPE writes a leading space: the prompt then ends at a word boundary.
+        boundary = [n for n in lengths if n < len(tokens) and tokens[n].startswith("Ġ")]
+        length = boundary[0] if boundary else min(target, len(ids))
+        prompts.append(ids[:length])
+    return prompts
+
+
+def split_prompts(tokenizer, prompt_reviews, data_args, seed):
+    ids = make_prompts(
+        tokenizer, [r["text"] for r in prompt_reviews], data_args.prompt_min_tokens, data_args.prompt_max_tokens, seed
+    )
+    sizes = {"train": data_args.preference_prompts, "eval": data_args.eval_prompts,
+             "best_of_n": data_args.best_of_n_prompts}
+    splits, start = {}, 0
+    for name in SPLITS:
+        splits[name] = ids[start : start + sizes[name]]
+        start += sizes[name]
+    return splits
+
+
+def decode(tokenizer, ids):
+    """Token ids -> text, keeping a generated EOS: the trainers append EOS only to completions that lack one, so a
+    completion that really ended stays distinguishable from one cut at ``max_new_tokens``."""
+    return tokenizer.decode(ids)
+
+
+def reward_text(tokenizer, prompt_text, completion_text):
+    """What the ground-truth classifier reads: the whole review so far, without special tokens."""
+    return prompt_text + completion_text.replace(tokenizer.eos_token, "")
+
+
+def pairwise_rows(prompt, completions, scores, mode):
+    order = sorted(range(len(scores)), key=lambda k: -scores[k])  # best first
+    if mode == "best_worst":
+        pairs = [(order[0], order[-1])]
+    else:
+        pairs = list(zip(order[:-1], order[1:]))
+    return [{"prompt": prompt, "chosen": completions[a], "rejected": completions[b]} for a, b in pairs]
+
+
+def build(out_dir: Path, policy, tokenizer, reward, prompt_reviews, data_args, seed, log):
+    splits = split_prompts(tokenizer, prompt_reviews, data_args, seed)
+    (out_dir / "prompts.json").write_text(json.dumps(splits))
+    train = splits["train"]
+    samples = generation.sample(
+        policy, train, data_args.num_completions, data_args.max_new_tokens,
+        tokenizer.eos_token_id, tokenizer.pad_token_id, seed=seed,
+    )  # (P, K) token lists
+    prompt_texts = [decode(tokenizer, p) for p in train]
+    completion_texts = [[decode(tokenizer, c) for c in row] for row in samples]
+    flat = [reward_text(tokenizer, p, c) for p, row in zip(prompt_texts, completion_texts) for c in row]
+    flat_scores = reward(flat)
+    k = data_args.num_completions
+    ranked, pairwise, dropped = [], [], 0
+    for i, prompt in enumerate(prompt_texts):
+        if any(not c.strip() for c in completion_texts[i]):  # a blank completion is no preference data
+            dropped += 1
+            continue
+        scores = [round(s, 6) for s in flat_scores[i * k : (i + 1) * k]]
+        ranked.append({"prompt": prompt, "completions": completion_texts[i], "scores": scores})
+        pairwise.extend(pairwise_rows(prompt, completion_texts[i], scores, data_args.pairs))
+    write_jsonl(out_dir / "ranked.jsonl", ranked)
+    write_jsonl(out_dir / "pairwise.jsonl", pairwise)
+    gaps = [max(r["scores"]) - min(r["scores"]) for r in ranked]
+    stats = {
+        "train_prompts": len(train),
+        "eval_prompts": len(splits["eval"]),
+        "best_of_n_prompts": len(splits["best_of_n"]),
+        "completions_per_prompt": k,
+        "pairs": data_args.pairs,
+        "pairwise_rows": len(pairwise),
+        "dropped_prompts_with_blank_completion": dropped,
+        "sft_sample_mean_reward": round(sum(flat_scores) / len(flat_scores), 4),
+        "mean_best_minus_worst": round(sum(gaps) / len(gaps), 4),
+    }
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2))
+    log(f"preferences: {len(ranked)} ranked rows (K={k}), {len(pairwise)} pairs ({data_args.pairs}); SFT samples' "
+        f"mean reward {stats['sft_sample_mean_reward']:.3f}, mean best-worst gap {stats['mean_best_minus_worst']:.3f}")
+    return load(out_dir)
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+
+
+def read_jsonl(path):
+    with open(path) as handle:
+        return [json.loads(line) for line in handle]
+
+
+def load(out_dir: Path) -> dict:
+    return {
+        "prompts": json.loads((out_dir / "prompts.json").read_text()),
+        "ranked": read_jsonl(out_dir / "ranked.jsonl"),
+        "pairwise": read_jsonl(out_dir / "pairwise.jsonl"),
+        "stats": json.loads((out_dir / "stats.json").read_text()),
+    }

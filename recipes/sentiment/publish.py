@@ -1,0 +1,92 @@
+"""Model cards for every adapter folder, and (opt-in) publishing through `dpo_ext.hub`.
+
+Every adapter's base model is *our* SFT policy, not a Hub checkpoint, so with ``--push_to_hub`` the SFT model is
+published too, as ``<hub_model_id>-sft``, and each adapter goes to ``<hub_model_id>-<run name>`` naming it as base.
+Without a ``hub_model_id`` the cards name a local placeholder base (``local/imdb-sentiment-sft``).
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+PLOTS = ("frontier.png", "best_of_n.png")
+CARD_METRICS = ("ground_truth_reward", "kl")
+SFT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def repo_prefix(hub_args) -> str:
+    return hub_args.hub_model_id or "local/imdb-sentiment"
+
+
+def check_access(hub_args) -> None:
+    """Fail at start-up, not after training, when the token cannot write to the target namespace."""
+    if hub_args.hub_dry_run:
+        return
+    from dpo_ext.hub import check_hub_access
+
+    check_hub_access(f"{hub_args.hub_model_id}-sft")
+
+
+def _card_inputs(out: Path, run_dir: Path):
+    config = json.loads((run_dir / "training_config.json").read_text())
+    results = json.loads((run_dir / "eval_results.json").read_text())
+    metrics = {k: results[k] for k in CARD_METRICS}
+    plots = [out / name for name in PLOTS if (out / name).is_file()]
+    return config, metrics, plots
+
+
+def write_cards(out: Path, runs: dict, hub_args, log) -> None:
+    """Write README.md (the model card) and plots/ into every adapter folder, as they would be published."""
+    from dpo_ext.hub_staging import build_model_card
+
+    prefix = repo_prefix(hub_args)
+    for name in runs:
+        run_dir = out / "adapters" / name
+        config, metrics, plots = _card_inputs(out, run_dir)
+        card = build_model_card(
+            run_dir, f"{prefix}-{name}", base_model=f"{prefix}-sft", training_config=config, eval_results=metrics,
+            plots=plots, eval_dataset="imdb", eval_split="held-out prompts",
+            num_completions=config.get("num_completions"),
+        )
+        (run_dir / "plots").mkdir(exist_ok=True)
+        for plot in plots:
+            shutil.copyfile(plot, run_dir / "plots" / plot.name)
+        card.save(run_dir / "README.md")
+    log(f"cards: README.md written in {len(runs)} adapter folders (base model named {prefix}-sft)")
+
+
+def push_all(out: Path, runs: dict, hub_args, log) -> None:
+    """Publish the SFT base model, then every adapter with its card, results and plots (or stage them: dry run)."""
+    from dpo_ext.hub import publish_folder, push_adapter
+
+    prefix = hub_args.hub_model_id
+    dry_run = out / "hub_dry_run" if hub_args.hub_dry_run else False
+
+    def stage_sft(staging_dir: Path, repo_id: str, secrets) -> list:
+        from dpo_ext.hub_staging import list_folder
+
+        staging_dir.mkdir(parents=True, exist_ok=True)
+        for name in SFT_FILES:
+            if (out / "sft" / name).is_file():
+                shutil.copyfile(out / "sft" / name, staging_dir / name)
+        (staging_dir / "README.md").write_text(
+            f"# {repo_id}\n\nThe SFT policy (and reference) of the controlled-sentiment recipe of `dpo_ext`: a causal "
+            "LM trained on IMDb reviews (no explicit data license; research release). LoRA adapters trained on it "
+            f"with DPO, Plackett-Luce DPO and baselines are published as `{prefix}-<run>`.\n")
+        return list_folder(staging_dir)
+
+    sft_dry = dry_run / "sft" if dry_run else False
+    result = publish_folder(stage_sft, f"{prefix}-sft", repo_type="model", token=None, private=hub_args.hub_private,
+                            dry_run=sft_dry, endpoint=None, commit_message="Upload SFT base model",
+                            max_attempts=4, retry_delay=2.0)
+    log(f"hub: {result.repo_id}: {result.commit_url or 'dry run, staged in ' + str(result.staging_dir)}")
+    for name in runs:
+        run_dir = out / "adapters" / name
+        config, metrics, plots = _card_inputs(out, run_dir)
+        result = push_adapter(
+            run_dir, f"{prefix}-{name}", private=hub_args.hub_private, dry_run=(dry_run / name) if dry_run else False,
+            eval_results=metrics, training_config=config, plots=plots, base_model=f"{prefix}-sft",
+            eval_dataset="imdb", eval_split="held-out prompts", num_completions=config.get("num_completions"),
+        )
+        log(f"hub: {result.repo_id}: {result.commit_url or 'dry run, staged in ' + str(result.staging_dir)}")

@@ -1,0 +1,187 @@
+"""Controlled sentiment generation (DPO paper, section 6.1), end to end.
+
+Prompts are IMDb review prefixes; a policy must continue them positively; a sentiment classifier is the
+ground-truth reward; methods are compared by their reward vs KL(pi || pi_ref) frontier and by Best-of-N.
+
+    # offline, CPU, ~15 minutes (make demo)
+    HF_HUB_OFFLINE=1 python recipes/sentiment/run.py --output_dir outputs/sentiment
+    # test-sized, about a minute
+    HF_HUB_OFFLINE=1 python recipes/sentiment/run.py --quick --output_dir /tmp/sentiment
+    # paper scale, GPUs, needs the Hub
+    accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/sentiment/run.py \
+        --config recipes/sentiment/configs/paper_gpt2_large.yaml
+
+Every stage writes into its own sub-folder of --output_dir and marks it done; a re-run skips finished stages
+(delete a sub-folder to redo it and, by hand, what depends on it).
+"""
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules; recipes/ is not a package
+
+import recipe_config  # noqa: E402
+
+logger = logging.getLogger("sentiment")
+NUM_STAGES = 8
+
+
+def log(message: str) -> None:
+    logger.info(message)
+
+
+def stage(index: int, name: str, out_dir: Path, build, load, all_processes: bool = False):
+    """Run ``build(out_dir)`` unless ``out_dir`` is marked done; either way return ``load(out_dir)``.
+
+    Under a multi-process launch only the main process builds and the others wait for it, unless
+    ``all_processes`` (training: every process takes part, the main process writes the files and the marker).
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    marker = out_dir / ".done"
+    if marker.is_file():
+        log(f"[{index}/{NUM_STAGES}] {name}: cached in {out_dir}")
+        return load(out_dir)
+    start = time.time()
+    if all_processes:
+        log(f"[{index}/{NUM_STAGES}] {name}: running")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        build(out_dir)
+        state.wait_for_everyone()
+    else:
+        with state.main_process_first():
+            if state.is_main_process:
+                log(f"[{index}/{NUM_STAGES}] {name}: running")
+                out_dir.mkdir(parents=True, exist_ok=True)
+                build(out_dir)
+    if state.is_main_process:
+        seconds = time.time() - start
+        marker.write_text(json.dumps({"seconds": round(seconds, 1)}))
+        log(f"[{index}/{NUM_STAGES}] {name}: done in {seconds:.1f}s")
+    state.wait_for_everyone()
+    return load(out_dir)
+
+
+def main(model_args, lora_args, data_args, training_args, hub_args) -> dict:
+    import torch
+
+    out = Path(training_args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if training_args.use_cpu and os.environ.get("OMP_NUM_THREADS") is None:
+        torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    import bpe_tokenizer
+    import imdb_data
+    import preference_data
+    import sentiment_reward
+    import sft_policy
+
+    if hub_args.push_to_hub:
+        import publish
+
+        publish.check_access(hub_args)  # fail before hours of training, not after
+
+    parts = stage(1, "data", out / "data", lambda d: imdb_data.build(d, data_args, training_args.seed), imdb_data.load)
+
+    def build_tokenizer(d):
+        if model_args.model_name_or_path is None:
+            bpe_tokenizer.build(d, [r["text"] for r in parts["sft"]], model_args.tokenizer_vocab_size)
+        else:
+            bpe_tokenizer.load(model_args.model_name_or_path).save_pretrained(d)
+
+    tokenizer = stage(2, "tokenizer", out / "tokenizer", build_tokenizer, bpe_tokenizer.load)
+
+    def build_sft(d):
+        texts = [r["text"] for r in parts["sft"]]
+        if model_args.model_name_or_path is None:
+            sft_policy.train_tiny(d, model_args, training_args, tokenizer, texts, log)
+        else:
+            sft_policy.train_hub_model(d, model_args, training_args, tokenizer, texts, log)
+
+    sft_dir = out / "sft"
+    # A Hub model is fine-tuned with SFTTrainer on every process; the tiny one by the main process alone.
+    policy = stage(3, "SFT policy", sft_dir, build_sft, sft_policy.load,
+                   all_processes=model_args.model_name_or_path is not None)
+    if not training_args.use_cpu and torch.cuda.is_available():
+        policy = policy.to("cuda")
+
+    def build_reward(d):
+        if model_args.reward_model_name is None:
+            sentiment_reward.build(d, parts["classifier"], training_args.seed, log)
+
+    reward = stage(4, "ground-truth reward", out / "reward", build_reward,
+                   lambda d: sentiment_reward.load(d, model_args))
+
+    prefs = stage(
+        5, "preference data", out / "preferences",
+        lambda d: preference_data.build(d, policy, tokenizer, reward, parts["prompts"], data_args,
+                                        training_args.seed, log),
+        preference_data.load,
+    )
+    del policy
+
+    # Stage 6: methods. Every process trains (the trainers distribute); the main process writes the folders.
+    import train_methods
+
+    args = (model_args, lora_args, data_args, training_args)
+    eval_prompts = prefs["prompts"]["eval"]
+    sft_point = stage(6, "SFT evaluation", out / "sft_eval", lambda d: evaluate_sft(d, sft_dir, tokenizer, reward,
+                      eval_prompts, data_args, training_args), lambda d: read_json(d / "eval_results.json"))
+    runs = {}
+    for run in train_methods.plan_runs(training_args):
+        run_dir = out / "adapters" / run["name"]
+        runs[run["name"]] = stage(
+            6, f"train {run['name']}", run_dir,
+            lambda d, run=run: train_methods.train_run(run, d, sft_dir, tokenizer, prefs, reward, eval_prompts,
+                                                       args, log),
+            lambda d: read_json(d / "eval_results.json"), all_processes=True,
+        )
+
+    # Stage 7: Best-of-N from SFT samples, picked by the implicit reward of the trained (PL-)DPO adapters.
+    import best_of_n
+
+    scorers = {name: (str(out / "adapters" / name), r["beta"]) for name, r in runs.items()
+               if r["method"] in ("dpo", "pl_dpo") and r["beta"] == training_args.beta}
+    bon = stage(7, "Best-of-N", out / "best_of_n",
+                lambda d: best_of_n.build(d, sft_dir, tokenizer, reward, prefs["prompts"]["best_of_n"], scorers,
+                                          data_args, training_args.seed, log), best_of_n.load)
+
+    # Stage 8: tables, plots, README; model cards and (opt-in) publishing.
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return {}
+    import report
+
+    summary = report.summarize(sft_point, runs, reward.metrics, prefs["stats"], bon)
+    report.write(out, summary, imdb_data.LICENSE_NOTE, "python " + " ".join(sys.argv))
+    log(f"[8/{NUM_STAGES}] report: {out / 'results.md'}, {out / 'frontier.png'}, {out / 'best_of_n.png'}")
+    import publish
+
+    publish.write_cards(out, runs, hub_args, log)
+    if hub_args.push_to_hub:
+        publish.push_all(out, runs, hub_args, log)
+    return summary
+
+
+def evaluate_sft(out_dir, sft_dir, tokenizer, reward, prompts, data_args, training_args):
+    import evaluation
+    import sft_policy
+
+    point = evaluation.evaluate_policy(sft_policy.load(sft_dir), tokenizer, reward, prompts,
+                                       training_args.eval_samples_per_prompt, data_args.max_new_tokens,
+                                       seed=training_args.seed + 1, has_adapter=False)
+    (out_dir / "eval_results.json").write_text(json.dumps(point, indent=2))
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    main(*recipe_config.parse_args())

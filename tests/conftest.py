@@ -10,8 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(2)
 
-WORDS = ("the movie was good bad great awful fine plot actors film story boring fun loved hated it and a "
-         "very not really quite scene ending music best worst i we they saw liked").split()
+from dpo_ext.testing import TOY_WORDS as WORDS
+from dpo_ext.testing import tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -22,28 +22,11 @@ def _isolated_hf_home(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["<pad>", "<eos>", "<unk>"]))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    return tiny_tokenizer()
 
 
 def make_model(tokenizer, seed=0, n_layer=2, n_embd=32):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=n_embd, n_layer=n_layer, n_head=2,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
-    return GPT2LMHeadModel(config)
-
-
-@pytest.fixture
-def tiny_model(tokenizer):
-    return make_model(tokenizer)
+    return tiny_model(tokenizer, seed=seed, n_layer=n_layer, n_embd=n_embd)
 
 
 def sentence(rng, n):

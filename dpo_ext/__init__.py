@@ -21,6 +21,14 @@ _EXPORTS = {
     "prepare_ranked_dataset": "dpo_ext.data",
     "normalize_row": "dpo_ext.data",
     "tokenize_ranked": "dpo_ext.data",
+    "push_adapter": "dpo_ext.hub",
+    "check_hub_access": "dpo_ext.hub",
+    "HubAccessError": "dpo_ext.hub",
+    "HubUploadError": "dpo_ext.hub",
+    "stage_adapter_folder": "dpo_ext.hub_staging",
+    "build_model_card": "dpo_ext.hub_staging",
+    "render_model_card": "dpo_ext.cards",
+    "push_preference_dataset": "dpo_ext.hub_datasets",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

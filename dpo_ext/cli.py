@@ -6,7 +6,9 @@ import importlib
 import sys
 
 # Modules that add subcommands, in the order they appear in --help.
-_COMMAND_MODULES = ()
+_COMMAND_MODULES = (
+    "dpo_ext.hub_cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

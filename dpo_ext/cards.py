@@ -1,0 +1,258 @@
+"""Model cards for aligned adapters and dataset cards for generated preference data.
+
+A card is rendered from a Jinja template in `model_cards/` through `huggingface_hub.ModelCard.from_template` /
+`DatasetCard.from_template`. Its YAML metadata carries a `model-index` built from `huggingface_hub.EvalResult`s, so
+evaluation results show on the Hub page (TRL's own card has none). Rendering only: no files are read here except
+the templates (reading an adapter folder is `dpo_ext/hub_staging.py`, publishing `dpo_ext/hub.py`).
+"""
+
+import importlib.metadata
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+# A Hub id ("name" or "namespace/name"); anything else (a local path, a URL) is not metadata the Hub can link.
+HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_METRIC_NAMES = {
+    "ground_truth_reward": "Ground-truth reward",
+    "kl": "KL divergence to the reference",
+    "preference_accuracy": "Preference accuracy",
+    "win_rate": "Win rate",
+}
+_HYPERPARAMETERS = (
+    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "optim", "max_length", "max_prompt_length",
+    "max_completion_length", "bf16",
+)
+_BASELINES = {"preferred_ft": "Preferred-FT (fine-tuning on the best completion)",
+              "unlikelihood": "unlikelihood training (best completion up, worst down)"}
+_LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias")
+_LIBRARIES = ("trl", "peft", "transformers", "torch", "huggingface_hub")
+
+
+def template_path(name: str) -> Path:
+    """Path of a card template: shipped inside the wheel as `dpo_ext/model_cards/`, or the repository's
+    `model_cards/` folder in an editable install."""
+    import dpo_ext
+
+    for folder in (Path(dpo_ext.__file__).parent / "model_cards", Path(dpo_ext.__file__).parent.parent / "model_cards"):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"card template {name!r} not found in dpo_ext/model_cards or the repository's model_cards/")
+
+
+def plain(value):
+    """numpy / torch scalars -> Python numbers, so that YAML and JSON can write them."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
+def describe_method(training_config: Mapping, num_completions: int | None = None) -> tuple[str, str | None, int | None]:
+    """(method name, loss type, K) from the training config.
+
+    The Plackett-Luce loss with K = 2 is exactly DPO, so it is named Plackett-Luce DPO only when more than two
+    completions were ranked per prompt (or, with K unknown, when the loss says so). `preferred_ft` and
+    `unlikelihood` are baselines, named as such.
+    """
+    loss = training_config.get("loss_type")
+    loss = ", ".join(map(str, loss)) if isinstance(loss, (list, tuple)) else loss
+    k = num_completions if num_completions is not None else training_config.get("num_completions")
+    k = int(k) if k is not None else None
+    if loss in _BASELINES:
+        return _BASELINES[loss], loss, k
+    plackett_luce = k > 2 if k is not None else loss == "plackett_luce"
+    return ("Plackett-Luce DPO" if plackett_luce else "DPO"), loss, k
+
+
+def eval_results_to_card(metrics: Mapping, dataset: str, split: str | None = None) -> list:
+    """One `huggingface_hub.EvalResult` per finite numeric metric (others stay in eval_results.json only)."""
+    from huggingface_hub import EvalResult
+
+    results = []
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        results.append(EvalResult(
+            task_type="text-generation", task_name="Preference alignment", dataset_type=dataset,
+            dataset_name=dataset, dataset_split=split, metric_type=key, metric_name=_METRIC_NAMES.get(key, key),
+            metric_value=value,
+        ))
+    return results
+
+
+def library_versions(training_config: Mapping) -> tuple[list[tuple[str, str]], str]:
+    """Versions recorded in the training config (`library_versions`), else those installed now."""
+    recorded = training_config.get("library_versions")
+    if isinstance(recorded, Mapping) and recorded:
+        return [(str(name), str(version)) for name, version in recorded.items()], "recorded at training time"
+    import dpo_ext
+
+    versions = [("dpo_ext", dpo_ext.__version__)]
+    for name in _LIBRARIES:
+        try:
+            versions.append((name, importlib.metadata.version(name)))
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions, "installed when this card was written"
+
+
+def render_model_card(
+    *,
+    repo_id: str,
+    base_model: str,
+    beta: float,
+    training_config: Mapping,
+    adapter_config: Mapping,
+    eval_results: Mapping | None = None,
+    plots: Sequence[str] = (),
+    datasets: Sequence[str] = (),
+    license: str = "apache-2.0",
+    eval_dataset: str | None = None,
+    eval_split: str | None = None,
+    num_completions: int | None = None,
+    includes_tokenizer: bool = True,
+):
+    """Render the card of an aligned adapter. Pure: no files are read; see [`build_model_card`] for that.
+
+    Args:
+        repo_id (`str`): where the adapter is published (`namespace/name`); used in the code samples.
+        base_model (`str`): Hub id of the model the adapter was trained on.
+        beta (`float`): the DPO β, needed to read the implicit reward.
+        training_config (`Mapping`): training settings (hyper-parameters, `seed`, `loss_type`, `num_completions`).
+        adapter_config (`Mapping`): the content of `adapter_config.json` (LoRA rank, targets, bias).
+        eval_results (`Mapping`, *optional*): metric name -> value; numeric ones go to the `model-index`.
+        plots (`Sequence[str]`): paths, inside the repository, of PNG files to embed.
+        datasets (`Sequence[str]`): training data; Hub ids are also listed in the metadata.
+        license (`str`): license id for the metadata.
+        eval_dataset (`str`, *optional*), eval_split (`str`, *optional*): what `eval_results` were measured on.
+        num_completions (`int`, *optional*): K, when the training config does not record it.
+        includes_tokenizer (`bool`): whether tokenizer files are published with the adapter.
+
+    Returns:
+        `huggingface_hub.ModelCard`: `str(card)` is the README.md text.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    method, loss_type, k = describe_method(training_config, num_completions)
+    eval_results = dict(eval_results or {})
+    eval_dataset = eval_dataset or (datasets[0] if datasets else None)
+    model_name = repo_id.split("/")[-1]
+    tags = ["dpo", "trl", "peft", "lora", "dpo_ext"] + (["plackett-luce"] if method == "Plackett-Luce DPO" else [])
+    card_data = ModelCardData(
+        base_model=base_model, library_name="peft", license=license, pipeline_tag="text-generation", tags=tags,
+        datasets=[d for d in datasets if HUB_ID_PATTERN.match(d)] or None, model_name=model_name,
+        eval_results=eval_results_to_card(eval_results, eval_dataset or "custom", eval_split) or None,
+    )
+    versions, versions_source = library_versions(training_config)
+    # max_steps = -1 is the Trainer's "not set": leave it out rather than print a nonsensical value.
+    hyperparameters = [(key, training_config[key]) for key in _HYPERPARAMETERS if training_config.get(key) is not None
+                       and not (key == "max_steps" and training_config[key] < 0)]
+    bias = adapter_config.get("bias", "none")
+    method_note = {
+        "Plackett-Luce DPO": "Plackett-Luce DPO generalises DPO from one chosen/rejected pair to a ranking of K "
+                             "completions: the loss is the negative log-likelihood of the observed ranking under a "
+                             "Plackett-Luce model whose scores are the implicit rewards (Rafailov et al., 2023, "
+                             "appendix A.3). With K = 2 it is DPO.",
+        "DPO": None,
+    }.get(method, "This is a baseline, not a preference-optimisation method: it is not trained through the implicit "
+                  "reward, which is reported below for comparison only.")
+    return _tidy(ModelCard, ModelCard.from_template(
+        card_data,
+        template_path=str(template_path("adapter_card.md")),
+        repo_id=repo_id, model_name=model_name, base_model=base_model, beta=beta, method=method,
+        method_note=method_note, loss_type=loss_type, num_completions=k, datasets=list(datasets),
+        base_model_url=f"https://huggingface.co/{base_model}",
+        eval_rows=[(_METRIC_NAMES.get(key, key), _format(value)) for key, value in eval_results.items()],
+        eval_dataset=eval_dataset if eval_results else None, eval_split=eval_split,
+        plots=[{"path": p, "stem": Path(p).stem.replace("_", " ")} for p in plots],
+        seed=training_config.get("seed"), hyperparameters=[(k_, _format(v)) for k_, v in hyperparameters],
+        lora=[(key, _format(adapter_config[key])) for key in _LORA_FIELDS if adapter_config.get(key) is not None],
+        has_training_config=bool(training_config), versions=versions, versions_source=versions_source,
+        bias_note=bias if bias not in (None, "none") else None,
+        tokenizer_repo=repo_id if includes_tokenizer else base_model,
+    ))
+
+
+def render_dataset_card(
+    *,
+    repo_id: str,
+    files: Sequence[Mapping],
+    license: str = "apache-2.0",
+    pretty_name: str | None = None,
+    description: str | None = None,
+    source_model: str | None = None,
+    reward_model: str | None = None,
+    generation: Mapping | None = None,
+):
+    """Render the card of a preference dataset. Pure: see `dpo_ext.hub_datasets.stage_preference_dataset`.
+
+    Args:
+        repo_id (`str`): the dataset repository, named in the loading sample.
+        files (`Sequence[Mapping]`): one entry per data file with keys `config` ("ranked" or "pairwise"), `split`,
+            `path` (inside the repository), `format` ("JSONL" or "Parquet"), `rows`, `list_sizes` (ranked only),
+            `ranked_field` and `columns`.
+        license (`str`): license id for the metadata.
+        pretty_name (`str`, *optional*): title; defaults to the repository name.
+        description (`str`, *optional*): free text placed under the title.
+        source_model (`str`, *optional*), reward_model (`str`, *optional*): what sampled and what ranked the data.
+        generation (`Mapping`, *optional*): sampling settings (temperature, K, seed, ...) shown as a table.
+
+    Returns:
+        `huggingface_hub.DatasetCard`.
+    """
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    configs: dict[str, dict[str, list[str]]] = {}
+    for file in files:
+        configs.setdefault(file["config"], {}).setdefault(file["split"], []).append(file["path"])
+    ranked = [f for f in files if f["config"] == "ranked"]
+    known = {"prompt", "chosen", "rejected", *(f.get("ranked_field") for f in ranked)}
+    rows = sum(int(f["rows"]) for f in files)
+    sizes = sorted({size for f in ranked for size in f.get("list_sizes", ())})
+    pretty_name = pretty_name or repo_id.split("/")[-1]
+    # One Hub dataset config per kind of row, so `load_dataset(repo_id, "ranked")` works without a loading script.
+    hub_configs = []
+    for name, splits in configs.items():
+        data_files = [{"split": split, "path": paths} for split, paths in splits.items()]
+        hub_configs.append({"config_name": name, "data_files": data_files})
+    card_data = DatasetCardData(
+        license=license, pretty_name=pretty_name, task_categories=["text-generation"],
+        tags=["dpo", "preference", "dpo_ext"] + (["plackett-luce"] if ranked and max(sizes, default=3) > 2 else []),
+        size_categories=[_size_category(rows)], configs=hub_configs,
+    )
+    return _tidy(DatasetCard, DatasetCard.from_template(
+        card_data,
+        template_path=str(template_path("dataset_card.md")),
+        repo_id=repo_id, pretty_name=pretty_name, description=description, source_model=source_model,
+        reward_model=reward_model, files=list(files), configs=list(configs), has_ranked=bool(ranked),
+        has_pairwise=any(f["config"] == "pairwise" for f in files),
+        ranked_field=ranked[0]["ranked_field"] if ranked else None,
+        list_sizes=" or ".join(map(str, sizes)) or "K",
+        extra_columns=sorted({c for f in files for c in f.get("columns", ()) if c not in known}),
+        generation=[(key, _format(value)) for key, value in (generation or {}).items()],
+    ))
+
+
+def _size_category(rows: int) -> str:
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+              (10_000_000, "1M<n<10M")]
+    return next((label for bound, label in bounds if rows < bound), "10M<n<100M")
+
+
+def _tidy(card_class, card):
+    # Optional template sections leave runs of blank lines; one is enough (no code sample has two in a row).
+    return card_class(re.sub(r"\n{3,}", "\n\n", str(card)))
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, sorted(value, key=str)))
+    return str(value)

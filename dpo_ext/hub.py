@@ -1,0 +1,294 @@
+"""Publish aligned adapters to the Hugging Face Hub.
+
+`push_adapter` checks the token first (so a missing or read-only token fails before any work), stages the exact
+folder to upload in a temporary directory (see `dpo_ext/hub_staging.py`; the user's folder is only read), then
+creates the repository and uploads the folder in one `upload_folder` commit. Transient HTTP failures (429, 5xx,
+dropped connections) are retried with exponential backoff; the token is masked in every message we produce.
+
+Flow with huggingface_hub 2.4 (checked against its source): `GET /api/whoami-v2` (ours), `POST /api/repos/create`,
+`POST /api/validate-yaml` (the README card), `POST /api/{models,datasets}/{repo}/preupload/main`,
+`POST /api/{models,datasets}/{repo}/commit/main`; the client may first fetch `GET /api/agent-harnesses` once per
+process. With hf_xet installed, `upload_folder` retries preupload and commit itself (up to 5 times, 1-8 s apart)
+and splits folders of more than 256 files into several commits; an adapter folder is far below that.
+"""
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dpo_ext.hub_staging import StagedFile, redact, stage_adapter_folder
+
+logger = logging.getLogger(__name__)
+
+_NO_TOKEN = "no Hugging Face token: run `hf auth login` or set HF_TOKEN"
+_TOKENS_PAGE = "https://huggingface.co/settings/tokens"
+_TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)
+
+
+class HubAccessError(PermissionError):
+    """No token, a rejected token, or a token that cannot write to the target repository."""
+
+
+class HubUploadError(RuntimeError):
+    """The Hub refused the upload, or kept failing after the retries."""
+
+
+@dataclass
+class PushResult:
+    """What was (or, for a dry run, would be) published."""
+
+    repo_id: str
+    files: list[StagedFile]
+    commit_url: str | None = None  # None for a dry run
+    staging_dir: Path | None = None  # the staged copy, kept for a dry run only
+
+    def summary(self) -> str:
+        width = max((len(f.path) for f in self.files), default=0)
+        lines = [f"{f.path:<{width}}  {_human_size(f.size):>9}" for f in self.files]
+        total = f"{len(self.files)} files, {_human_size(sum(f.size for f in self.files))}"
+        where = self.commit_url or f"staged in {self.staging_dir} (dry run, nothing uploaded)"
+        return "\n".join([*lines, total, where])
+
+
+def check_hub_access(
+    repo_id: str,
+    token: str | None = None,
+    *,
+    endpoint: str | None = None,
+    max_attempts: int = 4,
+    retry_delay: float = 1.0,
+) -> str:
+    """Fail early, before training or staging, unless `token` can write to `repo_id`.
+
+    Call it at the start of a recipe run with `--push_to_hub`, so that a missing token does not surface after hours
+    of training.
+
+    Args:
+        repo_id (`str`): `namespace/name`, or `name` for the token owner's namespace.
+        token (`str`, *optional*): defaults to `HF_TOKEN` or the token saved by `hf auth login`.
+        endpoint (`str`, *optional*): Hub URL; defaults to `HF_ENDPOINT` or https://huggingface.co.
+        max_attempts (`int`), retry_delay (`float`): retries of `whoami` on transient errors (delay doubles).
+
+    Returns:
+        `str`: the full repository id, `namespace/name`.
+
+    Raises:
+        `HubAccessError`: offline mode, no token, a rejected token, or no write access to the namespace.
+    """
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.constants import is_offline_mode
+    from huggingface_hub.utils import validate_repo_id
+
+    validate_repo_id(repo_id)
+    if is_offline_mode():
+        raise HubAccessError("HF_HUB_OFFLINE is set, so nothing can be pushed: unset it, or do a dry run")
+    token = token or get_token()
+    if not token:
+        raise HubAccessError(_NO_TOKEN)
+    api = HfApi(endpoint=endpoint)
+    who = with_retries(lambda: api.whoami(token=token), repo_id=repo_id, action="check the token for",
+                       secrets=[token], max_attempts=max_attempts, retry_delay=retry_delay)
+    user = who.get("name", "")
+    namespace, _, name = repo_id.rpartition("/")
+    namespace = namespace or user
+    access = (who.get("auth") or {}).get("accessToken") or {}
+    role = access.get("role")
+    if role == "read":
+        raise HubAccessError(f"token has no write access (it is a read token of {user!r}): create a write token at "
+                             f"{_TOKENS_PAGE}, then run `hf auth login` or set HF_TOKEN")
+    if role == "fineGrained" and not _fine_grained_can_write(access.get("fineGrained") or {}, namespace, repo_id):
+        raise HubAccessError(f"token has no write access to {namespace}/{name} (fine-grained token without "
+                             f"repo.write on {namespace!r}): add that permission at {_TOKENS_PAGE}")
+    if namespace != user:
+        org = next((o for o in who.get("orgs") or [] if o.get("name") == namespace), None)
+        if org is None:
+            raise HubAccessError(f"the token belongs to {user!r}, who is not a member of {namespace!r}: push to "
+                                 f"{user}/{name}, or ask {namespace!r} for write access")
+        if org.get("roleInOrg") == "read":
+            raise HubAccessError(f"{user!r} has read-only access to {namespace!r}: ask an admin for write access")
+    return f"{namespace}/{name}"
+
+
+def _fine_grained_can_write(fine_grained: Mapping, namespace: str, repo_id: str) -> bool:
+    # A fine-grained token lists, per entity (user, org or single repository), the permissions it grants.
+    for scope in fine_grained.get("scoped") or []:
+        entity = (scope.get("entity") or {}).get("name")
+        if entity in (namespace, repo_id) and "repo.write" in (scope.get("permissions") or []):
+            return True
+    return False
+
+
+def push_adapter(
+    adapter_dir: str | Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    dry_run: bool | str | Path = False,
+    eval_results: Mapping | str | Path | None = None,
+    training_config: Mapping | str | Path | None = None,
+    plots: Sequence[str | Path] = (),
+    base_model: str | None = None,
+    beta: float | None = None,
+    endpoint: str | None = None,
+    commit_message: str = "Upload aligned adapter with dpo_ext",
+    max_attempts: int = 4,
+    retry_delay: float = 2.0,
+    **card_kwargs,
+) -> PushResult:
+    """Publish a trained adapter with its card, training config, evaluation results and plots, in one commit.
+
+    Args:
+        adapter_dir (`str` or `Path`): the folder written by `trainer.save_model()` / `peft_model.save_pretrained()`.
+        repo_id (`str`): `namespace/name` (or `name`, for the token owner's namespace).
+        token (`str`, *optional*): defaults to `HF_TOKEN` or the token saved by `hf auth login`.
+        private (`bool`): create the repository as private (no effect on an existing one); otherwise the
+            namespace's default visibility applies.
+        dry_run (`bool`, `str` or `Path`): a folder path to stage into without touching the network (`True`: a new
+            temporary folder). The staged folder is exactly what a real push sends.
+        eval_results (`dict` or path to JSON, *optional*): metric name -> value (ground-truth reward, KL,
+            preference accuracy, win rate, ...); numeric ones go to the card's `model-index`.
+        training_config (`dict` or path to YAML/JSON, *optional*): defaults to `training_config.yaml` or
+            `training_args.bin` in `adapter_dir`.
+        plots (`Sequence`): PNG files to publish under `plots/` and embed in the card.
+        base_model (`str`, *optional*), beta (`float`, *optional*): must agree with `adapter_config.json` and the
+            training config; required when those do not record them.
+        endpoint (`str`, *optional*): Hub URL; defaults to `HF_ENDPOINT` or https://huggingface.co.
+        commit_message (`str`): message of the commit.
+        max_attempts (`int`), retry_delay (`float`): attempts on transient errors and the first delay in seconds
+            (it doubles each time).
+        card_kwargs: passed to `dpo_ext.cards.render_model_card` (`datasets`, `license`, `eval_dataset`,
+            `eval_split`, `num_completions`).
+
+    Returns:
+        `PushResult`: the repository, the files with their sizes, and the commit URL (`None` for a dry run).
+
+    Raises:
+        `HubAccessError`: before anything else, when the token is missing or cannot write to `repo_id`.
+        `ValueError` / `FileNotFoundError`: the folder is not publishable (e.g. only `.bin` weights), or `base_model`
+            / `beta` disagree with it.
+        `HubUploadError`: the Hub refused the upload or kept failing; the local folder is unchanged, re-run to retry.
+    """
+    def stage(staging_dir: Path, full_repo_id: str, secrets: Sequence[str]) -> list[StagedFile]:
+        return stage_adapter_folder(
+            adapter_dir, staging_dir, repo_id=full_repo_id, base_model=base_model, beta=beta,
+            training_config=training_config, eval_results=eval_results, plots=plots, secrets=secrets, **card_kwargs)
+
+    return publish_folder(stage, repo_id, repo_type="model", token=token, private=private, dry_run=dry_run,
+                          endpoint=endpoint, commit_message=commit_message, max_attempts=max_attempts,
+                          retry_delay=retry_delay)
+
+
+def publish_folder(
+    stage: Callable[[Path, str, Sequence[str]], list[StagedFile]],
+    repo_id: str,
+    *,
+    repo_type: str,
+    token: str | None,
+    private: bool,
+    dry_run: bool | str | Path,
+    endpoint: str | None,
+    commit_message: str,
+    max_attempts: int,
+    retry_delay: float,
+) -> PushResult:
+    """Shared by adapters and datasets: check access, `stage(staging_dir, repo_id, secrets)`, create, upload."""
+    from huggingface_hub import HfApi, get_token
+
+    import dpo_ext
+
+    if dry_run is not False and dry_run is not None:
+        staging_dir = Path(tempfile.mkdtemp(prefix="dpo_ext_dry_run_")) if dry_run is True else Path(dry_run)
+        # No get_token() here: it may exchange an OIDC token over the network. Saved tokens start with "hf_", which
+        # `redact` masks anyway.
+        secrets = [token, os.environ.get("HF_TOKEN")]
+        files = stage(staging_dir, repo_id, secrets)
+        logger.info("Dry run: staged %d files for %s in %s", len(files), repo_id, staging_dir)
+        return PushResult(repo_id, files, staging_dir=staging_dir.resolve())
+
+    token = token or get_token()
+    repo_id = check_hub_access(repo_id, token, endpoint=endpoint, max_attempts=max_attempts, retry_delay=retry_delay)
+    with tempfile.TemporaryDirectory(prefix="dpo_ext_push_") as tmp:
+        staging_dir = Path(tmp) / "upload"
+        files = stage(staging_dir, repo_id, [token])
+        api = HfApi(endpoint=endpoint, token=token, library_name="dpo_ext", library_version=dpo_ext.__version__)
+
+        def upload():
+            api.create_repo(repo_id, repo_type=repo_type, private=private or None, exist_ok=True)
+            return api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=staging_dir,
+                                     commit_message=commit_message)
+
+        commit = with_retries(upload, repo_id=repo_id, action="push to", secrets=[token], max_attempts=max_attempts,
+                              retry_delay=retry_delay)
+    logger.info("Pushed %d files to %s: %s", len(files), repo_id, commit.commit_url)
+    return PushResult(repo_id, files, commit_url=commit.commit_url)
+
+
+def with_retries(fn: Callable, *, repo_id: str, action: str, secrets: Sequence[str], max_attempts: int,
+                 retry_delay: float):
+    """Call `fn`, retrying transient Hub errors with exponential backoff; turn every failure into a
+    `HubAccessError` or `HubUploadError` whose message names the repository and has the token masked."""
+    for attempt in range(1, max_attempts + 1):
+        try:
+            return fn()
+        except Exception as error:
+            status, transient = _classify(error)
+            detail = redact(_describe(error), secrets)
+            if status == 401:
+                raise HubAccessError(f"the Hugging Face token was rejected (invalid or expired) while trying to "
+                                     f"{action} {repo_id}: create a new one at {_TOKENS_PAGE}") from None
+            if status == 403:
+                raise HubAccessError(f"token has no write access to {repo_id}: {detail}") from None
+            if not transient:
+                raise HubUploadError(f"could not {action} {repo_id}: {detail}") from None
+            if attempt == max_attempts:
+                raise HubUploadError(
+                    f"could not {action} {repo_id}: the Hub still failed after {max_attempts} attempts, last with "
+                    f"{detail}. Nothing local was changed; re-run the same command to retry.") from None
+            delay = _retry_after(error) or retry_delay * 2 ** (attempt - 1)
+            logger.warning("Hub request failed (%s); retrying in %.1f s (attempt %d of %d)", detail, delay,
+                           attempt + 1, max_attempts)
+            time.sleep(delay)
+
+
+def _classify(error: Exception) -> tuple[int | None, bool]:
+    """(HTTP status or None, whether retrying can help)."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(error, OfflineModeIsEnabled):
+        return None, False
+    if isinstance(error, HfHubHTTPError) and error.response is not None:
+        return error.response.status_code, error.response.status_code in _TRANSIENT_STATUSES
+    return None, isinstance(error, (httpx2.TransportError, ConnectionError, TimeoutError))
+
+
+def _describe(error: Exception) -> str:
+    response = getattr(error, "response", None)
+    message = (getattr(error, "server_message", None) or str(error)).strip()
+    message = " ".join(message.split())[:300]  # one line, whatever the server sent
+    if response is None:
+        return f"{type(error).__name__}: {message}"
+    try:
+        where = f" on {response.request.method} {response.request.url.path}"
+    except Exception:  # a response built without its request
+        where = ""
+    return f"HTTP {response.status_code}{where}: {message}"
+
+
+def _retry_after(error: Exception) -> float | None:
+    # 429 answers say how long to wait; honour it, within reason.
+    response = getattr(error, "response", None)
+    value = response.headers.get("Retry-After") if response is not None else None
+    return min(float(value), 60.0) if value and value.isdigit() else None
+
+
+def _human_size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024

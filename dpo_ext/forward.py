@@ -5,6 +5,7 @@ import inspect
 import torch
 
 from .logps import gather_token_logps, sequence_logps, shift_for_next_token
+from .prefix_sharing import is_packed, packed_token_logps
 
 
 def _accepts_logits_to_keep(model) -> bool:
@@ -41,9 +42,15 @@ def completion_token_logps(model, input_ids, attention_mask, completion_mask, **
     return per_token, mask
 
 
-def completion_logps(model, batch: dict, **model_kwargs) -> torch.Tensor:
-    """Summed completion log-probs (N,) for a collated batch (``input_ids``, ``attention_mask``, ``completion_mask``)."""
-    per_token, mask = completion_token_logps(
+def batch_token_logps(model, batch: dict, **model_kwargs):
+    """``(per_token_logps, mask)``, one row per completion, for a plain batch or a packed (prefix-shared) one."""
+    if is_packed(batch):
+        return packed_token_logps(model, batch, **model_kwargs)  # (N, C_max)
+    return completion_token_logps(
         model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], **model_kwargs
-    )
-    return sequence_logps(per_token, mask)
+    )  # (N, T-1)
+
+
+def completion_logps(model, batch: dict, **model_kwargs) -> torch.Tensor:
+    """Summed completion log-probs (N,) for a collated batch, plain (`RankedCollator`) or packed."""
+    return sequence_logps(*batch_token_logps(model, batch, **model_kwargs))

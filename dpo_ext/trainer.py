@@ -10,9 +10,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, set_seed
 
 from .config import PLDPOConfig
 from .data import REF_LOGPS, RankedCollator, prepare_ranked_dataset
-from .forward import completion_token_logps
+from .forward import batch_token_logps
 from .logps import sequence_logps, to_grid
 from .losses import implicit_rewards, plackett_luce_loss, preferred_ft_loss, unlikelihood_loss
+from .prefix_sharing import choose_collator
 from .ranking_metrics import best_and_worst, kendall_tau, pairwise_accuracy, top1_accuracy
 from .reference import AdapterCopyReference, InitialPolicyReference, ModelReference, choose_reference, is_peft_model
 
@@ -97,6 +98,7 @@ class PLDPOTrainer(Trainer):
                 eval_dataset, processing_class, args.max_length, args.dataset_num_proc, "eval"
             )
         collator = RankedCollator(pad_token_id=processing_class.pad_token_id, max_length=args.max_length)
+        collator = choose_collator(collator, [model, ref_model], args.prefix_sharing)  # packed rows if supported
         data_collator = data_collator or collator
 
         has_ref_column = REF_LOGPS in train_dataset.column_names
@@ -187,9 +189,7 @@ class PLDPOTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ranks, slot_index = inputs["ranks"], inputs["slot_index"]
-        per_token, mask = completion_token_logps(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
-        )  # (N, T-1)
+        per_token, mask = batch_token_logps(model, inputs)  # (N, T-1), or (N, C_max) for packed rows
         row_logps = sequence_logps(per_token, mask)  # (N,)
         policy = to_grid(row_logps, slot_index, *ranks.shape)  # (B, K)
         ref = self._reference_logps(model, inputs, ranks.shape).to(policy.dtype)  # (B, K)

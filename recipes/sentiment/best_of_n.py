@@ -32,13 +32,14 @@ def picks_mean(scores: torch.Tensor, truth: torch.Tensor, n: int) -> float:
     return truth.gather(-1, best).mean().item()
 
 
-def build(out_dir: Path, sft_dir: Path, tokenizer, reward, prompts, scorer_dirs: dict, data_args, seed, log) -> dict:
+def build(out_dir: Path, sft_dir: Path, tokenizer, reward, prompts, scorer_dirs: dict, data_args, seed, log,
+          use_cpu: bool = True) -> dict:
     """Sample N_max completions per prompt from the SFT policy, score them with every picker, write bon.json."""
     import sft_policy
     from peft import PeftModel
 
     n_max = data_args.best_of_n_max
-    model = sft_policy.load(sft_dir)
+    model = sft_policy.load(sft_dir, use_cpu)
     samples = generation.sample(model, prompts, n_max, data_args.max_new_tokens, tokenizer.eos_token_id,
                                 tokenizer.pad_token_id, seed=seed + 2)  # (P, N_max)
     flat_prompts = [p for p, row in zip(prompts, samples) for _ in row]
@@ -53,7 +54,7 @@ def build(out_dir: Path, sft_dir: Path, tokenizer, reward, prompts, scorer_dirs:
         "random": torch.tensor([rng.random() for _ in texts]).reshape(len(prompts), n_max),
     }
     for name, (adapter_dir, beta) in scorer_dirs.items():
-        peft_model = PeftModel.from_pretrained(sft_policy.load(sft_dir), adapter_dir)
+        peft_model = PeftModel.from_pretrained(sft_policy.load(sft_dir, use_cpu), adapter_dir)
         scores = generation.implicit_rewards(peft_model, flat_prompts, flat_completions, beta, tokenizer.pad_token_id)
         pickers[f"implicit_{name}"] = scores.reshape(len(prompts), n_max)
         log(f"best-of-n: implicit reward of {name} scored {len(texts)} samples")

@@ -65,7 +65,7 @@ def split_reviews(reviews: list[dict], data_args, seed: int) -> dict[str, list[d
     for name, size in sizes.items():
         parts[name] = shuffled[start : start + size]
         start += size
-    if len(parts["prompts"]) < num_prompts or len(parts["classifier"]) < 100 or len(parts["sft"]) < 100:
+    if len(parts["prompts"]) < num_prompts or len(parts["classifier"]) < sizes["classifier"] or len(parts["sft"]) < 100:
         raise ValueError(
             f"{len(reviews)} reviews cannot hold {sizes}; lower preference_prompts / classifier_reviews / sft_reviews."
         )

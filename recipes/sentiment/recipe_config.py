@@ -120,6 +120,10 @@ class TrainingArguments:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
     use_cpu: bool = field(default=True, metadata={"help": "Train on CPU even if an accelerator is present."})
     logging_steps: int = field(default=10, metadata={"help": "Trainer logging interval."})
+    num_threads: int = field(
+        default=0,
+        metadata={"help": "CPU threads for torch; 0: the cores not already busy (1-minute load average), at least 1."},
+    )
 
 
 @dataclass

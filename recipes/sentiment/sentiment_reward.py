@@ -18,6 +18,9 @@ def build(out_dir: Path, reviews: list[dict], seed: int, log) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
+    if len(reviews) < 100:
+        raise ValueError(f"The TF-IDF reward needs labelled reviews to fit on; got {len(reviews)}: raise "
+                         "classifier_reviews (or set reward_model_name to a Hub classifier).")
     reviews = list(reviews)
     random.Random(seed).shuffle(reviews)
     cut = int(0.9 * len(reviews))

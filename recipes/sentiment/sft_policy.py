@@ -113,9 +113,11 @@ def train_hub_model(out_dir: Path, model_args, training_args, tokenizer, texts: 
     tokenizer.save_pretrained(out_dir)
 
 
-def load(path: str | Path):
+def load(path: str | Path, use_cpu: bool = True):
+    """The saved SFT policy in eval mode, on the GPU when one is there and ``use_cpu`` is off."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path)
-    model.eval()
-    return model
+    if not use_cpu and torch.cuda.is_available():
+        model = model.to("cuda")
+    return model.eval()

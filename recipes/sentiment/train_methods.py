@@ -47,7 +47,8 @@ def plan_runs(training_args) -> list[dict]:
         elif method == "preferred_ft":
             runs.append({"name": "preferred_ft", "method": method, "beta": training_args.beta})
         else:  # RL baselines
-            runs.append({"name": f"{method}_beta{training_args.beta:g}", "method": method, "beta": training_args.beta})
+            runs.append({"name": f"{method}_beta{training_args.beta:g}", "method": method, "beta": training_args.beta,
+                         "max_steps": training_args.rl_max_steps})
     return runs
 
 
@@ -113,6 +114,15 @@ def lora_config(lora_args):
     )
 
 
+def load_adapter(sft_dir: Path, adapter_dir: Path, training_args):
+    from peft import PeftModel
+
+    import sft_policy
+
+    model = PeftModel.from_pretrained(sft_policy.load(sft_dir, training_args.use_cpu), str(adapter_dir))
+    return model.eval()
+
+
 def train_run(run, run_dir: Path, sft_dir: Path, tokenizer, prefs, reward, eval_prompts, args, log) -> dict:
     """Train one run, evaluate it, and write its publishable folder. Returns the content of eval_results.json."""
     import sft_policy
@@ -125,17 +135,18 @@ def train_run(run, run_dir: Path, sft_dir: Path, tokenizer, prefs, reward, eval_
     trainer_dir = run_dir.parent.parent / "trainer_output" / run_dir.name
     kwargs = common_trainer_kwargs(trainer_dir, training_args, model_args.context_length)
     start = time.time()
-    trainer = make_trainer(run, model, tokenizer, prefs, kwargs, lora_config(lora_args), [callback], reward)
+    trainer = make_trainer({**run, "max_new_tokens": data_args.max_new_tokens}, model, tokenizer, prefs, kwargs, lora_config(lora_args), [callback], reward)
     trainer.train()
     seconds = time.time() - start
     trainer.save_model(str(run_dir))
     if not trainer.is_world_process_zero():
         return {}
     (run_dir / "training_args.bin").unlink(missing_ok=True)  # pickled; training_config.json replaces it
-    policy = trainer.model
+    # Evaluate the adapter as saved, on a fresh copy of the SFT model: checks the saved folder, and works whatever
+    # sharding (FSDP, ZeRO-3) the trainer used.
     final = evaluation.evaluate_policy(
-        policy, tokenizer, reward, eval_prompts, training_args.eval_samples_per_prompt, data_args.max_new_tokens,
-        seed=training_args.seed + 1,
+        load_adapter(sft_dir, run_dir, training_args), tokenizer, reward, eval_prompts,
+        training_args.eval_samples_per_prompt, data_args.max_new_tokens, seed=training_args.seed + 1,
     )
     step = trainer.state.global_step
     if not curve or curve[-1]["step"] != step:

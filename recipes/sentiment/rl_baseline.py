@@ -1,0 +1,39 @@
+"""The RL baseline of the sweep: optimise the ground-truth classifier reward directly with TRL's RLOO (or GRPO)
+trainer under a KL penalty to the SFT policy (adapters disabled). It stands in for the paper's PPO-GT, which TRL
+no longer ships. Opt-in (``--sweep``): on-policy sampling makes it the slowest run by far on CPU.
+"""
+
+# Fields of the preference-trainer kwargs that the RL configs do not have (they generate their own completions).
+_NOT_RL = ("max_length",)
+
+
+def make_trainer(method, run, model, tokenizer, prefs, kwargs, peft_config, callbacks, reward):
+    from datasets import Dataset
+
+    prompts = [row["prompt"] for row in prefs["ranked"]]
+    dataset = Dataset.from_dict({"prompt": prompts})
+    num_generations = max(2, len(prefs["ranked"][0]["completions"]))  # K, as in the preference data
+
+    def ground_truth_reward(prompts, completions, **_):
+        # The classifier reads the whole review so far, as everywhere else in the recipe.
+        return reward([p + c.replace(tokenizer.eos_token, "") for p, c in zip(prompts, completions)])
+
+    rl_kwargs = {k: v for k, v in kwargs.items() if k not in _NOT_RL}
+    rl_kwargs["max_steps"] = run["max_steps"]
+    # Per-device batch counts completions; it must be a multiple of the completions per prompt.
+    batch = rl_kwargs["per_device_train_batch_size"]
+    rl_kwargs["per_device_train_batch_size"] = max(num_generations, batch - batch % num_generations)
+    common = {"beta": run["beta"], "num_generations": num_generations,
+              "max_completion_length": run["max_new_tokens"], "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    if method == "rloo":
+        from trl import RLOOConfig, RLOOTrainer
+
+        args = RLOOConfig(**rl_kwargs, **common)
+        trainer_class = RLOOTrainer
+    else:
+        from trl import GRPOConfig, GRPOTrainer
+
+        args = GRPOConfig(**rl_kwargs, **common)
+        trainer_class = GRPOTrainer
+    return trainer_class(model=model, reward_funcs=ground_truth_reward, args=args, train_dataset=dataset,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)

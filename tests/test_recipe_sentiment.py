@@ -1,0 +1,137 @@
+"""The controlled-sentiment recipe (recipes/sentiment): configs, small pure helpers, and the --quick run end to end.
+
+The end-to-end test runs the recipe as `make demo` does (a subprocess, offline), at test size, then runs it again
+and checks that every cached stage is skipped.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sentiment"
+sys.path.insert(0, str(RECIPE))
+
+import best_of_n  # noqa: E402
+import preference_data  # noqa: E402
+import recipe_config  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "eval_results.json", "training_config.json",
+                 "tokenizer.json")
+
+
+def embedded_defaults() -> dict:
+    values = {}
+    for cls in recipe_config.ARGUMENT_CLASSES:
+        values.update({k: v for k, v in vars(cls()).items()})
+    return values
+
+
+def test_default_yaml_is_the_embedded_default():
+    config = yaml.safe_load((RECIPE / "configs" / "default.yaml").read_text())
+    defaults = embedded_defaults()
+    defaults.pop("output_dir")  # given on the command line
+    assert config == defaults
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "quick.yaml", "paper_gpt2_large.yaml"])
+def test_config_starts_with_its_command_and_parses(name):
+    path = RECIPE / "configs" / name
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and "recipes/sentiment/run.py" in first
+    assert name in first or (name == "quick.yaml" and "--quick" in first)
+    unknown = set(yaml.safe_load(path.read_text())) - set(embedded_defaults())
+    assert not unknown, f"{name} sets fields the recipe does not have: {unknown}"
+
+
+def test_accelerate_configs_start_with_their_command():
+    for path in sorted((RECIPE.parent / "accelerate").glob("*.yaml")):
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# accelerate launch --config_file recipes/accelerate/" + path.name), path
+        assert yaml.safe_load(path.read_text())["distributed_type"]
+
+
+def test_quick_and_config_are_exclusive():
+    with pytest.raises(ValueError, match="--quick"):
+        recipe_config.parse_args(["--quick", "--config", "x.yaml"])
+
+
+def test_pairwise_rows_best_worst_and_adjacent():
+    completions, scores = ["a", "b", "c", "d"], [0.2, 0.9, 0.1, 0.5]
+    assert preference_data.pairwise_rows("p", completions, scores, "best_worst") == [
+        {"prompt": "p", "chosen": "b", "rejected": "c"}]
+    adjacent = preference_data.pairwise_rows("p", completions, scores, "adjacent")
+    assert [(r["chosen"], r["rejected"]) for r in adjacent] == [("b", "d"), ("d", "a"), ("a", "c")]
+
+
+def test_best_of_n_picks_by_disjoint_groups():
+    """Two prompts, N_max = 4. Truth row 0: [0, 1, 2, 3]; scores favour index 0 in the first pair, 3 in the second.
+
+    N=1: every sample is a group, mean of truth = (0+1+2+3 + 4+5+6+7) / 8 = 3.5.
+    N=2: groups (0,1),(2,3) per row; picks by score: row 0 -> truth 0 and 3; row 1 -> truth 4 and 7: mean 3.5.
+    N=4: one group per row; argmax score is index 3 in both rows: truth 3 and 7, mean 5.
+    """
+    truth = torch.tensor([[0.0, 1, 2, 3], [4, 5, 6, 7]])
+    scores = torch.tensor([[9.0, 1, 2, 10], [9, 1, 2, 10]])
+    assert best_of_n.picks_mean(scores, truth, 1) == pytest.approx(3.5)
+    assert best_of_n.picks_mean(scores, truth, 2) == pytest.approx(3.5)
+    assert best_of_n.picks_mean(scores, truth, 4) == pytest.approx(5.0)
+    assert best_of_n.pair_agreement(truth, truth) == 1.0
+    assert best_of_n.pair_agreement(-truth, truth) == 0.0
+
+
+def run_recipe(out: Path, tmp_path: Path) -> str:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), TOKENIZERS_PARALLELISM="false",
+               MPLCONFIGDIR=str(tmp_path / "mpl"))
+    result = subprocess.run(
+        [sys.executable, str(RECIPE / "run.py"), "--quick", "--output_dir", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end_and_cached_rerun(tmp_path):
+    out = tmp_path / "sentiment"
+    run_recipe(out, tmp_path)
+
+    results = json.loads((out / "results.json").read_text())
+    methods = {r["method"] for r in results["runs"].values()}
+    assert methods == set(recipe_config.PREFERENCE_METHODS)
+    for name, run in results["runs"].items():
+        assert isinstance(run["ground_truth_reward"], float) and 0.0 <= run["ground_truth_reward"] <= 1.0, name
+        assert isinstance(run["kl"], float), name
+        assert run["checkpoints"] and all({"step", "reward", "kl"} <= set(p) for p in run["checkpoints"]), name
+    assert 0.5 < results["reward_model"]["held_out_accuracy"] <= 1.0
+    assert set(results["best_of_n"]["picks"]) >= {"ground_truth", "random", "implicit_dpo_beta0.1",
+                                                   "implicit_pl_dpo_beta0.1"}
+    for plot in ("frontier.png", "best_of_n.png"):
+        assert (out / plot).read_bytes()[:8] == PNG_MAGIC, plot
+    assert "| run | method |" in (out / "results.md").read_text()
+    assert "no explicit license" in (out / "README.md").read_text()
+    for name in results["runs"]:
+        folder = out / "adapters" / name
+        for file in ADAPTER_FILES:
+            assert (folder / file).is_file(), f"{folder} lacks {file}"
+        assert not (folder / "training_args.bin").exists()
+        eval_results = json.loads((folder / "eval_results.json").read_text())
+        assert {"ground_truth_reward", "kl"} <= set(eval_results)
+        if (folder / "README.md").exists():  # the model card, written through dpo_ext.hub_staging
+            assert "ground_truth_reward" in (folder / "README.md").read_text()
+
+    weights = out / "adapters" / "pl_dpo_beta0.1" / "adapter_model.safetensors"
+    before = weights.stat().st_mtime_ns
+    log = run_recipe(out, tmp_path)
+    for index, name in [(1, "data"), (2, "tokenizer"), (3, "SFT policy"), (4, "ground-truth reward"),
+                        (5, "preference data"), (7, "Best-of-N")]:
+        assert f"[{index}/8] {name}: cached" in log, name
+    assert "running" not in log
+    assert weights.stat().st_mtime_ns == before
+    assert json.loads((out / "results.json").read_text())["runs"].keys() == results["runs"].keys()

@@ -1,0 +1,467 @@
+"""ImplicitRewardScorer: a DPO-trained model used as a reward model (DPO paper, section 5.1).
+
+The implicit reward of a completion y of a prompt x is ``r(x, y) = beta * log pi(y|x) / pi_ref(y|x)``, with
+``log pi(y|x)`` the summed log-prob of the completion's tokens, tokenized exactly as the trainer tokenizes them
+(`dpo_ext.data.tokenize_ranked`), so scores of training rows equal the trainer's logged ``rewards/chosen``.
+
+The reference comes from the same weights where it can (no second copy of the model):
+
+- a PeftModel with nothing else given: the base model with adapters disabled;
+- ``ref_adapter="ref"``: a named adapter of the same PeftModel (TRL's frozen copy when it re-trained an adapter);
+- ``ref_model=...``: a separate model.
+
+Speed: the prompt shared by a prompt's N completions is processed once per model (`dpo_ext.scoring_batches`), and
+with ``mixed_adapter_batches`` the policy and the adapters-off reference run in one forward. Results equal the naive
+computation (one ``prompt + completion`` row per completion, a separate reference model) to float tolerance.
+"""
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .data import tokenize_ranked
+from .losses import implicit_rewards
+from .reference import ReferenceError, bias_is_trained, is_peft_model
+from .scoring_batches import Group, Runner, score_groups
+
+logger = logging.getLogger(__name__)
+
+NORMALIZE_CHOICES = ("sum", "mean")
+
+
+@dataclass
+class ScoreResult:
+    """Implicit rewards and what they are made of.
+
+    Shapes: (B,) when each prompt had one completion, (B, K) when completions were given as lists (K = the longest
+    list; missing slots hold NaN, and 0 in ``num_tokens``).
+
+    Attributes:
+        rewards (`torch.Tensor`): ``beta * (policy_logps - ref_logps)`` (divided by ``num_tokens`` for "mean").
+        policy_logps (`torch.Tensor`): summed log-probs of the completion tokens under the policy.
+        ref_logps (`torch.Tensor` or `None`): the same under the reference; `None` when reference-free.
+        num_tokens (`torch.Tensor`): completion tokens scored.
+    """
+
+    rewards: torch.Tensor
+    policy_logps: torch.Tensor
+    ref_logps: torch.Tensor | None
+    num_tokens: torch.Tensor
+    beta: float
+    normalize: str
+    reference_free: bool
+
+    def tolist(self) -> list:
+        """Rewards as nested Python lists, missing slots dropped."""
+        if self.rewards.dim() == 1:
+            return self.rewards.tolist()
+        return [[r for r, n in zip(row, count) if n > 0] for row, count in
+                zip(self.rewards.tolist(), self.num_tokens.tolist())]
+
+
+@dataclass
+class ScoredCandidate:
+    """One candidate completion with its implicit reward; ``index`` is its position in the input list."""
+
+    completion: object
+    reward: float
+    policy_logps: float
+    ref_logps: float | None
+    num_tokens: int
+    index: int
+
+
+@dataclass
+class BestOfN:
+    """Best-of-N result for one prompt: ``candidates`` in sampling order, ``best`` the highest-reward one."""
+
+    prompt: object
+    candidates: list[ScoredCandidate]
+
+    @property
+    def best(self) -> ScoredCandidate:
+        return max(self.candidates, key=lambda c: c.reward)
+
+    @property
+    def ranked(self) -> list[ScoredCandidate]:
+        return sorted(self.candidates, key=lambda c: -c.reward)
+
+
+def _is_messages(value) -> bool:
+    return isinstance(value, list) and len(value) > 0 and all(isinstance(m, dict) and "role" in m for m in value)
+
+
+def _as_completion(prompt, completion):
+    """A chat prompt's completion may be given as plain text: make it an assistant message."""
+    if _is_messages(prompt) and isinstance(completion, str):
+        return [{"role": "assistant", "content": completion}]
+    return completion
+
+
+def _is_empty(completion) -> bool:
+    if isinstance(completion, str):
+        return not completion.strip()
+    return _is_messages(completion) and all(not str(m.get("content", "")).strip() for m in completion)
+
+
+@contextlib.contextmanager
+def _eval_mode(*models):
+    states = [(m, m.training) for m in models if m is not None]
+    for m, _ in states:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, training in states:
+            m.train(training)
+
+
+@contextlib.contextmanager
+def _active_adapter(model, name):
+    """Make adapter ``name`` the active one for a while, leaving every parameter's requires_grad as it was."""
+    previous = model.active_adapter
+    if name is None or name == previous:
+        yield
+        return
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.set_adapter(name, inference_mode=True)
+    try:
+        yield
+    finally:
+        model.set_adapter(previous, inference_mode=True)
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+def prefix_sharing_problem(model) -> str | None:
+    """Why prefix sharing cannot be used with ``model`` (read from its config), or `None`."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return "the model has no config"
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder models are not supported"
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation not in ("eager", "sdpa"):
+        return f"attn_implementation={implementation!r} does not take a custom 4-D float mask (use eager or sdpa)"
+    bare = model.get_base_model() if hasattr(model, "get_base_model") else model
+    import inspect
+
+    if "position_ids" not in inspect.signature(bare.forward).parameters:
+        return "the model's forward takes no position_ids"
+    return None
+
+
+class ImplicitRewardScorer:
+    """Score completions with a DPO-trained model's implicit reward ``beta * log pi(y|x) / pi_ref(y|x)``.
+
+    Args:
+        model (`PeftModel` or `PreTrainedModel`): the policy. A PeftModel's active adapter (or ``policy_adapter``)
+            is the policy; with no ``ref_model``/``ref_adapter`` its base (adapters disabled) is the reference.
+        tokenizer (`PreTrainedTokenizerBase`, *optional*): loaded from the model's name or path when omitted.
+        ref_model (`PreTrainedModel`, *optional*): a separate reference model.
+        ref_adapter (`str`, *optional*): name of an adapter of ``model`` to use as the reference.
+        policy_adapter (`str`, *optional*): adapter that is the policy (defaults to the active one).
+        beta (`float`, defaults to 0.1): the DPO beta the model was trained with.
+        reference_free (`bool`, defaults to `False`): score with ``beta * log pi`` only (RewardBench's
+            reference-free mode); the default of `score`'s argument of the same name.
+        max_length (`int`, *optional*): truncate ``prompt + completion`` to this many tokens, as the trainer does.
+        prefix_sharing (`bool`, defaults to `True`): process each prompt once per model (checked against the plain
+            computation on first use; falls back with one warning where unsupported).
+        mixed_adapter_batches (`bool`, *optional*): run policy and adapters-off/adapter reference in one forward
+            (PEFT ``adapter_names``). `None` = on accelerators only: on CPU PEFT's per-row indexing costs more than
+            the second forward it saves (see ``benchmarks/scoring.py``).
+        max_batch_tokens (`int`, defaults to 4096): padded tokens per forward (all copies, cache keys included).
+        max_row_tokens (`int`, defaults to 512): completion tokens concatenated into one row of the completion pass.
+    """
+
+    def __init__(self, model, tokenizer=None, *, ref_model=None, ref_adapter=None, policy_adapter=None,
+                 beta: float = 0.1, reference_free: bool = False, max_length: int | None = None,
+                 prefix_sharing: bool = True, mixed_adapter_batches: bool | None = None,
+                 max_batch_tokens: int = 4096, max_row_tokens: int = 512):
+        if beta <= 0:
+            raise ValueError(f"beta must be positive, got {beta}")
+        if ref_model is not None and ref_adapter is not None:
+            raise ValueError("pass ref_model or ref_adapter, not both")
+        if ref_model is not None and ref_model is model:
+            raise ValueError("ref_model is the policy model itself; omit it to use the adapters-off base model")
+        peft = is_peft_model(model)
+        if ref_adapter is not None:
+            if not peft or ref_adapter not in model.peft_config:
+                available = sorted(model.peft_config) if peft else []
+                raise ValueError(f"ref_adapter={ref_adapter!r} is not an adapter of the model (adapters: {available})")
+        self.policy_adapter = (policy_adapter or model.active_adapter) if peft else None
+        if self.policy_adapter is not None and self.policy_adapter == ref_adapter:
+            raise ValueError(f"the policy adapter and ref_adapter are both {ref_adapter!r}; pass policy_adapter=...")
+        if ref_model is None and ref_adapter is None and peft and bias_is_trained(model):
+            raise ReferenceError(
+                "this adapter trains biases (bias != 'none'), which changes the base model's own biases: with "
+                "adapters disabled it is not the reference it was trained against. Pass ref_model= (the model it "
+                "was trained from)."
+            )
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
+        self.model, self.tokenizer, self.ref_model, self.ref_adapter = model, tokenizer, ref_model, ref_adapter
+        self.beta, self.reference_free, self.max_length = beta, reference_free, max_length
+        self.max_batch_tokens, self.max_row_tokens = max_batch_tokens, max_row_tokens
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
+            tokenizer.eos_token_id or 0)
+        self._prefix_problem = prefix_sharing_problem(model) if prefix_sharing else "prefix_sharing=False"
+        if prefix_sharing and self._prefix_problem:
+            logger.warning("Prefix sharing is off (%s); scoring one prompt + completion row at a time.",
+                           self._prefix_problem)
+        self._prefix_checked = not prefix_sharing
+        if mixed_adapter_batches is None:
+            mixed_adapter_batches = next(model.parameters()).device.type != "cpu"
+        self.mixed_adapter_batches = bool(mixed_adapter_batches and peft and ref_model is None)
+
+    # -- where the reference comes from ----------------------------------------------------------------------------
+
+    @property
+    def reference(self) -> str | None:
+        """``"disabled_adapters"``, ``"adapter:<name>"``, ``"ref_model"``, or `None` (no reference available)."""
+        if self.ref_model is not None:
+            return "ref_model"
+        if self.ref_adapter is not None:
+            return f"adapter:{self.ref_adapter}"
+        return "disabled_adapters" if is_peft_model(self.model) else None
+
+    def _policy_context(self):
+        return _active_adapter(self.model, self.policy_adapter) if self.policy_adapter else contextlib.nullcontext()
+
+    def _reference_context(self):
+        if self.ref_adapter is not None:
+            return _active_adapter(self.model, self.ref_adapter)
+        return self.model.disable_adapter()
+
+    # -- scoring ---------------------------------------------------------------------------------------------------
+
+    def _run(self, runner, groups, num_slots, progress) -> torch.Tensor:
+        """(copies, num_slots) log-probs; prefix sharing checked on first use, any failure -> plain, one warning."""
+        kwargs = dict(max_batch_tokens=self.max_batch_tokens, max_row_tokens=self.max_row_tokens)
+        if self._prefix_problem is None and not self._prefix_checked:
+            self._prefix_checked = True
+            self._prefix_problem = self._check_prefix_sharing(runner, groups)
+            if self._prefix_problem:
+                logger.warning("Prefix sharing is off (%s); scoring one prompt + completion row at a time.",
+                               self._prefix_problem)
+        return score_groups(runner, groups, num_slots, prefix_sharing=self._prefix_problem is None,
+                            progress=progress, **kwargs)
+
+    @staticmethod
+    def _check_prefix_sharing(runner, groups) -> str | None:
+        """Compare prefix-shared and plain log-probs on a small probe cut from the first group."""
+        group = next((g for g in groups if g.prompt_ids), None)
+        if group is None:
+            return None
+        completions = [c[:4] for c in group.completion_ids[:2]]
+        if len(completions) == 1:
+            completions.append(list(reversed(completions[0])))
+        probe = [Group(group.prompt_ids[-8:], completions, [0, 1])]
+        plain = score_groups(runner, probe, 2, prefix_sharing=False)  # errors here are not prefix sharing's
+        try:
+            shared = score_groups(runner, probe, 2, prefix_sharing=True)
+        except (TypeError, ValueError, RuntimeError, NotImplementedError, AttributeError, IndexError) as error:
+            return f"the prefix-shared forward failed: {type(error).__name__}: {error}"
+        tolerance = 1e-3 if runner.dtype == torch.float32 else 0.1
+        if not torch.allclose(shared, plain, atol=tolerance * 8, rtol=0):
+            return f"prefix-shared log-probs differ from plain ones by {float((shared - plain).abs().max()):.3g}"
+        return None
+
+    def _logps(self, groups, num_slots, need_ref: bool, progress=None):
+        """Policy and reference log-probs, (num_slots,) each (reference `None` when not needed)."""
+        if need_ref and self.reference is None:
+            raise ReferenceError(
+                "this model is not a PEFT adapter and no ref_model was given, so there is no reference policy. Pass "
+                "ref_model= (the model it was trained from), or score with reference_free=True."
+            )
+        with torch.inference_mode(), _eval_mode(self.model, self.ref_model):
+            if need_ref and self.mixed_adapter_batches:
+                copies = [self.policy_adapter, self.ref_adapter or "__base__"]
+                try:
+                    both = self._run(Runner(self.model, self.pad_token_id, copies), groups, num_slots, progress)
+                    return both[0], both[1]
+                except (ValueError, TypeError) as error:  # DoRA, merged adapters, non-LoRA tuners
+                    logger.warning("Mixed-adapter batches are not possible here (%s); running the policy and the "
+                                   "reference one after the other.", error)
+                    self.mixed_adapter_batches = False
+            with self._policy_context():
+                policy = self._run(Runner(self.model, self.pad_token_id), groups, num_slots, progress)[0]
+            if not need_ref:
+                return policy, None
+            if self.ref_model is not None:
+                return policy, self._run(Runner(self.ref_model, self.pad_token_id), groups, num_slots, None)[0]
+            with self._reference_context():
+                return policy, self._run(Runner(self.model, self.pad_token_id), groups, num_slots, None)[0]
+
+    def _groups(self, prompt_ids, completion_ids):
+        """Token ids -> groups (truncated to ``max_length``), flat slots, token counts; checks lengths."""
+        limit = getattr(self.model.config, "max_position_embeddings", None) or getattr(
+            self.model.config, "n_positions", None)
+        groups, counts, slot = [], [], 0
+        for i, (prompt, completions) in enumerate(zip(prompt_ids, completion_ids)):
+            prompt, completions = list(prompt), [list(c) for c in completions]
+            if self.max_length is not None:
+                if len(prompt) >= self.max_length:
+                    raise ValueError(f"prompt {i}: {len(prompt)} tokens, not below max_length={self.max_length}")
+                completions = [c[: self.max_length - len(prompt)] for c in completions]
+            for k, c in enumerate(completions):
+                if not c:
+                    raise ValueError(f"prompt {i}, completion {k}: no tokens to score")
+                if limit is not None and len(prompt) + len(c) > limit:
+                    raise ValueError(f"prompt {i}, completion {k}: prompt + completion is {len(prompt) + len(c)} "
+                                     f"tokens, more than the model's {limit} positions; pass max_length= to truncate")
+                counts.append(len(c) - (0 if prompt else 1))  # without a prompt nothing predicts token 0
+            groups.append(Group(prompt, completions, list(range(slot, slot + len(completions)))))
+            slot += len(completions)
+        return groups, counts
+
+    def score_tokens(self, prompt_ids, completion_ids, *, beta=None, normalize="sum", reference_free=None,
+                     progress=False) -> ScoreResult:
+        """`score` for already tokenized inputs: ``prompt_ids`` (B lists of ints) and ``completion_ids`` (B lists
+        of K_b lists of ints). Returns (B, K) results, NaN-padded."""
+        if normalize not in NORMALIZE_CHOICES:
+            raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
+        beta = self.beta if beta is None else beta
+        reference_free = self.reference_free if reference_free is None else reference_free
+        groups, counts = self._groups(prompt_ids, completion_ids)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(counts), desc="Scoring completions", unit="completion")
+        try:
+            policy, ref = self._logps(groups, len(counts), need_ref=not reference_free, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        num_tokens = torch.tensor(counts, dtype=torch.long)
+        if normalize == "mean":
+            policy_n = policy / num_tokens.clamp(min=1)
+            ref_n = None if ref is None else ref / num_tokens.clamp(min=1)
+        else:
+            policy_n, ref_n = policy, ref
+        rewards = implicit_rewards(policy_n, torch.zeros_like(policy_n) if ref_n is None else ref_n, beta)
+        width = max((len(g.slots) for g in groups), default=0)
+
+        def grid(values, fill):
+            out = torch.full((len(groups), width), fill, dtype=values.dtype)
+            for b, g in enumerate(groups):
+                out[b, : len(g.slots)] = values[g.slots]
+            return out
+
+        return ScoreResult(grid(rewards, math.nan), grid(policy, math.nan), None if ref is None else grid(ref, math.nan),
+                           grid(num_tokens, 0), beta, normalize, reference_free)
+
+    def score(self, prompts, completions, *, beta=None, normalize="sum", reference_free=None,
+              progress=False) -> ScoreResult:
+        """Implicit rewards of completions.
+
+        Args:
+            prompts (`list`): B prompts, each a string or a list of chat messages.
+            completions (`list`): B completions (one per prompt; strings, or messages for chat prompts) or B lists
+                of completions (several per prompt, scored with the prompt processed once).
+            beta (`float`, *optional*): overrides the scorer's beta.
+            normalize (`str`): ``"sum"`` (the DPO reward) or ``"mean"`` (per-token average log-ratio).
+            reference_free (`bool`, *optional*): reward = ``beta * log pi`` (RewardBench's reference-free mode).
+            progress (`bool`): show a progress bar.
+
+        Returns:
+            [`ScoreResult`]: (B,) tensors for one completion per prompt, (B, K) for lists.
+        """
+        if isinstance(prompts, str) or _is_messages(prompts):
+            raise ValueError("prompts must be a list of prompts (wrap a single prompt in a list, or use rerank)")
+        if len(prompts) != len(completions):
+            raise ValueError(f"got {len(prompts)} prompts and {len(completions)} completions; pass one completion "
+                             "(or one list of completions) per prompt")
+        nested = [isinstance(c, (list, tuple)) and not _is_messages(c) for c in completions]
+        if any(nested) and not all(nested):
+            raise ValueError(f"completion {nested.index(not nested[0])} is {'not ' if nested[0] else ''}a list "
+                             "unlike completion 0: give one completion per prompt, or a list for every prompt")
+        lists = [list(c) if flag else [c] for c, flag in zip(completions, nested)]
+        result = self._score_texts(prompts, lists, beta=beta, normalize=normalize, reference_free=reference_free,
+                                   progress=progress)
+        if prompts and not all(nested):
+            for name in ("rewards", "policy_logps", "ref_logps", "num_tokens"):
+                value = getattr(result, name)
+                if value is not None:
+                    setattr(result, name, value[:, 0])
+        return result
+
+    def _score_texts(self, prompts, lists, allow_empty=False, **kwargs) -> ScoreResult:
+        prompt_ids, completion_ids = [], []
+        for i, (prompt, completions) in enumerate(zip(prompts, lists)):
+            if not completions:
+                raise ValueError(f"prompt {i}: empty list of completions")
+            completions = [_as_completion(prompt, c) for c in completions]
+            for k, c in enumerate(completions):
+                if not isinstance(c, str) and not _is_messages(c):
+                    raise ValueError(f"prompt {i}, completion {k}: expected a string or chat messages, got "
+                                     f"{type(c).__name__}")
+                if not allow_empty and _is_empty(c):
+                    raise ValueError(f"prompt {i}, completion {k}: empty completion")
+            if _is_messages(prompt) and self.tokenizer.chat_template is None:
+                raise ValueError(f"prompt {i} is a list of chat messages but the tokenizer has no chat template")
+            p, c = tokenize_ranked(prompt, completions, self.tokenizer)
+            prompt_ids.append(p)
+            completion_ids.append(c)
+        return self.score_tokens(prompt_ids, completion_ids, **kwargs)
+
+    def rerank(self, prompt, candidates, **score_kwargs) -> list[ScoredCandidate]:
+        """Candidates of one prompt, highest implicit reward first (ties keep input order)."""
+        result = self._score_texts([prompt], [list(candidates)], **score_kwargs)
+        return sorted(_candidates(result, 0, list(candidates)), key=lambda c: -c.reward)
+
+    def best_of_n(self, prompts, n: int, generation_config=None, sampler=None, sampler_tokenizer=None,
+                  **score_kwargs) -> list[BestOfN]:
+        """Sample ``n`` completions per prompt and pick the one with the highest implicit reward.
+
+        Args:
+            prompts (`list`): strings or chat-message lists.
+            n (`int`): samples per prompt.
+            generation_config (`GenerationConfig` or `dict`, *optional*): defaults to ancestral sampling
+                (``do_sample=True, top_k=0, top_p=1.0``) with ``max_new_tokens=64``.
+            sampler (*optional*): the model to sample from (defaults to the policy).
+            sampler_tokenizer (*optional*): the sampler's tokenizer when it differs from the scorer's; samples are
+                then decoded and scored as text. Otherwise the sampled token ids themselves are scored.
+        """
+        from .scoring_generate import sample_completions
+
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        same_tokens = sampler_tokenizer is None or sampler_tokenizer is self.tokenizer
+        context = self._policy_context() if sampler is None else contextlib.nullcontext()
+        with context, _eval_mode(sampler or self.model):
+            samples = sample_completions(sampler or self.model, sampler_tokenizer or self.tokenizer, prompts, n,
+                                         generation_config)
+        if same_tokens:
+            result = self.score_tokens([s.prompt_ids for s in samples], [s.completion_ids for s in samples],
+                                       **score_kwargs)
+        else:
+            result = self._score_texts(prompts, [s.texts for s in samples], allow_empty=True, **score_kwargs)
+        return [BestOfN(prompt, _candidates(result, b, s.texts)) for b, (prompt, s) in enumerate(zip(prompts, samples))]
+
+    @classmethod
+    def from_pretrained(cls, model_id_or_path: str, **kwargs) -> "ImplicitRewardScorer":
+        """Load a scorer from a local directory or Hub repo id; see `dpo_ext.scoring_load.load_scorer`."""
+        from .scoring_load import load_scorer
+
+        return load_scorer(cls, model_id_or_path, **kwargs)
+
+
+def _candidates(result: ScoreResult, row: int, completions: list) -> list[ScoredCandidate]:
+    ref = result.ref_logps
+    return [ScoredCandidate(c, float(result.rewards[row, k]), float(result.policy_logps[row, k]),
+                            None if ref is None else float(ref[row, k]), int(result.num_tokens[row, k]), k)
+            for k, c in enumerate(completions)]
+
+
+def evaluate_preferences(scorer, dataset, **kwargs) -> dict:
+    """Preference accuracy of the implicit reward; see `dpo_ext.scoring_eval.evaluate_preferences`."""
+    from .scoring_eval import evaluate_preferences as _evaluate
+
+    return _evaluate(scorer, dataset, **kwargs)

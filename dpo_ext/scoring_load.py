@@ -1,0 +1,148 @@
+"""Loading a scorer from a saved adapter (local directory or Hub repo): base model + adapter + reference + tokenizer.
+
+Works with adapters saved by `PLDPOTrainer` and by `trl.DPOTrainer`. When TRL re-trained an existing adapter it
+kept a frozen copy of the starting adapter as the reference and saved it in a ``ref/`` subfolder; that copy is then
+the reference (``ref_adapter="auto"``), since it, not the bare base model, is what the adapter was trained against.
+"""
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+TRL_REF_ADAPTER = "ref"
+
+
+def _is_local(path: str) -> bool:
+    return os.path.isdir(path)
+
+
+def _has_file(model_id: str, filename: str, revision=None) -> bool:
+    if _is_local(model_id):
+        return os.path.isfile(os.path.join(model_id, filename))
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            return isinstance(try_to_load_from_cache(model_id, filename, revision=revision), str)
+        except Exception:  # noqa: BLE001 - a malformed id is simply "not there"
+            return False
+    try:
+        from huggingface_hub import file_exists
+
+        return file_exists(model_id, filename, revision=revision)
+    except Exception:  # noqa: BLE001 - unreachable Hub, bad id: the loader below raises the real error
+        return False
+
+
+def adapter_config(model_id: str, revision=None):
+    """The `PeftConfig` of an adapter directory or repo, or `None` when it holds no ``adapter_config.json``."""
+    if os.path.isfile(model_id):
+        raise ValueError(f"{model_id} is a file; pass the directory of a saved adapter or model (or a Hub repo id)")
+    if not _is_local(model_id) and os.path.sep in model_id and model_id.startswith((".", "/")):
+        raise FileNotFoundError(f"{model_id}: no such directory")
+    if not _has_file(model_id, ADAPTER_CONFIG, revision):
+        return None
+    from peft import PeftConfig
+
+    return PeftConfig.from_pretrained(model_id, revision=revision)
+
+
+def _load_tokenizer(model_id, base_id, revision):
+    from transformers import AutoTokenizer
+
+    for source in (model_id, base_id):
+        if source is None:
+            continue
+        if _is_local(source) and not os.path.isfile(os.path.join(source, "tokenizer_config.json")):
+            continue
+        try:
+            return AutoTokenizer.from_pretrained(source, revision=revision if source == model_id else None)
+        except (OSError, ValueError):
+            continue
+    raise ValueError(f"no tokenizer found in {model_id} or its base model {base_id}; pass tokenizer=")
+
+
+def _load_model(source, dtype, revision=None):
+    if not isinstance(source, str):
+        return source
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    return AutoModelForCausalLM.from_pretrained(source, revision=revision, **kwargs)
+
+
+def _load_ref_adapter(model, model_id, ref_adapter, revision):
+    """Load the reference adapter named ``ref_adapter`` (a subfolder of the adapter, or a directory); its name."""
+    if ref_adapter == "auto":
+        if not _has_file(model_id, f"{TRL_REF_ADAPTER}/{ADAPTER_CONFIG}", revision):
+            return None
+        ref_adapter = TRL_REF_ADAPTER
+        logger.info("%s has a '%s/' adapter (TRL's frozen reference copy): using it as the reference.", model_id,
+                    TRL_REF_ADAPTER)
+    if _has_file(model_id, f"{ref_adapter}/{ADAPTER_CONFIG}", revision):
+        if _is_local(model_id):
+            model.load_adapter(os.path.join(model_id, ref_adapter), adapter_name=ref_adapter, is_trainable=False)
+        else:
+            model.load_adapter(model_id, adapter_name=ref_adapter, subfolder=ref_adapter, revision=revision,
+                               is_trainable=False)
+        return ref_adapter
+    if _is_local(ref_adapter) and os.path.isfile(os.path.join(ref_adapter, ADAPTER_CONFIG)):
+        name = os.path.basename(os.path.normpath(ref_adapter))
+        model.load_adapter(ref_adapter, adapter_name=name, is_trainable=False)
+        return name
+    raise ValueError(f"ref_adapter={ref_adapter!r}: neither a subfolder of {model_id} with an {ADAPTER_CONFIG} "
+                     "nor an adapter directory")
+
+
+def load_scorer(cls, model_id_or_path: str, *, base_model=None, ref_model=None, ref_adapter="auto", tokenizer=None,
+                dtype=None, device=None, revision=None, reference_free: bool = False, **scorer_kwargs):
+    """Build an `ImplicitRewardScorer` from a saved adapter (or a full model with an explicit reference).
+
+    Args:
+        model_id_or_path (`str`): local directory or Hub repo id of a PEFT adapter (or of a full model).
+        base_model (`str` or `PreTrainedModel`, *optional*): overrides the adapter's ``base_model_name_or_path``.
+        ref_model (`str` or `PreTrainedModel`, *optional*): an explicit reference model.
+        ref_adapter (`str` or `None`, defaults to ``"auto"``): ``"auto"`` uses a ``ref/`` adapter saved next to the
+            adapter (TRL's frozen reference copy) when there is one, else the base model with adapters disabled;
+            `None` always uses the base model; another string names a subfolder or directory holding the
+            reference adapter.
+        tokenizer (*optional*): defaults to the adapter directory's tokenizer, else the base model's.
+        dtype (*optional*): dtype to load the weights in.
+        device (*optional*): defaults to CUDA when available, else CPU.
+        reference_free (`bool`): allow a full model with no reference; scores are then ``beta * log pi``.
+        scorer_kwargs: passed to `ImplicitRewardScorer` (``beta``, ``max_length``, ...).
+    """
+    import torch
+
+    config = adapter_config(model_id_or_path, revision)
+    if config is None:
+        if ref_model is None and not reference_free:
+            raise ValueError(
+                f"{model_id_or_path} is not a PEFT adapter (no {ADAPTER_CONFIG}), so it has no built-in reference "
+                "model. Pass ref_model= (the model it was trained from), or use reference_free=True."
+            )
+        model, base_id, ref_adapter = _load_model(model_id_or_path, dtype, revision), model_id_or_path, None
+    else:
+        from peft import PeftModel
+
+        base_id = base_model if isinstance(base_model, str) else config.base_model_name_or_path
+        if base_model is None and not base_id:
+            raise ValueError(f"{model_id_or_path}/{ADAPTER_CONFIG} names no base model; pass base_model=")
+        base = _load_model(base_model if base_model is not None else base_id, dtype)
+        model = PeftModel.from_pretrained(base, model_id_or_path, revision=revision, is_trainable=False)
+        if ref_model is None and ref_adapter is not None:
+            ref_adapter = _load_ref_adapter(model, model_id_or_path, ref_adapter, revision)
+        else:
+            ref_adapter = None
+    if tokenizer is None:
+        tokenizer = _load_tokenizer(model_id_or_path, base_id if isinstance(base_id, str) else None, revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device).eval()
+    if ref_model is not None:
+        ref_model = _load_model(ref_model, dtype).to(device).eval()
+    return cls(model, tokenizer, ref_model=ref_model, ref_adapter=ref_adapter, reference_free=reference_free,
+               **scorer_kwargs)

@@ -7,6 +7,7 @@ import sys
 
 # Modules that add subcommands, in the order they appear in --help.
 _COMMAND_MODULES = (
+    "dpo_ext.scoring_cli",
     "dpo_ext.hub_cli",
 )
 

@@ -1,0 +1,324 @@
+"""ImplicitRewardScorer: equals the naive two-model computation, and the trainers' logged rewards."""
+
+import copy
+import logging
+import math
+
+import datasets
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from conftest import make_model, ranked_rows
+from dpo_ext import scoring_batches
+from dpo_ext.data import RankedCollator, tokenize_ranked
+from dpo_ext.forward import completion_logps
+from dpo_ext.reference import ReferenceError
+from dpo_ext.scoring import ImplicitRewardScorer, evaluate_preferences, prefix_sharing_problem
+
+PROMPTS = ["the movie was", "i saw it and", "they liked the", "we hated"]
+COMPLETIONS = [[" good fun", " bad", " very very boring plot", " fine"], [" great"],
+               [" awful film really", " fine music"], [" it", " the ending and the story and it was bad"]]
+CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}i {% else %}we {% endif %}{{ m['content'] }} "
+                 "<eos> {% endfor %}{% if add_generation_prompt %}we {% endif %}")
+LORA = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True, lora_dropout=0.0)
+
+
+def perturbed_lora(tokenizer, seed=0, attn="sdpa", lora_seed=1):
+    """(PeftModel with a non-zero LoRA, deep copy of its base): policy and reference differ."""
+    base = make_model(tokenizer, seed=seed)
+    base.config._attn_implementation = attn
+    reference = copy.deepcopy(base).eval()
+    model = get_peft_model(base, LoraConfig(**LORA))
+    generator = torch.Generator().manual_seed(lora_seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return model.eval(), reference
+
+
+@torch.no_grad()
+def naive_logps(policy, reference, tokenizer, prompts, completion_lists):
+    """One prompt + completion row per completion, through the trainer's collator and forward: [(pi, ref, n)]."""
+    collate = RankedCollator(pad_token_id=tokenizer.pad_token_id)
+    out = []
+    for prompt, completions in zip(prompts, completion_lists):
+        prompt_ids, completion_ids = tokenize_ranked(prompt, completions, tokenizer)
+        row = []
+        for ids in completion_ids:
+            batch = collate([{"prompt_ids": prompt_ids, "completion_ids": [ids], "ranks": [0]}])
+            row.append((float(completion_logps(policy, batch)), float(completion_logps(reference, batch)), len(ids)))
+        out.append(row)
+    return out
+
+
+def _check_against_naive(result, naive, beta=0.1):
+    assert result.rewards.shape == (len(naive), max(len(r) for r in naive))
+    for b, row in enumerate(naive):
+        for k, (policy, ref, n) in enumerate(row):
+            assert float(result.policy_logps[b, k]) == pytest.approx(policy, abs=2e-5)
+            assert float(result.ref_logps[b, k]) == pytest.approx(ref, abs=2e-5)
+            assert float(result.rewards[b, k]) == pytest.approx(beta * (policy - ref), abs=1e-5)
+            assert int(result.num_tokens[b, k]) == n
+        assert torch.isnan(result.rewards[b, len(row):]).all()
+    assert result.rewards.isfinite().sum() == sum(len(r) for r in naive)
+
+
+@pytest.mark.parametrize("options", [
+    dict(),  # prefix sharing, policy then reference (the CPU default)
+    dict(mixed_adapter_batches=True),  # policy and adapters-off reference in one forward
+    dict(prefix_sharing=False),
+    dict(max_batch_tokens=8, max_row_tokens=2),  # many small batches and rows, prompts repeated across chunks
+    dict(attn="eager", mixed_adapter_batches=True),
+], ids=["shared", "shared-mixed", "plain", "tiny-budget", "eager-mixed"])
+def test_equals_naive_two_model_scoring(tokenizer, options):
+    options = dict(options)
+    model, reference = perturbed_lora(tokenizer, attn=options.pop("attn", "sdpa"))
+    naive = naive_logps(model, reference, tokenizer, PROMPTS, COMPLETIONS)
+    assert abs(naive[0][0][0] - naive[0][0][1]) > 0.05  # the adapter really changes the log-probs
+    scorer = ImplicitRewardScorer(model, tokenizer, **options)
+    assert scorer.reference == "disabled_adapters"
+    _check_against_naive(scorer.score(PROMPTS, COMPLETIONS), naive)
+    assert not model.training
+
+
+def test_chat_inputs_use_the_chat_template(tokenizer):
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = CHAT_TEMPLATE
+    model, reference = perturbed_lora(chat)
+    prompts = [[{"role": "user", "content": "the movie was"}], [{"role": "user", "content": "i saw it"}]]
+    completions = [["good fun", "bad plot"], [[{"role": "assistant", "content": "great"}], "awful"]]
+    as_messages = [[[{"role": "assistant", "content": c}] if isinstance(c, str) else c for c in row]
+                   for row in completions]
+    naive = naive_logps(model, reference, chat, prompts, as_messages)
+    _check_against_naive(ImplicitRewardScorer(model, chat).score(prompts, completions), naive)
+    with pytest.raises(ValueError, match="no chat template"):
+        ImplicitRewardScorer(model, tokenizer).score(prompts, completions)
+
+
+def test_one_completion_per_prompt_gives_flat_results(tokenizer):
+    model, reference = perturbed_lora(tokenizer)
+    flat = ImplicitRewardScorer(model, tokenizer).score(PROMPTS[:2], [" good fun", " great"])
+    assert flat.rewards.shape == flat.policy_logps.shape == flat.num_tokens.shape == (2,)
+    naive = naive_logps(model, reference, tokenizer, PROMPTS[:2], [[" good fun"], [" great"]])
+    assert flat.rewards.tolist() == pytest.approx([0.1 * (r[0][0] - r[0][1]) for r in naive], abs=1e-5)
+
+
+def test_reference_free_and_mean_normalisation(tokenizer):
+    model, reference = perturbed_lora(tokenizer)
+    naive = naive_logps(model, reference, tokenizer, PROMPTS, COMPLETIONS)
+    scorer = ImplicitRewardScorer(model, tokenizer, beta=0.5)
+    free = scorer.score(PROMPTS, COMPLETIONS, reference_free=True)
+    mean = scorer.score(PROMPTS, COMPLETIONS, normalize="mean", beta=2.0)
+    assert free.ref_logps is None and free.reference_free
+    for b, row in enumerate(naive):
+        for k, (policy, ref, n) in enumerate(row):
+            assert float(free.rewards[b, k]) == pytest.approx(0.5 * policy, abs=1e-5)
+            assert float(mean.rewards[b, k]) == pytest.approx(2.0 * (policy - ref) / n, abs=1e-5)
+    with pytest.raises(ValueError, match="normalize"):
+        scorer.score(PROMPTS, COMPLETIONS, normalize="max")
+
+
+def test_reference_from_named_adapter_or_separate_model(tokenizer):
+    model, reference = perturbed_lora(tokenizer)
+    other, _ = perturbed_lora(tokenizer, lora_seed=5)  # same base, another LoRA
+    model.add_adapter("ref", model.peft_config["default"])
+    with torch.no_grad():  # the "ref" adapter gets a different non-zero LoRA
+        for name, param in model.named_parameters():
+            if ".ref." in name:
+                param.copy_(other.get_parameter(name.replace(".ref.", ".default.")))
+    with torch.no_grad():
+        expected = ImplicitRewardScorer(other, tokenizer, reference_free=True).score(PROMPTS, COMPLETIONS)
+    for options in (dict(), dict(mixed_adapter_batches=True)):
+        result = ImplicitRewardScorer(model, tokenizer, ref_adapter="ref", **options).score(PROMPTS, COMPLETIONS)
+        assert torch.allclose(result.ref_logps, expected.policy_logps, atol=2e-5, equal_nan=True)
+    assert model.active_adapter == "default"
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".ref." in n)
+
+    plain, _ = perturbed_lora(tokenizer, lora_seed=5)
+    scorer = ImplicitRewardScorer(plain.merge_and_unload(), tokenizer, ref_model=reference)
+    naive = naive_logps(other, reference, tokenizer, PROMPTS, COMPLETIONS)
+    _check_against_naive(scorer.score(PROMPTS, COMPLETIONS), naive)
+
+
+def test_full_model_without_reference_is_refused(tokenizer):
+    scorer = ImplicitRewardScorer(make_model(tokenizer), tokenizer)
+    with pytest.raises(ReferenceError, match="not a PEFT adapter"):
+        scorer.score(PROMPTS, COMPLETIONS)
+    assert scorer.score(PROMPTS, COMPLETIONS, reference_free=True).rewards.shape == (4, 4)
+
+
+def test_bad_inputs_name_the_prompt_and_completion(tokenizer):
+    scorer = ImplicitRewardScorer(perturbed_lora(tokenizer)[0], tokenizer)
+    with pytest.raises(ValueError, match=r"prompt 1, completion 0: empty completion"):
+        scorer.score(PROMPTS[:2], [[" good"], ["  "]])
+    with pytest.raises(ValueError, match="2 prompts and 1 completions"):
+        scorer.score(PROMPTS[:2], [" good"])
+    with pytest.raises(ValueError, match="completion 1 is not a list"):
+        scorer.score(PROMPTS[:2], [[" good"], " bad"])
+    with pytest.raises(ValueError, match="more than the model's 64 positions"):
+        scorer.score(PROMPTS[:1], [" good" * 70])
+    truncated = ImplicitRewardScorer(perturbed_lora(tokenizer)[0], tokenizer, max_length=10)
+    assert int(truncated.score(PROMPTS[:1], [" good" * 70]).num_tokens[0]) == 7  # 10 - 3 prompt tokens
+
+
+def test_falls_back_to_plain_rows_with_one_warning(tokenizer, monkeypatch, caplog):
+    model, reference = perturbed_lora(tokenizer)
+    model.config._attn_implementation = "flash_attention_2"
+    assert "flash_attention_2" in prefix_sharing_problem(model)
+    model.config._attn_implementation = "sdpa"
+    # A prefix-sharing path that silently ignores the prompt must be caught by the first-use check.
+    wrong = lambda lens, segments, cache_len, dtype: real(lens * 0, segments, cache_len, dtype)  # noqa: E731
+    real = scoring_batches.suffix_attention_mask
+    monkeypatch.setattr(scoring_batches, "suffix_attention_mask", wrong)
+    scorer = ImplicitRewardScorer(model, tokenizer)
+    with caplog.at_level(logging.WARNING, logger="dpo_ext.scoring"):
+        first = scorer.score(PROMPTS, COMPLETIONS)
+        second = scorer.score(PROMPTS, COMPLETIONS)
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "prefix-shared log-probs differ" in caplog.records[0].message
+    naive = naive_logps(model, reference, tokenizer, PROMPTS, COMPLETIONS)
+    _check_against_naive(first, naive)
+    _check_against_naive(second, naive)
+
+
+def test_rerank_and_best_of_n(tokenizer):
+    model, _ = perturbed_lora(tokenizer)
+    scorer = ImplicitRewardScorer(model, tokenizer)
+    candidates = [" good fun", " bad", " fine", " awful plot"]
+    ranked = scorer.rerank("the movie was", candidates)
+    rewards = scorer.score(["the movie was"], [candidates]).rewards[0]
+    assert [c.completion for c in ranked] == [candidates[i] for i in rewards.argsort(descending=True)]
+    assert [c.reward for c in ranked] == pytest.approx(sorted(rewards.tolist(), reverse=True), abs=1e-6)
+
+    torch.manual_seed(0)
+    results = scorer.best_of_n(["the movie was", "i saw"], n=4, generation_config={"max_new_tokens": 6})
+    assert len(results) == 2
+    for result in results:
+        assert len(result.candidates) == 4
+        assert result.best.reward == max(c.reward for c in result.candidates)
+        assert [c.reward for c in result.ranked] == sorted((c.reward for c in result.candidates), reverse=True)
+        assert all(1 <= c.num_tokens <= 6 and math.isfinite(c.reward) for c in result.candidates)
+    # An explicit sampler with its own tokenizer: samples are decoded and re-scored as text.
+    sampled = scorer.best_of_n(["the movie was"], n=2, sampler=make_model(tokenizer, seed=3),
+                               sampler_tokenizer=copy.deepcopy(tokenizer), generation_config={"max_new_tokens": 4})
+    assert len(sampled[0].candidates) == 2 and isinstance(sampled[0].best.completion, str)
+
+
+def test_evaluate_preferences_on_pairwise_and_ranked_rows(tokenizer):
+    model, _ = perturbed_lora(tokenizer)
+    scorer = ImplicitRewardScorer(model, tokenizer)
+    pairs = [{"prompt": p, "chosen": c[0], "rejected": c[-1]} for p, c in zip(PROMPTS, COMPLETIONS) if len(c) > 1]
+    metrics = evaluate_preferences(scorer, pairs, return_rewards=True)
+    rewards = metrics["rewards"]
+    assert metrics["num_rows"] == 3 and metrics["num_skipped"] == 0
+    assert metrics["accuracy"] == pytest.approx(sum(r[0] > r[1] for r in rewards) / 3)
+    assert metrics["rewards/chosen"] == pytest.approx(sum(r[0] for r in rewards) / 3, abs=1e-6)
+
+    rows = ranked_rows(4, k=3, seed=1) + [{"prompt": "a", "completions": [" good", " bad"], "ranks": [0, 0]}]
+    ranked = evaluate_preferences(scorer, datasets.Dataset.from_list(rows))
+    assert ranked["num_rows"] == 4 and ranked["num_skipped"] == 1
+    assert set(ranked) >= {"top1_accuracy", "pairwise_accuracy", "kendall_tau", "rewards/margins"}
+
+
+def _train_config(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, per_device_eval_batch_size=8,
+                  learning_rate=2e-2, num_train_epochs=2, logging_steps=1, report_to="none", use_cpu=True,
+                  max_length=32, save_strategy="no", seed=0, beta=0.1)
+    values.update(overrides)
+    return values
+
+
+def test_scores_match_the_trainers_logged_rewards(tokenizer, tmp_path):
+    """Train a LoRA with PLDPOTrainer; its eval metrics on rows equal evaluate_preferences on the same rows."""
+    from dpo_ext import PLDPOConfig, PLDPOTrainer
+
+    rows = ranked_rows(8, k=3, seed=2)
+    for row in rows:  # a leading space keeps prompt and completion words apart
+        row["completions"] = [" " + c for c in row["completions"]]
+    data = datasets.Dataset.from_list(rows)
+    trainer = PLDPOTrainer(make_model(tokenizer), args=PLDPOConfig(**_train_config(tmp_path)), train_dataset=data,
+                           eval_dataset=data, processing_class=tokenizer,
+                           peft_config=LoraConfig(**LORA, task_type="CAUSAL_LM"))
+    trainer.train()
+    logged = trainer.evaluate()  # one eval batch of all 8 rows: the logged means are over rows
+    ours = evaluate_preferences(ImplicitRewardScorer(trainer.model, tokenizer, beta=0.1), rows)
+    assert abs(logged["eval_rewards/margins"]) > 1e-3  # training moved the policy away from the reference
+    for key, theirs in (("rewards/chosen", "eval_rewards/chosen"), ("rewards/rejected", "eval_rewards/rejected"),
+                        ("rewards/margins", "eval_rewards/margins"), ("accuracy", "eval_rewards/accuracies"),
+                        ("top1_accuracy", "eval_rewards/top1_accuracy"),
+                        ("pairwise_accuracy", "eval_rewards/pairwise_accuracy"),
+                        ("kendall_tau", "eval_rewards/kendall_tau")):
+        assert ours[key] == pytest.approx(logged[theirs], abs=1e-5), key
+
+
+def _save_base(tokenizer, path):
+    model = make_model(tokenizer)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path)  # its name_or_path is `path`, as the adapter will record
+
+
+def _pairs(n=8):
+    rows = ranked_rows(n, k=2, seed=3)
+    return [{"prompt": r["prompt"], "chosen": " " + r["completions"][r["ranks"].index(0)],
+             "rejected": " " + r["completions"][r["ranks"].index(1)]} for r in rows]
+
+
+def test_from_pretrained_loads_a_dpo_ext_adapter(tokenizer, tmp_path):
+    from dpo_ext import PLDPOConfig, PLDPOTrainer
+
+    pairs = _pairs()
+    trainer = PLDPOTrainer(_save_base(tokenizer, tmp_path / "base"), args=PLDPOConfig(**_train_config(tmp_path)),
+                           train_dataset=datasets.Dataset.from_list(pairs), processing_class=tokenizer,
+                           peft_config=LoraConfig(**LORA, task_type="CAUSAL_LM"))
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    expected = ImplicitRewardScorer(trainer.model, tokenizer).score([p["prompt"] for p in pairs],
+                                                                    [[p["chosen"], p["rejected"]] for p in pairs])
+    loaded = ImplicitRewardScorer.from_pretrained(str(tmp_path / "adapter"), device="cpu")
+    assert loaded.reference == "disabled_adapters"
+    got = loaded.score([p["prompt"] for p in pairs], [[p["chosen"], p["rejected"]] for p in pairs])
+    assert expected.rewards.abs().max() > 1e-3
+    assert torch.allclose(got.rewards, expected.rewards, atol=1e-5)
+
+
+def test_from_pretrained_loads_trl_adapters(tokenizer, tmp_path):
+    """trl.DPOTrainer: a new LoRA (reference = adapters off), and a re-trained one (reference = saved ref/ copy)."""
+    from trl import DPOConfig, DPOTrainer
+
+    pairs = _pairs()
+    data = datasets.Dataset.from_list(pairs)
+    config = DPOConfig(**_train_config(tmp_path, per_device_eval_batch_size=len(pairs)), bf16=False,
+                       gradient_checkpointing=False, loss_type=["sigmoid"])
+    trainer = DPOTrainer(_save_base(tokenizer, tmp_path / "base"), args=config, train_dataset=data,
+                         eval_dataset=data, processing_class=tokenizer,
+                         peft_config=LoraConfig(**LORA, task_type="CAUSAL_LM"))
+    trainer.train()
+    logged = trainer.evaluate()
+    trainer.save_model(str(tmp_path / "trl_adapter"))
+    scorer = ImplicitRewardScorer.from_pretrained(str(tmp_path / "trl_adapter"), device="cpu")
+    assert scorer.reference == "disabled_adapters"
+    ours = evaluate_preferences(scorer, pairs)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert ours[key] == pytest.approx(logged[f"eval_{key}"], abs=1e-5), key
+    assert abs(ours["rewards/margins"]) > 1e-3
+
+    # Re-training the saved adapter: TRL keeps the starting adapter as a frozen "ref" adapter and saves it in ref/.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    again = PeftModel.from_pretrained(base, tmp_path / "trl_adapter", is_trainable=True)
+    trainer = DPOTrainer(again, args=config, train_dataset=data, eval_dataset=data, processing_class=tokenizer)
+    trainer.train()
+    logged = trainer.evaluate()
+    trainer.save_model(str(tmp_path / "trl_again"))
+    scorer = ImplicitRewardScorer.from_pretrained(str(tmp_path / "trl_again"), device="cpu")
+    assert scorer.reference == "adapter:ref"
+    ours = evaluate_preferences(scorer, pairs)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert ours[key] == pytest.approx(logged[f"eval_{key}"], abs=1e-5), key

@@ -62,6 +62,28 @@ def test_quick_and_config_are_exclusive():
         recipe_config.parse_args(["--quick", "--config", "x.yaml"])
 
 
+def test_split_is_disjoint_and_growing_one_part_moves_no_other():
+    import imdb_data
+
+    reviews = [{"text": f"review {i}", "label": i % 2} for i in range(1000)]
+    small = recipe_config.DataArguments(sft_reviews=300, classifier_reviews=200, preference_prompts=100,
+                                        eval_prompts=50, best_of_n_prompts=20)
+    big = recipe_config.DataArguments(**{**vars(small), "preference_prompts": 300})
+    a, b = imdb_data.split_reviews(reviews, small, seed=0), imdb_data.split_reviews(reviews, big, seed=0)
+    texts = [r["text"] for part in a.values() for r in part]
+    assert len(texts) == len(set(texts)) == 300 + 200 + 170
+    assert a["sft"] == b["sft"] and a["classifier"] == b["classifier"]
+    assert b["prompts"][: len(a["prompts"])] == a["prompts"]
+    with pytest.raises(ValueError, match="cannot hold"):
+        imdb_data.split_reviews(reviews[:500], small, seed=0)
+
+
+def test_clean_strips_html_breaks():
+    import imdb_data
+
+    assert imdb_data.clean("Great.<br /><br />Really<br/>great.  ") == "Great. Really great."
+
+
 def test_pairwise_rows_best_worst_and_adjacent():
     completions, scores = ["a", "b", "c", "d"], [0.2, 0.9, 0.1, 0.5]
     assert preference_data.pairwise_rows("p", completions, scores, "best_worst") == [

@@ -64,6 +64,8 @@ def make_callback(tokenizer, reward, prompts, training_args, data_args, curve: l
             every = training_args.eval_every_steps
             if every <= 0 or state.global_step % every != 0 or not state.is_world_process_zero:
                 return
+            if state.global_step >= state.max_steps:  # the final evaluation (of the saved adapter) covers it
+                return
             point = evaluate_policy(
                 model, tokenizer, reward, prompts, training_args.eval_samples_per_prompt,
                 data_args.max_new_tokens, seed=training_args.seed + 1,

@@ -66,7 +66,7 @@ def sample(model, prompts, num_samples, max_new_tokens, eos_token_id, pad_token_
 
 
 @torch.no_grad()
-def sequence_logps(model, prompts, completions, pad_token_id, batch_size=256):
+def sequence_logps(model, prompts, completions, pad_token_id, batch_size=64):
     """Sum over completion tokens of log p(token | prefix) under ``model`` as it is (adapters as set).
 
     Args:
@@ -92,14 +92,17 @@ def sequence_logps(model, prompts, completions, pad_token_id, batch_size=256):
             completion_mask[row, len(prompt) : len(ids)] = True
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()  # (B, T-1, V)
-        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+        # log p(target) = logit(target) - logsumexp(logits): one (B, T-1, V) temporary fewer than log_softmax,
+        # which with small batches keeps the CPU out of page-fault (system) time.
+        targets = input_ids[:, 1:, None]
+        token_logps = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, T-1)
         mask = completion_mask[:, 1:].to(device)  # token t+1 is predicted at position t
         out.append((token_logps * mask).sum(-1).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def policy_and_reference_logps(peft_model, prompts, completions, pad_token_id, batch_size=256):
+def policy_and_reference_logps(peft_model, prompts, completions, pad_token_id, batch_size=64):
     """(policy, reference) sequence log-probs; the reference is the same model with its adapters disabled."""
     policy = sequence_logps(peft_model, prompts, completions, pad_token_id, batch_size)
     with peft_model.disable_adapter():
@@ -107,7 +110,7 @@ def policy_and_reference_logps(peft_model, prompts, completions, pad_token_id, b
     return policy, reference
 
 
-def implicit_rewards(peft_model, prompts, completions, beta, pad_token_id, batch_size=256):
+def implicit_rewards(peft_model, prompts, completions, beta, pad_token_id, batch_size=64):
     """The DPO implicit reward beta * (log pi(y|x) - log pi_ref(y|x)) of each completion, shape (N,).
 
     Integration point: a small local stand-in for `dpo_ext.ImplicitRewardScorer` (being written elsewhere); swap this

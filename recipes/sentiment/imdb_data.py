@@ -53,23 +53,25 @@ def load_hub_reviews(dataset_name: str) -> list[dict]:
 
 
 def split_reviews(reviews: list[dict], data_args, seed: int) -> dict[str, list[dict]]:
-    """Shuffle once with ``seed`` and cut consecutive, disjoint parts: prompts first (they must never have been seen
-    by SFT or the classifier), then the classifier's reviews, then SFT's. A part that would overflow takes what is left.
+    """Shuffle once with ``seed``; SFT reviews come from the front, then the classifier's, and the prompt reviews
+    from the back, ordered eval, Best-of-N, then preference prompts. Growing one part therefore never moves another:
+    runs with more preference prompts are evaluated on the same prompts with the same SFT model and reward.
     """
     order = list(range(len(reviews)))
     random.Random(seed).shuffle(order)
     shuffled = [reviews[i] for i in order]
-    num_prompts = data_args.preference_prompts + data_args.eval_prompts + data_args.best_of_n_prompts
-    sizes = {"prompts": num_prompts, "classifier": data_args.classifier_reviews, "sft": data_args.sft_reviews}
-    parts, start = {}, 0
-    for name, size in sizes.items():
-        parts[name] = shuffled[start : start + size]
-        start += size
-    if len(parts["prompts"]) < num_prompts or len(parts["classifier"]) < sizes["classifier"] or len(parts["sft"]) < 100:
+    sft, classifier = data_args.sft_reviews, data_args.classifier_reviews
+    num_prompts = data_args.eval_prompts + data_args.best_of_n_prompts + data_args.preference_prompts
+    if sft + classifier + num_prompts > len(reviews):
         raise ValueError(
-            f"{len(reviews)} reviews cannot hold {sizes}; lower preference_prompts / classifier_reviews / sft_reviews."
+            f"{len(reviews)} reviews cannot hold sft_reviews={sft} + classifier_reviews={classifier} + "
+            f"{num_prompts} prompts (eval + best_of_n + preference); lower one of them."
         )
-    return parts
+    return {
+        "sft": shuffled[:sft],
+        "classifier": shuffled[sft : sft + classifier],
+        "prompts": shuffled[::-1][:num_prompts],
+    }
 
 
 PARTS = ("prompts", "classifier", "sft")

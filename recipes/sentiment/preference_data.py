@@ -2,7 +2,7 @@
 
 Prompts are review beginnings of ``prompt_min_tokens``..``prompt_max_tokens`` tokens, cut at a word boundary (the
 next token starts with a space), so that ``prompt + completion`` re-tokenizes with the prompt's own tokens. The prompt
-reviews are split, in order, into preference prompts, eval prompts and Best-of-N prompts.
+reviews are split, in order, into eval prompts, Best-of-N prompts and preference prompts.
 
 For every preference prompt the SFT policy samples K completions; the ground-truth reward scores ``prompt +
 completion``. Written rows:
@@ -24,7 +24,9 @@ def make_prompts(tokenizer, texts, min_tokens, max_tokens, seed):
     """One prompt per text: draw a length in [min, max], then move it to the nearest word boundary in range."""
     rng = random.Random(seed)
     prompts = []
-    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+    # Only the first max_tokens + 1 tokens matter (the +1 tells whether the next token starts a word).
+    encoded = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_tokens + 1)
+    for ids in encoded["input_ids"]:
         target = rng.randint(min_tokens, max_tokens)
         tokens = tokenizer.convert_ids_to_tokens(ids[: max_tokens + 1])
         lengths = sorted(range(min_tokens, max_tokens + 1), key=lambda n: (abs(n - target), n))
@@ -36,15 +38,16 @@ def make_prompts(tokenizer, texts, min_tokens, max_tokens, seed):
 
 
 def split_prompts(tokenizer, prompt_reviews, data_args, seed):
+    """Prompt token ids per split; the reviews come ordered eval, Best-of-N, train (see `imdb_data.split_reviews`)."""
     ids = make_prompts(
         tokenizer, [r["text"] for r in prompt_reviews], data_args.prompt_min_tokens, data_args.prompt_max_tokens, seed
     )
-    sizes = {"train": data_args.preference_prompts, "eval": data_args.eval_prompts,
-             "best_of_n": data_args.best_of_n_prompts}
+    sizes = {"eval": data_args.eval_prompts, "best_of_n": data_args.best_of_n_prompts,
+             "train": data_args.preference_prompts}
     splits, start = {}, 0
-    for name in SPLITS:
-        splits[name] = ids[start : start + sizes[name]]
-        start += sizes[name]
+    for name, size in sizes.items():
+        splits[name] = ids[start : start + size]
+        start += size
     return splits
 
 

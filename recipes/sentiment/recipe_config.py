@@ -64,7 +64,7 @@ class DataArguments:
         default=10000, metadata={"help": "Labelled reviews for the TF-IDF reward (90% fit, 10% held-out accuracy)."}
     )
     preference_prompts: int = field(
-        default=1024, metadata={"help": "Prompts sampled K times from the SFT policy to build preference data."}
+        default=2048, metadata={"help": "Prompts sampled K times from the SFT policy to build preference data."}
     )
     eval_prompts: int = field(
         default=256, metadata={"help": "Held-out prompts for reward / KL evaluation of each policy."}
@@ -108,7 +108,7 @@ class TrainingArguments:
     warmup_steps: int = field(default=5, metadata={"help": "Linear warm-up steps."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Prompts per device per step."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps accumulated per update."})
-    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over the preference data."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the preference data."})
     eval_every_steps: int = field(
         default=16, metadata={"help": "Evaluate reward and KL every this many steps (frontier points); 0: only at end."}
     )

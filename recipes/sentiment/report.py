@@ -15,6 +15,9 @@ COLORS = {
     "dpo": "tab:orange", "trl_dpo": "tab:brown", "pl_dpo": "tab:red", "preferred_ft": "tab:blue",
     "unlikelihood": "tab:green", "rloo": "tab:purple", "grpo": "tab:purple",
 }
+# dpo and trl_dpo should coincide (same loss, same data): distinct markers keep both visible when they do.
+MARKERS = {"dpo": "o", "trl_dpo": "x", "pl_dpo": "s", "preferred_ft": "^", "unlikelihood": "v", "rloo": "D",
+           "grpo": "D"}
 KL_BUDGETS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
@@ -99,8 +102,11 @@ def frontier_plot(path: Path, sft_point, runs: dict) -> None:
         label = None if method in seen else LABELS.get(method, method)
         seen.add(method)
         ax.plot([p["kl"] for p in points], [p["reward"] for p in points], "-", color=COLORS.get(method), alpha=0.35)
-        ax.scatter([p["kl"] for p in points[1:]], [p["reward"] for p in points[1:]], s=18,
-                   color=COLORS.get(method), label=label)
+        marker = MARKERS.get(method, "o")
+        style = {"facecolors": "none", "edgecolors": COLORS.get(method)} if marker == "o" else {
+            "color": COLORS.get(method)}
+        ax.scatter([p["kl"] for p in points[1:]], [p["reward"] for p in points[1:]], s=40 if marker == "o" else 22,
+                   marker=marker, label=label, **style)
     ax.scatter([0], [sft_point["reward"]], marker="*", s=120, color="black", label=LABELS["sft"], zorder=5)
     ax.set_xlabel("KL(pi || pi_ref), sequence level")
     ax.set_ylabel("ground-truth reward, p(positive)")

@@ -108,15 +108,79 @@ def test_best_of_n_picks_by_disjoint_groups():
     assert best_of_n.pair_agreement(-truth, truth) == 0.0
 
 
-def run_recipe(out: Path, tmp_path: Path) -> str:
+def test_sampling_is_from_the_untouched_distribution():
+    """The KL estimate needs samples from pi itself: the processed scores generate samples from must equal the raw
+    logits (no top-k, top-p or temperature warping)."""
+    import generation
+    from dpo_ext.testing import tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer).eval()
+    ids = torch.tensor([tokenizer("the movie was")["input_ids"]] * 3)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                         pad_token_id=tokenizer.pad_token_id, output_scores=True, output_logits=True,
+                         return_dict_in_generate=True, **generation.SAMPLING)
+    assert torch.equal(torch.stack(out.scores), torch.stack(out.logits))
+
+
+def test_fresh_adapter_has_zero_kl_and_zero_implicit_reward():
+    import evaluation
+    import generation
+    from peft import get_peft_model
+
+    import train_methods
+    from dpo_ext.testing import tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    lora = recipe_config.LoraArguments(lora_r=4, lora_alpha=8)
+    model = get_peft_model(tiny_model(tokenizer), train_methods.lora_config(lora))
+    prompts = [tokenizer("the movie was")["input_ids"], tokenizer("i liked it")["input_ids"]]
+    point = evaluation.evaluate_policy(model, tokenizer, lambda texts: [0.5] * len(texts), prompts,
+                                       samples_per_prompt=3, max_new_tokens=5, seed=0)
+    assert point["kl"] == 0.0 and point["num_samples"] == 6 and point["reward"] == 0.5
+    completions = [c for row in generation.sample(model, prompts, 2, 5, tokenizer.eos_token_id,
+                                                  tokenizer.pad_token_id, seed=1) for c in row]
+    rewards = generation.implicit_rewards(model, [p for p in prompts for _ in range(2)], completions, 0.1,
+                                          tokenizer.pad_token_id)
+    assert torch.equal(rewards, torch.zeros(4))
+
+
+def test_sequence_logps_match_a_manual_sum():
+    """Right padding and the prompt/completion boundary: compare with log-softmax summed by hand, row by row."""
+    import generation
+    from dpo_ext.testing import tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer).eval()
+    prompts = [tokenizer("the movie")["input_ids"], tokenizer("i really liked")["input_ids"]]
+    completions = [tokenizer(" was good and fun")["input_ids"], tokenizer(" it")["input_ids"]]
+    got = generation.sequence_logps(model, prompts, completions, tokenizer.pad_token_id)
+    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+        ids = torch.tensor([prompt + completion])
+        with torch.no_grad():
+            logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)  # (T-1, V)
+        expected = sum(logps[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(completion))
+        assert got[row].item() == pytest.approx(expected, abs=1e-4)
+
+
+def run_recipe(out: Path, tmp_path: Path, *extra: str, check: bool = True):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), TOKENIZERS_PARALLELISM="false",
                MPLCONFIGDIR=str(tmp_path / "mpl"))
     result = subprocess.run(
-        [sys.executable, str(RECIPE / "run.py"), "--quick", "--output_dir", str(out)],
+        [sys.executable, str(RECIPE / "run.py"), "--quick", "--output_dir", str(out), *extra],
         env=env, capture_output=True, text=True, timeout=600,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return result.stdout + result.stderr
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def test_push_to_hub_fails_before_any_stage_when_offline(tmp_path):
+    out = tmp_path / "sentiment"
+    result = run_recipe(out, tmp_path, "--push_to_hub", "--hub_model_id", "my-org/imdb", check=False)
+    assert result.returncode != 0
+    assert "HF_HUB_OFFLINE" in result.stderr and "Traceback" not in result.stderr
+    assert not (out / "data").exists()
 
 
 @pytest.mark.slow
@@ -150,10 +214,19 @@ def test_quick_run_end_to_end_and_cached_rerun(tmp_path):
 
     weights = out / "adapters" / "pl_dpo_beta0.1" / "adapter_model.safetensors"
     before = weights.stat().st_mtime_ns
-    log = run_recipe(out, tmp_path)
+    # The re-run also stages the Hub upload (dry run: no network), which needs only the finished folders.
+    result = run_recipe(out, tmp_path, "--push_to_hub", "--hub_model_id", "my-org/imdb", "--hub_dry_run")
+    log = result.stdout + result.stderr
     for index, name in [(1, "data"), (2, "tokenizer"), (3, "SFT policy"), (4, "ground-truth reward"),
                         (5, "preference data"), (7, "Best-of-N")]:
         assert f"[{index}/8] {name}: cached" in log, name
     assert "running" not in log
     assert weights.stat().st_mtime_ns == before
     assert json.loads((out / "results.json").read_text())["runs"].keys() == results["runs"].keys()
+    staged = out / "hub_dry_run"
+    assert (staged / "sft" / "model.safetensors").is_file()
+    for name in results["runs"]:
+        assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= {
+            p.name for p in (staged / name).iterdir()}
+        assert json.loads((staged / name / "adapter_config.json").read_text())["base_model_name_or_path"] == (
+            "my-org/imdb-sft")

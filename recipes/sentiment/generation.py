@@ -11,6 +11,9 @@ from collections import defaultdict
 
 import torch
 
+# The untouched distribution: no temperature, top-k or top-p warping (transformers skips top_k=0 and top_p=1.0).
+SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
 
 def _chunks(items, size):
     for start in range(0, len(items), size):
@@ -48,10 +51,7 @@ def sample(model, prompts, num_samples, max_new_tokens, eos_token_id, pad_token_
                 output = model.generate(
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
-                    do_sample=True,
-                    temperature=1.0,
-                    top_k=0,
-                    top_p=1.0,
+                    **SAMPLING,
                     max_new_tokens=max_new_tokens,
                     eos_token_id=eos_token_id,
                     pad_token_id=pad_token_id,

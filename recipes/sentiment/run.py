@@ -78,12 +78,31 @@ def choose_threads(requested: int) -> int:
     return max(1, cores - busy)
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory instead of returning every large block to the OS. The tiny models allocate
+    logits-sized temporaries (tens of MB) at every step; with glibc's defaults each one is a fresh mmap whose pages
+    fault in again: measured 27% of a training step's CPU time spent in the kernel, ~0% with this."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, (1 << 31) - 1)
+
+
 def main(model_args, lora_args, data_args, training_args, hub_args) -> dict:
     import torch
 
     out = Path(training_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if training_args.use_cpu:
+        keep_freed_memory()
         threads = choose_threads(training_args.num_threads)
         torch.set_num_threads(threads)
         log(f"torch uses {threads} CPU thread(s)")
@@ -195,4 +214,11 @@ def read_json(path: Path):
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
-    main(*recipe_config.parse_args())
+    try:
+        arguments = recipe_config.parse_args()
+    except ValueError as error:
+        sys.exit(f"run.py: error: {error}")
+    try:
+        main(*arguments)
+    except PermissionError as error:  # dpo_ext.hub.HubAccessError: no token, read-only token, offline mode
+        sys.exit(f"run.py: error: {error}")

@@ -16,6 +16,7 @@ computation (one ``prompt + completion`` row per completion, a separate referenc
 """
 
 import contextlib
+import inspect
 import logging
 import math
 from dataclasses import dataclass
@@ -146,9 +147,11 @@ def prefix_sharing_problem(model) -> str | None:
     implementation = getattr(config, "_attn_implementation", None)
     if implementation not in ("eager", "sdpa"):
         return f"attn_implementation={implementation!r} does not take a custom 4-D float mask (use eager or sdpa)"
+    window = getattr(config, "sliding_window", None)
+    if (window and getattr(config, "use_sliding_window", True)) or "sliding_attention" in (
+            getattr(config, "layer_types", None) or ()):
+        return "sliding-window attention is not expressed by the prefix-sharing mask"
     bare = model.get_base_model() if hasattr(model, "get_base_model") else model
-    import inspect
-
     if "position_ids" not in inspect.signature(bare.forward).parameters:
         return "the model's forward takes no position_ids"
     return None
@@ -173,14 +176,16 @@ class ImplicitRewardScorer:
         mixed_adapter_batches (`bool`, *optional*): run policy and adapters-off/adapter reference in one forward
             (PEFT ``adapter_names``). `None` = on accelerators only: on CPU PEFT's per-row indexing costs more than
             the second forward it saves (see ``benchmarks/scoring.py``).
-        max_batch_tokens (`int`, defaults to 4096): padded tokens per forward (all copies, cache keys included).
-        max_row_tokens (`int`, defaults to 512): completion tokens concatenated into one row of the completion pass.
+        max_batch_tokens (`int`, defaults to 2048): padded tokens per forward (all copies, cache keys included;
+            logits of small-model/large-vocabulary LM heads weigh more). Raise it on a GPU for throughput.
+        max_row_tokens (`int`, defaults to 128): completion tokens concatenated into one row of the completion pass
+            (fewer: less attention to the other completions of the row; more: fewer copies of the prompt cache).
     """
 
     def __init__(self, model, tokenizer=None, *, ref_model=None, ref_adapter=None, policy_adapter=None,
                  beta: float = 0.1, reference_free: bool = False, max_length: int | None = None,
                  prefix_sharing: bool = True, mixed_adapter_batches: bool | None = None,
-                 max_batch_tokens: int = 4096, max_row_tokens: int = 512):
+                 max_batch_tokens: int = 2048, max_row_tokens: int = 128):
         if beta <= 0:
             raise ValueError(f"beta must be positive, got {beta}")
         if ref_model is not None and ref_adapter is not None:
@@ -210,11 +215,8 @@ class ImplicitRewardScorer:
         self.max_batch_tokens, self.max_row_tokens = max_batch_tokens, max_row_tokens
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
             tokenizer.eos_token_id or 0)
-        self._prefix_problem = prefix_sharing_problem(model) if prefix_sharing else "prefix_sharing=False"
-        if prefix_sharing and self._prefix_problem:
-            logger.warning("Prefix sharing is off (%s); scoring one prompt + completion row at a time.",
-                           self._prefix_problem)
-        self._prefix_checked = not prefix_sharing
+        self.prefix_sharing = prefix_sharing
+        self._prefix_problems = {}  # id(model) -> why prefix sharing is off for it (None: on, checked)
         if mixed_adapter_batches is None:
             mixed_adapter_batches = next(model.parameters()).device.type != "cpu"
         self.mixed_adapter_batches = bool(mixed_adapter_batches and peft and ref_model is None)
@@ -241,16 +243,18 @@ class ImplicitRewardScorer:
     # -- scoring ---------------------------------------------------------------------------------------------------
 
     def _run(self, runner, groups, num_slots, progress) -> torch.Tensor:
-        """(copies, num_slots) log-probs; prefix sharing checked on first use, any failure -> plain, one warning."""
-        kwargs = dict(max_batch_tokens=self.max_batch_tokens, max_row_tokens=self.max_row_tokens)
-        if self._prefix_problem is None and not self._prefix_checked:
-            self._prefix_checked = True
-            self._prefix_problem = self._check_prefix_sharing(runner, groups)
-            if self._prefix_problem:
-                logger.warning("Prefix sharing is off (%s); scoring one prompt + completion row at a time.",
-                               self._prefix_problem)
-        return score_groups(runner, groups, num_slots, prefix_sharing=self._prefix_problem is None,
-                            progress=progress, **kwargs)
+        """(copies, num_slots) log-probs. Prefix sharing is checked once per model (its config, then a probe
+        against the plain computation); where it is not possible: plain rows, with one warning."""
+        key = id(runner.model)
+        if self.prefix_sharing and key not in self._prefix_problems:
+            problem = prefix_sharing_problem(runner.model) or self._check_prefix_sharing(runner, groups)
+            self._prefix_problems[key] = problem
+            if problem:
+                logger.warning("Prefix sharing is off for %s (%s); scoring one prompt + completion row at a time.",
+                               type(runner.model).__name__, problem)
+        shared = self.prefix_sharing and self._prefix_problems[key] is None
+        return score_groups(runner, groups, num_slots, prefix_sharing=shared, progress=progress,
+                            max_batch_tokens=self.max_batch_tokens, max_row_tokens=self.max_row_tokens)
 
     @staticmethod
     def _check_prefix_sharing(runner, groups) -> str | None:
@@ -354,8 +358,9 @@ class ImplicitRewardScorer:
                 out[b, : len(g.slots)] = values[g.slots]
             return out
 
-        return ScoreResult(grid(rewards, math.nan), grid(policy, math.nan), None if ref is None else grid(ref, math.nan),
-                           grid(num_tokens, 0), beta, normalize, reference_free)
+        return ScoreResult(grid(rewards, math.nan), grid(policy, math.nan),
+                           None if ref is None else grid(ref, math.nan), grid(num_tokens, 0), beta, normalize,
+                           reference_free)
 
     def score(self, prompts, completions, *, beta=None, normalize="sum", reference_free=None,
               progress=False) -> ScoreResult:

@@ -107,19 +107,20 @@ def _repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
     return tensor if copies == 1 else tensor.repeat(copies, *([1] * (tensor.dim() - 1)))  # (copies * R, ...)
 
 
-def _picked_logps(logits, rows, columns, labels, max_elements: int = 2**24) -> torch.Tensor:
-    """log softmax(logits[rows, columns])[labels], upcasting a bounded number of picked positions at a time.
+def _picked_logps(logits, rows, columns, labels, max_elements: int = 2**22) -> torch.Tensor:
+    """log softmax(logits[rows, columns])[labels] for N targets.
+
+    The log-normaliser is computed for every kept position, a bounded number of float32 elements at a time, so
+    the (N, V) copy that indexing the targets' logits first would make is never materialised.
 
     Returns:
         `torch.Tensor`: (N,) float32.
     """
+    flat = logits.reshape(-1, logits.shape[-1])  # (R * M, V)
     step = max(1, max_elements // logits.shape[-1])
-    out = []
-    for i in range(0, rows.shape[0], step):
-        picked = logits[rows[i : i + step], columns[i : i + step]].float()  # (n, V)
-        label = labels[i : i + step].unsqueeze(-1)
-        out.append(picked.gather(-1, label).squeeze(-1) - torch.logsumexp(picked, dim=-1))
-    return torch.cat(out) if out else logits.new_zeros(0, dtype=torch.float32)
+    lse = torch.cat([torch.logsumexp(flat[i : i + step].float(), dim=-1) for i in range(0, flat.shape[0], step)])
+    index = rows * logits.shape[1] + columns  # (N,) into the flattened positions
+    return flat[index, labels].float() - lse[index]
 
 
 class Runner:
@@ -135,6 +136,11 @@ class Runner:
         if not self.dtype.is_floating_point:
             self.dtype = torch.float32
         self.logits_to_keep = _accepts_logits_to_keep(model)
+        # Token-budget weight of one LM-head position: its logits (V floats) against the ~8 * hidden floats of
+        # activations a token costs. For small models with large vocabularies the logits dominate memory.
+        config = getattr(model, "config", None)
+        vocab, hidden = getattr(config, "vocab_size", None), getattr(config, "hidden_size", None)
+        self.logit_cost = max(1, vocab // (8 * hidden)) if isinstance(vocab, int) and isinstance(hidden, int) else 1
         bare = model.get_base_model() if hasattr(model, "get_base_model") else model
         # transformers 5.x renamed `past_key_values` to `cache` (the old name goes in 5.40)
         self.cache_kwarg = "cache" if "cache" in inspect.signature(bare.forward).parameters else "past_key_values"
@@ -193,13 +199,15 @@ def _suffix_pass(runner: Runner, rows: list[SuffixRow], kv, cache_len: int, num_
         keep, input_ids=_pad([r.input_ids for r in rows], runner.pad_token_id, device), attention_mask=mask,
         position_ids=_pad([r.positions for r in rows], 0, device), use_cache=True, **{runner.cache_kwarg: cache},
     )
-    logps = runner.per_copy(logits, targets[:, 0], torch.searchsorted(keep, targets[:, 1].contiguous()), targets[:, 2], len(rows))
+    columns = torch.searchsorted(keep, targets[:, 1].contiguous())
+    logps = runner.per_copy(logits, targets[:, 0], columns, targets[:, 2], len(rows))
     return logps, targets[:, 3]
 
 
 def _plain_pass(runner: Runner, groups: list[Group], max_batch_tokens: int, out: torch.Tensor) -> None:
     rows = [(g.prompt_ids, c, s) for g in groups for c, s in zip(g.completion_ids, g.slots)]
-    for chunk in _budget_chunks(rows, lambda r: (len(r[0]) + len(r[1])) * runner.copies, max_batch_tokens):
+    cost = lambda r: max(len(r[0]) + len(r[1]), len(r[1]) * runner.logit_cost) * runner.copies  # noqa: E731
+    for chunk in _budget_chunks(rows, cost, max_batch_tokens):
         ids = [list(p) + list(c) for p, c, _ in chunk]
         device = runner.device
         # Without a prompt token nothing predicts a completion's first token: it is not scored (as in training).
@@ -209,13 +217,13 @@ def _plain_pass(runner: Runner, groups: list[Group], max_batch_tokens: int, out:
         keep = torch.unique(targets[:, 1])
         logits = runner.forward(keep, input_ids=_pad(ids, runner.pad_token_id, device),
                                    attention_mask=_pad([[1] * len(i) for i in ids], 0, device), use_cache=False)
-        logps = runner.per_copy(logits, targets[:, 0], torch.searchsorted(keep, targets[:, 1].contiguous()), targets[:, 2],
-                                len(chunk))
+        columns = torch.searchsorted(keep, targets[:, 1].contiguous())
+        logps = runner.per_copy(logits, targets[:, 0], columns, targets[:, 2], len(chunk))
         out.index_add_(1, targets[:, 3], logps)
 
 
 def score_groups(runner: Runner, groups: list[Group], num_slots: int, *, prefix_sharing: bool = True,
-                 max_batch_tokens: int = 8192, max_row_tokens: int = 256, progress=None) -> torch.Tensor:
+                 max_batch_tokens: int = 2048, max_row_tokens: int = 128, progress=None) -> torch.Tensor:
     """Summed log-probs of every completion of every group.
 
     Args:
@@ -223,7 +231,8 @@ def score_groups(runner: Runner, groups: list[Group], num_slots: int, *, prefix_
         groups (`list[Group]`): prompts and completions as token ids; every prompt and completion non-empty.
         num_slots (`int`): size of the output (every ``slot`` of every group is < ``num_slots``).
         prefix_sharing (`bool`): two-pass prefix sharing, or plain ``prompt + completion`` rows.
-        max_batch_tokens (`int`): padded tokens (keys, for the completion pass) per forward, all copies included.
+        max_batch_tokens (`int`): padded tokens per forward, all copies included; a completion-pass row costs its
+            keys (cache + its own tokens), or its LM-head positions times ``runner.logit_cost`` if that is more.
         max_row_tokens (`int`): completion tokens concatenated into one completion-pass row.
         progress (*optional*): a tqdm-like object whose ``update(n)`` is called with the completions done.
 
@@ -244,7 +253,10 @@ def score_groups(runner: Runner, groups: list[Group], num_slots: int, *, prefix_
         first, kv, cache_len = _prompt_pass(runner, batch)
         out.index_add_(1, torch.tensor([s for g in batch for s in g.slots], device=runner.device), first)
         rows = [r for b, g in enumerate(batch) for r in suffix_rows(g, b, max_row_tokens) if r.targets]
-        row_cost = lambda r: (cache_len + len(r.input_ids)) * runner.copies  # noqa: E731
+
+        def row_cost(row, cache_len=cache_len):  # the row's keys, or its logits if they weigh more
+            return max(cache_len + len(row.input_ids), len(row.input_ids) * runner.logit_cost) * runner.copies
+
         for chunk in _budget_chunks(rows, row_cost, max_batch_tokens):
             logps, slots = _suffix_pass(runner, chunk, kv, cache_len, len(batch))
             out.index_add_(1, slots, logps)

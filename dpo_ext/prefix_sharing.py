@@ -163,7 +163,7 @@ def packed_token_logps(model, batch: dict, **model_kwargs):
         ``per_token_logps`` is float32 and 0 where ``mask`` is 0.
     """
     input_ids, mask = batch["input_ids"], batch["token_mask"]  # (B, L), (N, C)
-    num_lists, length = input_ids.shape
+    length = input_ids.shape[1]
     predictor = batch["predictor_index"]  # (N, C), flat into B * L
     # Logits only at positions that predict some completion token (the union over the batch's lists).
     keep = torch.unique(predictor[mask.bool()] % length) if bool(mask.any()) else predictor.new_zeros(1)
@@ -175,10 +175,12 @@ def packed_token_logps(model, batch: dict, **model_kwargs):
         logits = model(**kwargs, **model_kwargs).logits[:, keep]
     flat = logits.reshape(-1, logits.shape[-1])  # (B * len(keep), V)
     # Where each predictor's logits landed: list b, column = its rank among the kept positions.
-    rows = (predictor // length) * keep.numel() + torch.searchsorted(keep, predictor % length).clamp_max(keep.numel() - 1)
+    column = torch.searchsorted(keep, predictor % length).clamp_max(keep.numel() - 1)  # (N, C)
+    rows = (predictor // length) * keep.numel() + column
     labels = input_ids.reshape(-1)[batch["token_index"]]  # (N, C)
     picked = flat[rows, labels].float()  # (N, C)
-    lse = torch.cat([torch.logsumexp(chunk.float(), dim=-1) for chunk in flat.split(4096)])  # (B * len(keep),)
+    chunk = max(1, 2**26 // flat.shape[-1])  # positions upcast to float32 at a time: at most 256 MiB
+    lse = torch.cat([torch.logsumexp(c.float(), dim=-1) for c in flat.split(chunk)])  # (B * len(keep),)
     return (picked - lse[rows]) * mask, mask
 
 

@@ -2,13 +2,13 @@
 is kept). Here the picker varies: the ground-truth classifier (an oracle upper bound), the implicit reward
 beta * log(pi/pi_ref) of a trained DPO / PL-DPO adapter, or chance. The y-axis is always the ground-truth reward
 of the kept sample, so the question is whether the implicit reward ranks samples like the true reward does.
+For chance the exact expectation (the mean reward) is reported.
 
 Lower variance for free: for N < N_max the N_max samples of a prompt are cut into N_max / N disjoint groups and
 every group contributes its pick.
 """
 
 import json
-import random
 from pathlib import Path
 
 import torch
@@ -48,20 +48,19 @@ def build(out_dir: Path, sft_dir: Path, tokenizer, reward, prompts, scorer_dirs:
                                          preference_data.decode(tokenizer, c))
              for p, c in zip(flat_prompts, flat_completions)]
     truth = torch.tensor(reward(texts)).reshape(len(prompts), n_max)
-    rng = random.Random(seed)
-    pickers = {
-        "ground_truth": truth,
-        "random": torch.tensor([rng.random() for _ in texts]).reshape(len(prompts), n_max),
-    }
+    pickers = {"ground_truth": truth}
     for name, (adapter_dir, beta) in scorer_dirs.items():
         peft_model = PeftModel.from_pretrained(sft_policy.load(sft_dir, use_cpu), adapter_dir)
         scores = generation.implicit_rewards(peft_model, flat_prompts, flat_completions, beta, tokenizer.pad_token_id)
         pickers[f"implicit_{name}"] = scores.reshape(len(prompts), n_max)
         log(f"best-of-n: implicit reward of {name} scored {len(texts)} samples")
     ns = [2**i for i in range(n_max.bit_length()) if 2**i <= n_max]
+    picks = {name: [round(picks_mean(scores, truth, n), 4) for n in ns] for name, scores in pickers.items()}
+    agreement = {name: round(pair_agreement(scores, truth), 4) for name, scores in pickers.items()}
+    # A random pick's expected reward is the mean reward whatever N: use that exact value rather than a noisy draw.
+    picks["random"], agreement["random"] = [round(truth.mean().item(), 4)] * len(ns), 0.5
     result = {"N": ns, "prompts": len(prompts), "samples_per_prompt": n_max, "source": "SFT policy samples",
-              "picks": {name: [round(picks_mean(scores, truth, n), 4) for n in ns] for name, scores in pickers.items()},
-              "pair_agreement": {name: round(pair_agreement(scores, truth), 4) for name, scores in pickers.items()}}
+              "picks": picks, "pair_agreement": agreement}
     (out_dir / "best_of_n.json").write_text(json.dumps(result, indent=2))
     return result
 

@@ -126,7 +126,7 @@ def best_of_n_plot(path: Path, bon: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for picker, values in bon["picks"].items():
-        label = {"ground_truth": "ground-truth reward (oracle)", "random": "random"}.get(
+        label = {"ground_truth": "ground-truth reward (oracle)", "random": "random (expected)"}.get(
             picker, picker.replace("implicit_", "implicit reward, "))
         style = "--" if picker in ("ground_truth", "random") else "-o"
         ax.plot(bon["N"], values, style, label=label)

@@ -84,6 +84,35 @@ def test_clean_strips_html_breaks():
     assert imdb_data.clean("Great.<br /><br />Really<br/>great.  ") == "Great. Really great."
 
 
+def test_stage_skips_a_done_folder_and_flags_changed_settings(tmp_path, caplog):
+    import logging
+
+    import run
+
+    built = []
+
+    def build(folder):
+        built.append(folder)
+        (folder / "x.json").write_text("1")
+
+    def load(folder):
+        return (folder / "x.json").read_text()
+
+    assert run.stage(1, "demo", tmp_path / "s", build, load, settings={"lr": 1, "seed": 0}) == "1"
+    with caplog.at_level(logging.WARNING, logger="sentiment"):
+        assert run.stage(1, "demo", tmp_path / "s", build, load, settings={"lr": 2, "seed": 0}) == "1"
+    assert len(built) == 1
+    assert "lr: 1 -> 2" in caplog.text and "seed" not in caplog.text
+
+
+def test_every_setting_is_checked_by_some_stage_or_deliberately_not():
+    import run
+
+    fields = {k for cls in recipe_config.ARGUMENT_CLASSES[:4] for k in cls.__dataclass_fields__}
+    staged = {k for keys in run.STAGE_SETTINGS.values() for k in keys}
+    assert staged <= fields and set(run.NOT_SETTINGS) <= fields
+
+
 def test_pairwise_rows_best_worst_and_adjacent():
     completions, scores = ["a", "b", "c", "d"], [0.2, 0.9, 0.1, 0.5]
     assert preference_data.pairwise_rows("p", completions, scores, "best_worst") == [

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules; recipes/ is not a package
@@ -28,24 +29,48 @@ import recipe_config  # noqa: E402
 
 logger = logging.getLogger("sentiment")
 NUM_STAGES = 8
+# Settings each stage reads, in stage order; a stage depends on its own and every earlier stage's. Training and
+# Best-of-N depend on everything but NOT_SETTINGS. Recorded in each stage's marker to flag stale caches.
+STAGE_SETTINGS = {
+    "data": ("dataset_name", "sft_reviews", "classifier_reviews", "preference_prompts", "eval_prompts",
+             "best_of_n_prompts", "seed"),
+    "tokenizer": ("model_name_or_path", "tokenizer_vocab_size"),
+    "sft": ("tiny_n_layer", "tiny_n_embd", "tiny_n_head", "context_length", "sft_epochs", "sft_learning_rate",
+            "sft_batch_size"),
+    "reward": ("reward_model_name",),
+    "preferences": ("prompt_min_tokens", "prompt_max_tokens", "num_completions", "max_new_tokens", "pairs"),
+    "sft_eval": ("eval_samples_per_prompt",),
+    "train": (),
+    "best_of_n": ("best_of_n_max", "beta"),
+}
+# Not checked: where outputs go, speed-only knobs, and what selects runs (beta, alpha and method are in run names).
+NOT_SETTINGS = ("output_dir", "num_threads", "logging_steps", "bf16", "use_cpu", "gradient_checkpointing", "methods",
+                "sweep", "sweep_betas", "sweep_unlikelihood_alphas", "beta", "unlikelihood_alpha", "rl_method")
 
 
 def log(message: str) -> None:
     logger.info(message)
 
 
-def stage(index: int, name: str, out_dir: Path, build, load, all_processes: bool = False):
+def stage(index: int, name: str, out_dir: Path, build, load, all_processes: bool = False, settings: dict = None):
     """Run ``build(out_dir)`` unless ``out_dir`` is marked done; either way return ``load(out_dir)``.
 
     Under a multi-process launch only the main process builds and the others wait for it, unless
     ``all_processes`` (training: every process takes part, the main process writes the files and the marker).
+    The marker records ``settings``; a cached stage built with other settings is used anyway, with a warning.
     """
     from accelerate import PartialState
 
     state = PartialState()
     marker = out_dir / ".done"
+    settings = settings or {}
     if marker.is_file():
         log(f"[{index}/{NUM_STAGES}] {name}: cached in {out_dir}")
+        recorded = json.loads(marker.read_text()).get("settings", {})
+        changed = sorted(k for k in settings if k in recorded and recorded[k] != settings[k])
+        if changed:
+            logger.warning("%s was built with other settings (%s); delete %s to rebuild it with the current ones",
+                           out_dir, ", ".join(f"{k}: {recorded[k]!r} -> {settings[k]!r}" for k in changed), out_dir)
         return load(out_dir)
     start = time.time()
     if all_processes:
@@ -61,7 +86,7 @@ def stage(index: int, name: str, out_dir: Path, build, load, all_processes: bool
                 build(out_dir)
     if state.is_main_process:
         seconds = time.time() - start
-        marker.write_text(json.dumps({"seconds": round(seconds, 1)}))
+        marker.write_text(json.dumps({"seconds": round(seconds, 1), "settings": settings}, default=str))
         log(f"[{index}/{NUM_STAGES}] {name}: done in {seconds:.1f}s")
     state.wait_for_everyone()
     return load(out_dir)
@@ -117,7 +142,18 @@ def main(model_args, lora_args, data_args, training_args, hub_args) -> dict:
 
         publish.check_access(hub_args)  # fail before hours of training, not after
 
-    parts = stage(1, "data", out / "data", lambda d: imdb_data.build(d, data_args, training_args.seed), imdb_data.load)
+    everything = {k: v for a in (model_args, lora_args, data_args, training_args) for k, v in asdict(a).items()}
+
+    def settings(upto: str) -> dict:
+        """The settings a stage depends on: its own and every earlier stage's (see STAGE_SETTINGS)."""
+        names = list(STAGE_SETTINGS)
+        keys = [k for name in names[: names.index(upto) + 1] for k in STAGE_SETTINGS[name]]
+        if upto in ("train", "best_of_n"):
+            keys += [k for k in everything if k not in NOT_SETTINGS and k not in keys]
+        return {k: everything[k] for k in keys}
+
+    parts = stage(1, "data", out / "data", lambda d: imdb_data.build(d, data_args, training_args.seed),
+                  imdb_data.load, settings=settings("data"))
 
     def build_tokenizer(d):
         if model_args.model_name_or_path is None:
@@ -125,7 +161,7 @@ def main(model_args, lora_args, data_args, training_args, hub_args) -> dict:
         else:
             bpe_tokenizer.load(model_args.model_name_or_path).save_pretrained(d)
 
-    tokenizer = stage(2, "tokenizer", out / "tokenizer", build_tokenizer, bpe_tokenizer.load)
+    tokenizer = stage(2, "tokenizer", out / "tokenizer", build_tokenizer, bpe_tokenizer.load, settings=settings("tokenizer"))
 
     def build_sft(d):
         texts = [r["text"] for r in parts["sft"]]
@@ -136,23 +172,22 @@ def main(model_args, lora_args, data_args, training_args, hub_args) -> dict:
 
     sft_dir = out / "sft"
     # A Hub model is fine-tuned with SFTTrainer on every process; the tiny one by the main process alone.
-    policy = stage(3, "SFT policy", sft_dir, build_sft, lambda d: sft_policy.load(d, training_args.use_cpu),
-                   all_processes=model_args.model_name_or_path is not None)
+    stage(3, "SFT policy", sft_dir, build_sft, lambda d: d, all_processes=model_args.model_name_or_path is not None,
+          settings=settings("sft"))
 
     def build_reward(d):
         if model_args.reward_model_name is None:
             sentiment_reward.build(d, parts["classifier"], training_args.seed, log)
 
     reward = stage(4, "ground-truth reward", out / "reward", build_reward,
-                   lambda d: sentiment_reward.load(d, model_args))
+                   lambda d: sentiment_reward.load(d, model_args), settings=settings("reward"))
 
     prefs = stage(
         5, "preference data", out / "preferences",
-        lambda d: preference_data.build(d, policy, tokenizer, reward, parts["prompts"], data_args,
-                                        training_args.seed, log),
-        preference_data.load,
+        lambda d: preference_data.build(d, sft_policy.load(sft_dir, training_args.use_cpu), tokenizer, reward,
+                                        parts["prompts"], data_args, training_args.seed, log),
+        preference_data.load, settings=settings("preferences"),
     )
-    del policy
 
     # Stage 6: methods. Every process trains (the trainers distribute); the main process writes the folders.
     import train_methods
@@ -160,7 +195,8 @@ def main(model_args, lora_args, data_args, training_args, hub_args) -> dict:
     args = (model_args, lora_args, data_args, training_args)
     eval_prompts = prefs["prompts"]["eval"]
     sft_point = stage(6, "SFT evaluation", out / "sft_eval", lambda d: evaluate_sft(d, sft_dir, tokenizer, reward,
-                      eval_prompts, data_args, training_args), lambda d: read_json(d / "eval_results.json"))
+                      eval_prompts, data_args, training_args), lambda d: read_json(d / "eval_results.json"),
+                      settings=settings("sft_eval"))
     runs = {}
     for run in train_methods.plan_runs(training_args):
         run_dir = out / "adapters" / run["name"]
@@ -168,7 +204,7 @@ def main(model_args, lora_args, data_args, training_args, hub_args) -> dict:
             6, f"train {run['name']}", run_dir,
             lambda d, run=run: train_methods.train_run(run, d, sft_dir, tokenizer, prefs, reward, eval_prompts,
                                                        args, log),
-            lambda d: read_json(d / "eval_results.json"), all_processes=True,
+            lambda d: read_json(d / "eval_results.json"), all_processes=True, settings=settings("train"),
         )
 
     # Stage 7: Best-of-N from SFT samples, picked by the implicit reward of the trained (PL-)DPO adapters.
@@ -178,7 +214,8 @@ def main(model_args, lora_args, data_args, training_args, hub_args) -> dict:
                if r["method"] in ("dpo", "pl_dpo") and r["beta"] == training_args.beta}
     bon = stage(7, "Best-of-N", out / "best_of_n",
                 lambda d: best_of_n.build(d, sft_dir, tokenizer, reward, prefs["prompts"]["best_of_n"], scorers,
-                                          data_args, training_args.seed, log, training_args.use_cpu), best_of_n.load)
+                                          data_args, training_args.seed, log, training_args.use_cpu), best_of_n.load,
+                settings=settings("best_of_n"))
 
     # Stage 8: tables, plots, README; model cards and (opt-in) publishing.
     from accelerate import PartialState

@@ -110,7 +110,8 @@ def train_hub_model(out_dir: Path, model_args, training_args, tokenizer, texts: 
     )
     trainer.train()
     trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(out_dir)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(out_dir)
 
 
 def load(path: str | Path, use_cpu: bool = True):

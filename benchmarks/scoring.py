@@ -39,7 +39,9 @@ def parse_args(argv=None):
     parser.add_argument("--completion-length", type=int, default=32, help="completion tokens")
     parser.add_argument("--prompts", type=int, default=8, help="prompts per configuration")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (best is kept)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads (default: 1 on CPU: on a shared machine, OpenMP threads that wait for a "
+                             "descheduled sibling can make a small forward 100x slower; torch's choice on GPU)")
     parser.add_argument("--scorer-kwargs", default="{}", help="JSON of ImplicitRewardScorer keyword arguments")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/scoring.json"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -108,9 +110,43 @@ def naive_scores(policy, reference, prompts, completions, beta=0.1):
     return rewards
 
 
-def run_child(spec) -> dict:
+def _scorer(spec, policy):
+    from dpo_ext.scoring import ImplicitRewardScorer
+
+    class Tokenizer:  # token ids are given directly: the scorer only needs the pad id
+        pad_token_id, eos_token_id = 0, 0
+
+    return ImplicitRewardScorer(policy, Tokenizer(), **spec["scorer_kwargs"])
+
+
+def _reference_copy(policy):
     import copy
 
+    with policy.disable_adapter():  # the starting policy = the base model, copied as naive code would
+        return copy.deepcopy(policy.get_base_model()).eval()
+
+
+def _scoring_functions(spec, policy, methods):
+    import torch
+
+    functions = {}
+    if "naive" in methods:
+        reference = _reference_copy(policy)
+
+        def naive(p, c):
+            with torch.inference_mode():
+                return naive_scores(policy, reference, p, c)
+
+        functions["naive"] = naive
+    if "scorer" in methods:
+        scorer = _scorer(spec, policy)
+        functions["scorer"] = lambda p, c: scorer.score_tokens(p, c).rewards.tolist()
+    return functions
+
+
+def run_child(spec) -> dict:
+    """``spec["method"]``: "naive" or "scorer" (peak memory of that method alone, from a clean process), or
+    "time" (both methods in one process, timed alternately so that both see the same machine load)."""
     import torch
 
     if spec["threads"]:
@@ -118,43 +154,39 @@ def run_child(spec) -> dict:
     cuda = spec["device"].startswith("cuda")
     policy, vocab_size = build_policy(spec)
     prompts, completions = make_tokens(spec, vocab_size)
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start_memory = torch.cuda.memory_allocated()
-    start_rss = _rss_mb()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    import dpo_ext.forward  # noqa: F401 - imports and kernel set-up are not part of either method's peak
+    import dpo_ext.scoring  # noqa: F401
 
-    if spec["method"] == "naive":
-        with policy.disable_adapter():  # the starting policy = the base model; copied as naive code would
-            reference = copy.deepcopy(policy.get_base_model()).eval()
-
-        def score(p, c):
-            with torch.inference_mode():
-                return naive_scores(policy, reference, p, c)
-    else:
-        from dpo_ext.scoring import ImplicitRewardScorer
-
-        class Tokenizer:  # token ids are given directly: the scorer only needs the pad id
-            pad_token_id, eos_token_id = 0, 0
-
-        scorer = ImplicitRewardScorer(policy, Tokenizer(), **spec["scorer_kwargs"])
-
-        def score(p, c):
-            return scorer.score_tokens(p, c).rewards.tolist()
-
-    score(prompts[:1], completions[:1])  # warm-up
-    times, rewards = [], None
-    for _ in range(spec["repeats"]):
+    with torch.inference_mode():
+        policy(input_ids=torch.tensor([prompts[0][:8]], device=policy.device))
+    if spec["method"] != "time":
+        sync()
         if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+            torch.cuda.reset_peak_memory_stats()
+            start_memory = torch.cuda.memory_allocated()
+        start_rss = _rss_mb()
+        score = _scoring_functions(spec, policy, [spec["method"]])[spec["method"]]
+        score(prompts[:1], completions[:1])  # warm-up
         rewards = score(prompts[1:], completions[1:])
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    peak = ((torch.cuda.max_memory_allocated() - start_memory) / 2**20 if cuda else _peak_rss_mb() - start_rss)
-    return {"seconds": min(times), "all_seconds": times, "peak_memory_mb": peak, "rewards": rewards,
-            "candidates": spec["prompts"] * spec["n"]}
+        sync()
+        peak = (torch.cuda.max_memory_allocated() - start_memory) / 2**20 if cuda else _peak_rss_mb() - start_rss
+        return {"peak_memory_mb": peak, "rewards": rewards}
+
+    functions = _scoring_functions(spec, policy, METHODS)
+    for score in functions.values():
+        score(prompts[:1], completions[:1])  # warm-up
+    wall = {m: [] for m in METHODS}
+    cpu = {m: [] for m in METHODS}
+    for repeat in range(spec["repeats"]):
+        for method in (METHODS if repeat % 2 == 0 else METHODS[::-1]):
+            sync()
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            functions[method](prompts[1:], completions[1:])
+            sync()
+            wall[method].append(time.perf_counter() - start_wall)
+            cpu[method].append(time.process_time() - start_cpu)
+    return {"wall_seconds": wall, "cpu_seconds": cpu, "candidates": spec["prompts"] * spec["n"]}
 
 
 # -- parent: all configurations, table, JSON ---------------------------------------------------------------------
@@ -186,31 +218,38 @@ def main(argv=None) -> int:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads is None and device == "cpu":
+        args.threads = 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = machine_info(device)
     results = []
     for prompt_length in args.prompt_lengths:
         for n in args.n:
             runs = {}
-            for method in METHODS:
+            for method in METHODS + ("time",):
                 spec = {"method": method, "model": args.model, "device": device, "dtype": args.dtype, "n": n,
                         "prompt_length": prompt_length, "completion_length": args.completion_length,
                         "prompts": args.prompts, "repeats": args.repeats, "threads": args.threads,
-                        "scorer_kwargs": json.loads(args.scorer_kwargs) if method == "scorer" else {}}
+                        "scorer_kwargs": json.loads(args.scorer_kwargs)}
                 out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
                                      text=True)
                 if out.returncode != 0:
                     print(out.stderr, file=sys.stderr)
                     return out.returncode
                 runs[method] = json.loads(out.stdout.strip().splitlines()[-1])
-            naive, fast = runs["naive"], runs["scorer"]
+            naive, fast, timing = runs["naive"], runs["scorer"], runs["time"]
             diff = max(abs(a - b) for ra, rb in zip(naive["rewards"], fast["rewards"]) for a, b in zip(ra, rb))
+            candidates = timing["candidates"]
             row = {"n": n, "prompt_tokens": prompt_length, "completion_tokens": args.completion_length,
-                   "naive_candidates_per_s": naive["candidates"] / naive["seconds"],
-                   "scorer_candidates_per_s": fast["candidates"] / fast["seconds"],
+                   "candidates": candidates, "max_abs_reward_diff": diff,
                    "naive_peak_mb": naive["peak_memory_mb"], "scorer_peak_mb": fast["peak_memory_mb"],
-                   "naive_seconds": naive["all_seconds"], "scorer_seconds": fast["all_seconds"],
-                   "max_abs_reward_diff": diff}
+                   "wall_seconds": timing["wall_seconds"], "cpu_seconds": timing["cpu_seconds"]}
+            for method in METHODS:
+                row[f"{method}_candidates_per_s"] = candidates / min(timing["wall_seconds"][method])
+                row[f"{method}_candidates_per_cpu_s"] = candidates / min(timing["cpu_seconds"][method])
             row["throughput_ratio"] = row["scorer_candidates_per_s"] / row["naive_candidates_per_s"]
+            row["cpu_throughput_ratio"] = row["scorer_candidates_per_cpu_s"] / row["naive_candidates_per_cpu_s"]
             row["memory_ratio"] = row["scorer_peak_mb"] / max(row["naive_peak_mb"], 1e-9)
             results.append(row)
             print(f"done N={n} P={prompt_length}", file=sys.stderr)
@@ -224,16 +263,17 @@ def main(argv=None) -> int:
 
 
 def format_table(results, info) -> str:
-    head = ("|  N | prompt | naive cand/s | scorer cand/s | speed-up | naive peak MB | scorer peak MB | memory | "
-            "max abs reward diff |")
+    head = ("|  N | prompt | naive cand/s | scorer cand/s | speed-up (wall) | speed-up (CPU time) | naive peak MB | "
+            "scorer peak MB | memory | max abs reward diff |")
     lines = [f"device: {info['device']} ({info.get('gpu') or info.get('cpu', '?')}, {info['cpu_count']} cores, "
-             f"{info['torch_threads']} torch threads); load average {info['load_average_at_start'][0]:.1f} at start",
+             f"{info['torch_threads']} torch threads); load average {info['load_average_at_start'][0]:.1f} at "
+             f"start, {info['load_average_at_end'][0]:.1f} at end",
              "", head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     for r in results:
         lines.append(f"| {r['n']:2d} | {r['prompt_tokens']:6d} | {r['naive_candidates_per_s']:12.1f} | "
-                     f"{r['scorer_candidates_per_s']:13.1f} | {r['throughput_ratio']:7.2f}x | "
-                     f"{r['naive_peak_mb']:13.1f} | {r['scorer_peak_mb']:14.1f} | {r['memory_ratio']:5.2f}x | "
-                     f"{r['max_abs_reward_diff']:.2e} |")
+                     f"{r['scorer_candidates_per_s']:13.1f} | {r['throughput_ratio']:14.2f}x | "
+                     f"{r['cpu_throughput_ratio']:18.2f}x | {r['naive_peak_mb']:13.1f} | "
+                     f"{r['scorer_peak_mb']:14.1f} | {r['memory_ratio']:5.2f}x | {r['max_abs_reward_diff']:.2e} |")
     return "\n".join(lines)
 
 

@@ -16,10 +16,8 @@ computation (one ``prompt + completion`` row per completion, a separate referenc
 """
 
 import contextlib
-import inspect
 import logging
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -27,68 +25,15 @@ from .data import tokenize_ranked
 from .losses import implicit_rewards
 from .reference import ReferenceError, bias_is_trained, is_peft_model
 from .scoring_batches import Group, Runner, score_groups
+from .scoring_models import active_adapter, eval_mode, prefix_sharing_problem
+from .scoring_results import BestOfN, ScoredCandidate, ScoreResult, candidates_of
+
+__all__ = ["ImplicitRewardScorer", "ScoreResult", "ScoredCandidate", "BestOfN", "evaluate_preferences",
+           "prefix_sharing_problem"]
 
 logger = logging.getLogger(__name__)
 
 NORMALIZE_CHOICES = ("sum", "mean")
-
-
-@dataclass
-class ScoreResult:
-    """Implicit rewards and what they are made of.
-
-    Shapes: (B,) when each prompt had one completion, (B, K) when completions were given as lists (K = the longest
-    list; missing slots hold NaN, and 0 in ``num_tokens``).
-
-    Attributes:
-        rewards (`torch.Tensor`): ``beta * (policy_logps - ref_logps)`` (divided by ``num_tokens`` for "mean").
-        policy_logps (`torch.Tensor`): summed log-probs of the completion tokens under the policy.
-        ref_logps (`torch.Tensor` or `None`): the same under the reference; `None` when reference-free.
-        num_tokens (`torch.Tensor`): completion tokens scored.
-    """
-
-    rewards: torch.Tensor
-    policy_logps: torch.Tensor
-    ref_logps: torch.Tensor | None
-    num_tokens: torch.Tensor
-    beta: float
-    normalize: str
-    reference_free: bool
-
-    def tolist(self) -> list:
-        """Rewards as nested Python lists, missing slots dropped."""
-        if self.rewards.dim() == 1:
-            return self.rewards.tolist()
-        return [[r for r, n in zip(row, count) if n > 0] for row, count in
-                zip(self.rewards.tolist(), self.num_tokens.tolist())]
-
-
-@dataclass
-class ScoredCandidate:
-    """One candidate completion with its implicit reward; ``index`` is its position in the input list."""
-
-    completion: object
-    reward: float
-    policy_logps: float
-    ref_logps: float | None
-    num_tokens: int
-    index: int
-
-
-@dataclass
-class BestOfN:
-    """Best-of-N result for one prompt: ``candidates`` in sampling order, ``best`` the highest-reward one."""
-
-    prompt: object
-    candidates: list[ScoredCandidate]
-
-    @property
-    def best(self) -> ScoredCandidate:
-        return max(self.candidates, key=lambda c: c.reward)
-
-    @property
-    def ranked(self) -> list[ScoredCandidate]:
-        return sorted(self.candidates, key=lambda c: -c.reward)
 
 
 def _is_messages(value) -> bool:
@@ -106,55 +51,6 @@ def _is_empty(completion) -> bool:
     if isinstance(completion, str):
         return not completion.strip()
     return _is_messages(completion) and all(not str(m.get("content", "")).strip() for m in completion)
-
-
-@contextlib.contextmanager
-def _eval_mode(*models):
-    states = [(m, m.training) for m in models if m is not None]
-    for m, _ in states:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, training in states:
-            m.train(training)
-
-
-@contextlib.contextmanager
-def _active_adapter(model, name):
-    """Make adapter ``name`` the active one for a while, leaving every parameter's requires_grad as it was."""
-    previous = model.active_adapter
-    if name is None or name == previous:
-        yield
-        return
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    model.set_adapter(name, inference_mode=True)
-    try:
-        yield
-    finally:
-        model.set_adapter(previous, inference_mode=True)
-        for p in trainable:
-            p.requires_grad_(True)
-
-
-def prefix_sharing_problem(model) -> str | None:
-    """Why prefix sharing cannot be used with ``model`` (read from its config), or `None`."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return "the model has no config"
-    if getattr(config, "is_encoder_decoder", False):
-        return "encoder-decoder models are not supported"
-    implementation = getattr(config, "_attn_implementation", None)
-    if implementation not in ("eager", "sdpa"):
-        return f"attn_implementation={implementation!r} does not take a custom 4-D float mask (use eager or sdpa)"
-    window = getattr(config, "sliding_window", None)
-    if (window and getattr(config, "use_sliding_window", True)) or "sliding_attention" in (
-            getattr(config, "layer_types", None) or ()):
-        return "sliding-window attention is not expressed by the prefix-sharing mask"
-    bare = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if "position_ids" not in inspect.signature(bare.forward).parameters:
-        return "the model's forward takes no position_ids"
-    return None
 
 
 class ImplicitRewardScorer:
@@ -233,11 +129,11 @@ class ImplicitRewardScorer:
         return "disabled_adapters" if is_peft_model(self.model) else None
 
     def _policy_context(self):
-        return _active_adapter(self.model, self.policy_adapter) if self.policy_adapter else contextlib.nullcontext()
+        return active_adapter(self.model, self.policy_adapter) if self.policy_adapter else contextlib.nullcontext()
 
     def _reference_context(self):
         if self.ref_adapter is not None:
-            return _active_adapter(self.model, self.ref_adapter)
+            return active_adapter(self.model, self.ref_adapter)
         return self.model.disable_adapter()
 
     # -- scoring ---------------------------------------------------------------------------------------------------
@@ -283,7 +179,7 @@ class ImplicitRewardScorer:
                 "this model is not a PEFT adapter and no ref_model was given, so there is no reference policy. Pass "
                 "ref_model= (the model it was trained from), or score with reference_free=True."
             )
-        with torch.inference_mode(), _eval_mode(self.model, self.ref_model):
+        with torch.inference_mode(), eval_mode(self.model, self.ref_model):
             if need_ref and self.mixed_adapter_batches:
                 copies = [self.policy_adapter, self.ref_adapter or "__base__"]
                 try:
@@ -419,7 +315,7 @@ class ImplicitRewardScorer:
     def rerank(self, prompt, candidates, **score_kwargs) -> list[ScoredCandidate]:
         """Candidates of one prompt, highest implicit reward first (ties keep input order)."""
         result = self._score_texts([prompt], [list(candidates)], **score_kwargs)
-        return sorted(_candidates(result, 0, list(candidates)), key=lambda c: -c.reward)
+        return sorted(candidates_of(result, 0, list(candidates)), key=lambda c: -c.reward)
 
     def best_of_n(self, prompts, n: int, generation_config=None, sampler=None, sampler_tokenizer=None,
                   **score_kwargs) -> list[BestOfN]:
@@ -440,7 +336,7 @@ class ImplicitRewardScorer:
             raise ValueError(f"n must be at least 1, got {n}")
         same_tokens = sampler_tokenizer is None or sampler_tokenizer is self.tokenizer
         context = self._policy_context() if sampler is None else contextlib.nullcontext()
-        with context, _eval_mode(sampler or self.model):
+        with context, eval_mode(sampler or self.model):
             samples = sample_completions(sampler or self.model, sampler_tokenizer or self.tokenizer, prompts, n,
                                          generation_config)
         if same_tokens:
@@ -448,7 +344,7 @@ class ImplicitRewardScorer:
                                        **score_kwargs)
         else:
             result = self._score_texts(prompts, [s.texts for s in samples], allow_empty=True, **score_kwargs)
-        return [BestOfN(prompt, _candidates(result, b, s.texts)) for b, (prompt, s) in enumerate(zip(prompts, samples))]
+        return [BestOfN(prompt, candidates_of(result, b, s.texts)) for b, (prompt, s) in enumerate(zip(prompts, samples))]
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str, **kwargs) -> "ImplicitRewardScorer":
@@ -456,13 +352,6 @@ class ImplicitRewardScorer:
         from .scoring_load import load_scorer
 
         return load_scorer(cls, model_id_or_path, **kwargs)
-
-
-def _candidates(result: ScoreResult, row: int, completions: list) -> list[ScoredCandidate]:
-    ref = result.ref_logps
-    return [ScoredCandidate(c, float(result.rewards[row, k]), float(result.policy_logps[row, k]),
-                            None if ref is None else float(ref[row, k]), int(result.num_tokens[row, k]), k)
-            for k, c in enumerate(completions)]
 
 
 def evaluate_preferences(scorer, dataset, **kwargs) -> dict:

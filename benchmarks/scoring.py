@@ -12,8 +12,10 @@ on the same weights.
 Every (configuration, method) runs in its own child process, so that peak memory is measured from a clean start:
 the RSS high-water mark (``getrusage``) minus the RSS before the reference copy / scorer is built on CPU, and
 ``torch.cuda.max_memory_allocated`` minus the memory allocated at that point on GPU. Throughput is completions
-scored per second, the best of ``--repeats`` timed runs after one warm-up prompt. The scorer's rewards are
-compared with the naive ones (``max_abs_diff``).
+scored per second, the best of ``--repeats`` runs after one warm-up prompt, timed in one process that alternates
+the methods (so both see the same load on a shared machine). The scorer's rewards are compared with the naive ones
+(``max_abs_reward_diff``). The last column times the scorer with ``mixed_adapter_batches=True`` (policy and
+adapters-off reference in one forward).
 """
 
 import argparse
@@ -141,6 +143,9 @@ def _scoring_functions(spec, policy, methods):
     if "scorer" in methods:
         scorer = _scorer(spec, policy)
         functions["scorer"] = lambda p, c: scorer.score_tokens(p, c).rewards.tolist()
+    if "scorer_mixed" in methods:  # policy and adapters-off reference in one forward (PEFT adapter_names)
+        mixed = _scorer({**spec, "scorer_kwargs": {**spec["scorer_kwargs"], "mixed_adapter_batches": True}}, policy)
+        functions["scorer_mixed"] = lambda p, c: mixed.score_tokens(p, c).rewards.tolist()
     return functions
 
 
@@ -173,13 +178,14 @@ def run_child(spec) -> dict:
         peak = (torch.cuda.max_memory_allocated() - start_memory) / 2**20 if cuda else _peak_rss_mb() - start_rss
         return {"peak_memory_mb": peak, "rewards": rewards}
 
-    functions = _scoring_functions(spec, policy, METHODS)
+    timed = METHODS + ("scorer_mixed",)
+    functions = _scoring_functions(spec, policy, timed)
     for score in functions.values():
         score(prompts[:1], completions[:1])  # warm-up
-    wall = {m: [] for m in METHODS}
-    cpu = {m: [] for m in METHODS}
+    wall = {m: [] for m in timed}
+    cpu = {m: [] for m in timed}
     for repeat in range(spec["repeats"]):
-        for method in (METHODS if repeat % 2 == 0 else METHODS[::-1]):
+        for method in (timed if repeat % 2 == 0 else timed[::-1]):
             sync()
             start_wall, start_cpu = time.perf_counter(), time.process_time()
             functions[method](prompts[1:], completions[1:])
@@ -245,12 +251,13 @@ def main(argv=None) -> int:
                    "candidates": candidates, "max_abs_reward_diff": diff,
                    "naive_peak_mb": naive["peak_memory_mb"], "scorer_peak_mb": fast["peak_memory_mb"],
                    "wall_seconds": timing["wall_seconds"], "cpu_seconds": timing["cpu_seconds"]}
-            for method in METHODS:
+            for method in METHODS + ("scorer_mixed",):
                 row[f"{method}_candidates_per_s"] = candidates / min(timing["wall_seconds"][method])
                 row[f"{method}_candidates_per_cpu_s"] = candidates / min(timing["cpu_seconds"][method])
             row["throughput_ratio"] = row["scorer_candidates_per_s"] / row["naive_candidates_per_s"]
             row["cpu_throughput_ratio"] = row["scorer_candidates_per_cpu_s"] / row["naive_candidates_per_cpu_s"]
             row["memory_ratio"] = row["scorer_peak_mb"] / max(row["naive_peak_mb"], 1e-9)
+            row["mixed_throughput_ratio"] = row["scorer_mixed_candidates_per_s"] / row["naive_candidates_per_s"]
             results.append(row)
             print(f"done N={n} P={prompt_length}", file=sys.stderr)
     info["load_average_at_end"] = os.getloadavg()
@@ -264,7 +271,7 @@ def main(argv=None) -> int:
 
 def format_table(results, info) -> str:
     head = ("|  N | prompt | naive cand/s | scorer cand/s | speed-up (wall) | speed-up (CPU time) | naive peak MB | "
-            "scorer peak MB | memory | max abs reward diff |")
+            "scorer peak MB | memory | max abs reward diff | mixed-adapter cand/s |")
     lines = [f"device: {info['device']} ({info.get('gpu') or info.get('cpu', '?')}, {info['cpu_count']} cores, "
              f"{info['torch_threads']} torch threads); load average {info['load_average_at_start'][0]:.1f} at "
              f"start, {info['load_average_at_end'][0]:.1f} at end",
@@ -273,7 +280,8 @@ def format_table(results, info) -> str:
         lines.append(f"| {r['n']:2d} | {r['prompt_tokens']:6d} | {r['naive_candidates_per_s']:12.1f} | "
                      f"{r['scorer_candidates_per_s']:13.1f} | {r['throughput_ratio']:14.2f}x | "
                      f"{r['cpu_throughput_ratio']:18.2f}x | {r['naive_peak_mb']:13.1f} | "
-                     f"{r['scorer_peak_mb']:14.1f} | {r['memory_ratio']:5.2f}x | {r['max_abs_reward_diff']:.2e} |")
+                     f"{r['scorer_peak_mb']:14.1f} | {r['memory_ratio']:5.2f}x | {r['max_abs_reward_diff']:.2e} | "
+                     f"{r['scorer_mixed_candidates_per_s']:.1f} ({r['mixed_throughput_ratio']:.2f}x) |")
     return "\n".join(lines)
 
 

@@ -72,8 +72,9 @@ class ImplicitRewardScorer:
         mixed_adapter_batches (`bool`, *optional*): run policy and adapters-off/adapter reference in one forward
             (PEFT ``adapter_names``). `None` = on accelerators only: on CPU PEFT's per-row indexing costs more than
             the second forward it saves (see ``benchmarks/scoring.py``).
-        max_batch_tokens (`int`, defaults to 2048): padded tokens per forward (all copies, cache keys included;
-            logits of small-model/large-vocabulary LM heads weigh more). Raise it on a GPU for throughput.
+        max_batch_tokens (`int`, *optional*): padded tokens per forward (all copies, cache keys included; logits
+            of small-model/large-vocabulary LM heads weigh more). Defaults to 1024 on CPU (already compute-bound
+            there, and memory stays low) and 8192 on accelerators.
         max_row_tokens (`int`, defaults to 128): completion tokens concatenated into one row of the completion pass
             (fewer: less attention to the other completions of the row; more: fewer copies of the prompt cache).
     """
@@ -81,7 +82,7 @@ class ImplicitRewardScorer:
     def __init__(self, model, tokenizer=None, *, ref_model=None, ref_adapter=None, policy_adapter=None,
                  beta: float = 0.1, reference_free: bool = False, max_length: int | None = None,
                  prefix_sharing: bool = True, mixed_adapter_batches: bool | None = None,
-                 max_batch_tokens: int = 2048, max_row_tokens: int = 128):
+                 max_batch_tokens: int | None = None, max_row_tokens: int = 128):
         if beta <= 0:
             raise ValueError(f"beta must be positive, got {beta}")
         if ref_model is not None and ref_adapter is not None:
@@ -108,13 +109,15 @@ class ImplicitRewardScorer:
             tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
         self.model, self.tokenizer, self.ref_model, self.ref_adapter = model, tokenizer, ref_model, ref_adapter
         self.beta, self.reference_free, self.max_length = beta, reference_free, max_length
-        self.max_batch_tokens, self.max_row_tokens = max_batch_tokens, max_row_tokens
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        self.max_batch_tokens = max_batch_tokens or (1024 if on_cpu else 8192)
+        self.max_row_tokens = max_row_tokens
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
             tokenizer.eos_token_id or 0)
         self.prefix_sharing = prefix_sharing
         self._prefix_problems = {}  # id(model) -> why prefix sharing is off for it (None: on, checked)
         if mixed_adapter_batches is None:
-            mixed_adapter_batches = next(model.parameters()).device.type != "cpu"
+            mixed_adapter_batches = not on_cpu
         self.mixed_adapter_batches = bool(mixed_adapter_batches and peft and ref_model is None)
 
     # -- where the reference comes from ----------------------------------------------------------------------------

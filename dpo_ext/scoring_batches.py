@@ -223,7 +223,7 @@ def _plain_pass(runner: Runner, groups: list[Group], max_batch_tokens: int, out:
 
 
 def score_groups(runner: Runner, groups: list[Group], num_slots: int, *, prefix_sharing: bool = True,
-                 max_batch_tokens: int = 2048, max_row_tokens: int = 128, progress=None) -> torch.Tensor:
+                 max_batch_tokens: int = 1024, max_row_tokens: int = 128, progress=None) -> torch.Tensor:
     """Summed log-probs of every completion of every group.
 
     Args:

@@ -66,8 +66,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="sum of token log-ratios (the DPO reward), or their mean per token (default: sum)")
     speed = parser.add_argument_group("speed")
     speed.add_argument("--max-length", type=int, help="truncate prompt + completion to this many tokens")
-    speed.add_argument("--max-batch-tokens", type=int, default=2048,
-                       help="tokens per forward (default: 2048; raise it on a GPU)")
+    speed.add_argument("--max-batch-tokens", type=int,
+                       help="tokens per forward (default: 1024 on CPU, 8192 on GPU)")
     speed.add_argument("--no-prefix-sharing", action="store_true", help="score every prompt + completion row "
                                                                          "separately (slower; for debugging)")
     speed.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")

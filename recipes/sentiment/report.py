@@ -126,10 +126,14 @@ def best_of_n_plot(path: Path, bon: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for picker, values in bon["picks"].items():
-        label = {"ground_truth": "ground-truth reward (oracle)", "random": "random (expected)"}.get(
-            picker, picker.replace("implicit_", "implicit reward, "))
-        style = "--" if picker in ("ground_truth", "random") else "-o"
-        ax.plot(bon["N"], values, style, label=label)
+        if picker in ("ground_truth", "random"):
+            label = {"ground_truth": "ground-truth reward (oracle)", "random": "random (expected)"}[picker]
+            ax.plot(bon["N"], values, "--", color="black" if picker == "ground_truth" else "gray", label=label)
+            continue
+        run_name = picker.removeprefix("implicit_")
+        method = run_name.rsplit("_beta", 1)[0]
+        ax.plot(bon["N"], values, "-" + MARKERS.get(method, "o"), color=COLORS.get(method),
+                label=f"implicit reward of {run_name}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(bon["N"], [str(n) for n in bon["N"]])
     ax.set_xlabel("N (samples from the SFT policy)")

@@ -209,6 +209,14 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
+def ref_logps_grid(examples: list[dict], max_k: int) -> torch.Tensor:
+    """The examples' precomputed ``ref_logps`` as a (B, K_max) float32 grid, 0 in missing slots."""
+    grid = torch.zeros((len(examples), max_k), dtype=torch.float32)
+    for b, example in enumerate(examples):
+        grid[b, : len(example[REF_LOGPS])] = torch.tensor(example[REF_LOGPS], dtype=torch.float32)
+    return grid
+
+
 @dataclass
 class RankedCollator:
     """Collate tokenized ranked examples into one batch of ``prompt + completion`` rows.
@@ -246,8 +254,5 @@ class RankedCollator:
             "ranks": ranks,
         }
         if examples[0].get(REF_LOGPS) is not None:
-            ref = torch.zeros((len(examples), max_k), dtype=torch.float32)
-            for b, example in enumerate(examples):
-                ref[b, : len(example[REF_LOGPS])] = torch.tensor(example[REF_LOGPS], dtype=torch.float32)
-            batch[REF_LOGPS] = ref
+            batch[REF_LOGPS] = ref_logps_grid(examples, max_k)
         return batch

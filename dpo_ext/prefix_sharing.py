@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import REF_LOGPS
+from .data import REF_LOGPS, ref_logps_grid
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +91,7 @@ class PackedRankedCollator:
             "ranks": ranks,
         }
         if examples[0].get(REF_LOGPS) is not None:
-            ref = torch.zeros((len(examples), max_k), dtype=torch.float32)
-            for b, example in enumerate(examples):
-                ref[b, : len(example[REF_LOGPS])] = torch.tensor(example[REF_LOGPS], dtype=torch.float32)
-            batch[REF_LOGPS] = ref
+            batch[REF_LOGPS] = ref_logps_grid(examples, max_k)
         return batch
 
 

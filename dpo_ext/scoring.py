@@ -242,6 +242,8 @@ class ImplicitRewardScorer:
         finally:
             if bar is not None:
                 bar.close()
+        # Cloned outside inference mode: results are ordinary tensors the caller may modify in place.
+        policy, ref = policy.clone(), None if ref is None else ref.clone()
         num_tokens = torch.tensor(counts, dtype=torch.long)
         if normalize == "mean":
             policy_n = policy / num_tokens.clamp(min=1)

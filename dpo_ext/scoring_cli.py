@@ -207,9 +207,9 @@ def _write_jsonl(path: Path, rows) -> None:
 
 
 def _located(rows: Rows, error: Exception) -> ValueError:
-    """A scorer error names 'prompt i': say which line or row of the input that is."""
+    """A scorer error names 'prompt i' (or 'row i'): say which line or row of the input that is."""
     message = str(error)
-    match = re.match(r"prompt (\d+)", message)
+    match = re.match(r"(?:prompt|row) (\d+)", message)
     if match:
         message = f"{rows.where(int(match.group(1)))}: {message}"
     return ValueError(message)

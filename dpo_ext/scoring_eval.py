@@ -12,6 +12,7 @@ The same numbers come from the shipped `evaluate` modules (`dpo_ext.metrics`), g
 
 import logging
 import math
+import re
 
 import torch
 
@@ -56,14 +57,21 @@ def evaluate_preferences(scorer, dataset, *, beta=None, normalize="sum", referen
         ``rewards/rejected``, ``rewards/margins``, ``num_rows`` (rows scored) and ``num_skipped`` (all tied).
     """
     rows = [normalize_row(row, i) for i, row in enumerate(dataset)]
-    kept = [r for r in rows if max(r["ranks"]) > 0]
+    kept_index = [i for i, r in enumerate(rows) if max(r["ranks"]) > 0]
+    kept = [rows[i] for i in kept_index]
     if len(kept) < len(rows):
         logger.warning("Skipped %d of %d rows whose completions are all tied (no preference to agree with).",
                        len(rows) - len(kept), len(rows))
     if not kept:
         raise ValueError("no row with a preference to evaluate (empty dataset, or every row is all ties)")
-    result = scorer.score([r["prompt"] for r in kept], [r["completions"] for r in kept], beta=beta,
-                          normalize=normalize, reference_free=reference_free, progress=progress)
+    try:
+        result = scorer.score([r["prompt"] for r in kept], [r["completions"] for r in kept], beta=beta,
+                              normalize=normalize, reference_free=reference_free, progress=progress)
+    except ValueError as error:  # "prompt i" counts kept rows only: name the dataset row instead
+        match = re.match(r"prompt (\d+)(.*)", str(error), re.S)
+        if match is None:
+            raise
+        raise ValueError(f"row {kept_index[int(match.group(1))]}{match.group(2)}") from error
     width = result.rewards.shape[1]
     ranks = torch.tensor([r["ranks"] + [-1] * (width - len(r["ranks"])) for r in kept], dtype=torch.long)
     metrics = ranking_metrics_from_rewards(result.rewards, ranks)

@@ -108,6 +108,8 @@ def test_input_and_model_errors(saved, tmp_path, capsys):
 
     assert main(["score", str(saved / "adapter"), "-i", str(tmp_path / "missing.jsonl"), "-o", "x"]) == 2
     assert "missing.jsonl: no such file" in capsys.readouterr().err
+    assert main(["score", str(saved / "adapter"), "-i", "someone/no-such-dataset", "-o", "x"]) == 2  # offline
+    assert "could not load the Hub dataset 'someone/no-such-dataset' (split 'train')" in capsys.readouterr().err
 
     pairs = _jsonl(tmp_path / "pairs.jsonl", PAIRS)
     assert main(["eval", str(saved / "base"), "-i", pairs]) == 2  # a full model: no built-in reference

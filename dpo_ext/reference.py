@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 REFERENCE_CHOICES = ("auto", "disabled_adapters", "adapter_copy", "ref_model", "initial_policy")
 REF_ADAPTER_NAME = "ref"
+# Written next to a saved adapter: which reference it was trained against, so a scorer that later assumes
+# "base model = reference" can refuse instead of being silently wrong.
+REFERENCE_RECORD = "dpo_ext_reference.json"
 
 
 class ReferenceError(ValueError):

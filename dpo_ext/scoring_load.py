@@ -5,6 +5,7 @@ kept a frozen copy of the starting adapter as the reference and saved it in a ``
 the reference (``ref_adapter="auto"``), since it, not the bare base model, is what the adapter was trained against.
 """
 
+import json
 import logging
 import os
 
@@ -96,6 +97,23 @@ def _load_ref_adapter(model, model_id, ref_adapter, revision):
                      "nor an adapter directory")
 
 
+def _refuse_unrecoverable_reference(model_id) -> None:
+    """An adapter trained against a frozen copy of its *starting* adapter cannot be scored against the base model."""
+    from .reference import REFERENCE_RECORD
+
+    record_path = os.path.join(model_id, REFERENCE_RECORD)
+    if not (_is_local(model_id) and os.path.isfile(record_path)):
+        return
+    with open(record_path) as f:
+        reference = json.load(f).get("reference")
+    if reference not in (None, "disabled_adapters"):
+        raise ValueError(
+            f"{model_id} was trained against reference={reference!r} ({REFERENCE_RECORD}), not the base model with "
+            "adapters disabled, so scoring against the base model would be wrong. Pass ref_adapter= (the starting "
+            "adapter's directory) or ref_model=, or use reference_free=True."
+        )
+
+
 def load_scorer(cls, model_id_or_path: str, *, base_model=None, ref_model=None, ref_adapter="auto", tokenizer=None,
                 dtype=None, device=None, revision=None, reference_free: bool = False, **scorer_kwargs):
     """Build an `ImplicitRewardScorer` from a saved adapter (or a full model with an explicit reference).
@@ -136,6 +154,8 @@ def load_scorer(cls, model_id_or_path: str, *, base_model=None, ref_model=None, 
             ref_adapter = _load_ref_adapter(model, model_id_or_path, ref_adapter, revision)
         else:
             ref_adapter = None
+        if ref_model is None and ref_adapter is None and not reference_free:
+            _refuse_unrecoverable_reference(model_id_or_path)
     if tokenizer is None:
         tokenizer = _load_tokenizer(model_id_or_path, base_id if isinstance(base_id, str) else None, revision)
     if tokenizer.pad_token is None:

@@ -1,5 +1,6 @@
 """PLDPOTrainer: glue between a Hugging Face Trainer and the pure pieces (log-probs -> reference -> loss -> metrics)."""
 
+import json
 import logging
 import os
 from collections import defaultdict
@@ -15,7 +16,14 @@ from .logps import sequence_logps, to_grid
 from .losses import implicit_rewards, plackett_luce_loss, preferred_ft_loss, unlikelihood_loss
 from .prefix_sharing import choose_collator
 from .ranking_metrics import best_and_worst, kendall_tau, pairwise_accuracy, top1_accuracy
-from .reference import AdapterCopyReference, InitialPolicyReference, ModelReference, choose_reference, is_peft_model
+from .reference import (
+    REFERENCE_RECORD,
+    AdapterCopyReference,
+    InitialPolicyReference,
+    ModelReference,
+    choose_reference,
+    is_peft_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -237,14 +245,19 @@ class PLDPOTrainer(Trainer):
     # -- saving ----------------------------------------------------------------------------------------------------
 
     def _save(self, output_dir=None, state_dict=None):
-        """Save only the trained adapter: a frozen reference copy is an implementation detail, not a result."""
-        if not isinstance(self.reference, AdapterCopyReference):
-            return super()._save(output_dir, state_dict)
+        """Save only the trained adapter (a frozen reference copy is an implementation detail, not a result), and
+        record which reference it was trained against."""
         output_dir = output_dir or self.args.output_dir
-        if self.args.should_save:
+        if not isinstance(self.reference, AdapterCopyReference):
+            super()._save(output_dir, state_dict)
+        elif self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
             self._unwrap(self.model).save_pretrained(
                 output_dir, state_dict=state_dict, selected_adapters=[self.reference.trained_adapter]
             )
             self.processing_class.save_pretrained(output_dir)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        if self.args.should_save:
+            record = {"reference": self.reference.name, "beta": self.args.beta, "loss_type": self.args.loss_type}
+            with open(os.path.join(output_dir, REFERENCE_RECORD), "w") as f:
+                json.dump(record, f, indent=2)

@@ -73,6 +73,17 @@ def test_loaded_trained_adapter_gets_a_frozen_copy_that_equals_the_start(tokeniz
     assert not any(p.requires_grad for n, p in trainer.model.named_parameters() if ".ref." in n)
     trainer.save_model(str(tmp_path / "saved"))
     assert not (tmp_path / "saved" / "ref").exists()  # only the trained adapter is saved
+    # ...so a scorer must not assume "base model = reference" for it: it refuses, or takes the starting adapter
+    from dpo_ext import ImplicitRewardScorer
+
+    with pytest.raises(ValueError, match="reference='adapter_copy'"):
+        ImplicitRewardScorer.from_pretrained(str(tmp_path / "saved"), base_model=make_model(tokenizer),
+                                             tokenizer=tokenizer)
+    scorer = ImplicitRewardScorer.from_pretrained(str(tmp_path / "saved"), base_model=make_model(tokenizer),
+                                                  tokenizer=tokenizer, ref_adapter=str(path), device="cpu")
+    rows = _data()
+    result = scorer.score([r["prompt"] for r in rows], [r["completions"] for r in rows])
+    torch.testing.assert_close(result.ref_logps.flatten(), start, rtol=1e-4, atol=1e-4)
 
 
 def test_disabled_adapters_requested_for_a_trained_adapter_is_refused(tokenizer, tmp_path):

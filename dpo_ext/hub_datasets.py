@@ -7,7 +7,6 @@ file is either *ranked* (`prompt` plus a best-first list `completions`, or `resp
 `test.parquet` -> test; anything else -> train).
 """
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from dpo_ext.cards import render_dataset_card
 from dpo_ext.hub import PushResult, publish_folder
 from dpo_ext.hub_staging import StagedFile, check_staging_dir, list_folder, redact
+from dpo_ext.jsonl import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +64,7 @@ def inspect_data_file(path: str | Path) -> DataFile:
         return data
     data, rows = None, 0
     with path.open(encoding="utf-8") as file:
-        for line_number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {line_number}: expected a JSON object per line")
+        for line_number, row in iter_jsonl(path, file):
             data = data or _kind(path, list(row))
             expected = _PAIRWISE if data.kind == "pairwise" else ("prompt", data.ranked_field)
             if missing := [key for key in expected if key not in row]:

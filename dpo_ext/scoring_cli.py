@@ -10,6 +10,8 @@ import re
 import sys
 from pathlib import Path
 
+from dpo_ext.jsonl import iter_jsonl
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -124,15 +126,7 @@ def _read_json(path: Path) -> Rows:
         rows = json.loads(text)
         return Rows(str(path), rows)
     rows, lines = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+    for number, row in iter_jsonl(path, text.splitlines()):
         rows.append(row)
         lines.append(number)
     if not rows:

@@ -4,7 +4,6 @@ import math
 
 import datasets
 import pytest
-import torch
 from peft import LoraConfig
 
 from conftest import make_model, pairwise_rows, ranked_rows

@@ -269,8 +269,10 @@ def stage_adapter_folder(
         staging_dir (`str` or `Path`): a new or empty folder outside `adapter_dir`.
         repo_id (`str`): the target repository, named in the card's code samples.
         base_model, beta, training_config: checked against the folder, see [`inspect_adapter`].
-        eval_results (`dict` or path to JSON, *optional*): metric name -> value.
-        plots (`Sequence`): PNG files to publish under `plots/` and embed in the card.
+        eval_results (`dict` or path to JSON, *optional*): metric name -> value; defaults to the folder's own
+            `eval_results.json` when it has one.
+        plots (`Sequence`): PNG files to publish under `plots/` and embed in the card; defaults to the folder's
+            own `plots/*.png`.
         secrets (`Sequence[str]`): strings (the Hub token) that must not appear in the published files.
         card_kwargs: passed to [`render_model_card`].
 
@@ -281,6 +283,11 @@ def stage_adapter_folder(
     if not adapter_dir.is_dir():
         raise FileNotFoundError(f"adapter folder {adapter_dir} does not exist")
     check_staging_dir(staging_dir, adapter_dir)
+    # What the folder carries itself is published unless the caller says otherwise (a recipe writes both).
+    if eval_results is None and (adapter_dir / "eval_results.json").is_file():
+        eval_results = adapter_dir / "eval_results.json"
+    if not plots and (adapter_dir / "plots").is_dir():
+        plots = sorted((adapter_dir / "plots").glob("*.png"))
     weights = _adapter_weights(adapter_dir)
     info = inspect_adapter(adapter_dir, base_model=base_model, beta=beta, training_config=training_config,
                            secrets=secrets)

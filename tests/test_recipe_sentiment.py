@@ -20,6 +20,7 @@ sys.path.insert(0, str(RECIPE))
 import best_of_n  # noqa: E402
 import preference_data  # noqa: E402
 import recipe_config  # noqa: E402
+from test_hub import TOKEN, hub  # noqa: E402,F401  (the loopback Hub fixture)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "eval_results.json", "training_config.json",
@@ -212,7 +213,7 @@ def test_push_to_hub_fails_before_any_stage_when_offline(tmp_path):
     assert not (out / "data").exists()
 
 
-def test_quick_run_end_to_end_and_cached_rerun(tmp_path):
+def test_quick_run_end_to_end_and_cached_rerun(tmp_path, hub, monkeypatch, capsys):
     # ~25 s on 2 free cores (quick run ~16 s, cached re-run ~8 s), so not marked slow.
     out = tmp_path / "sentiment"
     run_recipe(out, tmp_path)
@@ -259,3 +260,21 @@ def test_quick_run_end_to_end_and_cached_rerun(tmp_path):
             p.name for p in (staged / name).iterdir()}
         assert json.loads((staged / name / "adapter_config.json").read_text())["base_model_name_or_path"] == (
             "my-org/imdb-sft")
+
+    # Publishing a demo-trained adapter is one command; its dry run stages exactly the files the push commits.
+    from huggingface_hub import ModelCard
+
+    from dpo_ext.cli import main
+
+    push = ["push", str(out / "adapters" / "pl_dpo_beta0.1"), "--repo-id", "alice/imdb-pl-dpo",
+            "--base-model", "alice/imdb-sft", "--endpoint", hub.url]
+    assert main(push + ["--dry-run", str(tmp_path / "staged")]) == 0
+    dry_run = {p.relative_to(tmp_path / "staged").as_posix(): p.read_bytes()
+               for p in (tmp_path / "staged").rglob("*") if p.is_file()}
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert main(push) == 0
+    assert hub.files("alice/imdb-pl-dpo") == dry_run
+    assert {"eval_results.json", "plots/frontier.png", "README.md"} <= set(dry_run)
+    card = ModelCard(dry_run["README.md"].decode())
+    metrics = {m["type"] for r in card.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]}
+    assert {"ground_truth_reward", "kl"} <= metrics

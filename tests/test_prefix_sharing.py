@@ -209,7 +209,6 @@ def test_support_is_decided_by_model_type_attention_and_window(tokenizer):
     assert choose_collator(plain, [make_model(tokenizer), model], True) is plain  # the ref model decides too
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("model_type", sorted(prefix_sharing.VERIFIED_MODEL_TYPES))
 def test_every_verified_model_type_matches(model_type):
     """Builds a 2-layer model of each listed type from its config; the reason a type may be listed."""

@@ -1,5 +1,8 @@
-"""The ``dpo-ext`` command. Each subcommand lives in its own module, which exposes ``register(subparsers)``;
-heavy imports (torch, trl) happen inside the subcommand's handler, so ``dpo-ext --help`` stays fast."""
+"""The ``dpo-ext`` command.
+
+Each subcommand lives in its own module, which exposes ``register(subparsers)``; heavy imports (torch, trl) happen
+inside the subcommand's handler, so ``dpo-ext --help`` stays fast.
+"""
 
 import argparse
 import importlib
@@ -13,7 +16,10 @@ _COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpo-ext", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="dpo-ext",
+        description="Score, rerank and evaluate with the DPO implicit reward; publish adapters to the Hub.",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)

@@ -30,7 +30,9 @@ class PLDPOConfig(TrainingArguments):
         precompute_ref_batch_size (`int`, *optional*): batch size of that pass (defaults to the eval batch size).
         disable_dropout (`bool`, defaults to `True`): turn dropout off in the policy and reference.
         dataset_num_proc (`int`, *optional*): processes used to tokenize the datasets.
-        prefix_sharing (`bool`, defaults to `False`): process each prompt once per list of K completions.
+        prefix_sharing (`bool`, defaults to `False`): process each prompt once per list of K completions (one
+            packed row per list with a block attention mask); models where that is not verified exact fall back
+            to K rows with one warning (see `dpo_ext.prefix_sharing`).
     """
 
     learning_rate: float = field(default=1e-6, metadata={"help": "Initial learning rate (the DPO paper uses 1e-6)."})
@@ -61,7 +63,9 @@ class PLDPOConfig(TrainingArguments):
     disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in policy and reference."})
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset tokenization."})
     prefix_sharing: bool = field(
-        default=False, metadata={"help": "Process each prompt once per list of K completions (packed rows)."}
+        default=False,
+        metadata={"help": "Process each prompt once per list of K completions (packed rows); unsupported models "
+                          "fall back to K rows with a warning."},
     )
 
     def __post_init__(self):

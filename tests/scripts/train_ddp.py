@@ -28,3 +28,7 @@ if trainer.accelerator.is_main_process:
                "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h]}
     with open(sys.argv[1] + "/summary.json", "w") as f:
         json.dump(summary, f)
+# Every rank waits, then the process group is torn down before exit: a rank leaving while gloo still has work in
+# flight aborts the process ("terminate called without an active exception").
+trainer.accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()

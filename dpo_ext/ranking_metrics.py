@@ -7,6 +7,14 @@ value per list, shape (B,), so callers can gather across processes before averag
 import torch
 
 
+def best_and_worst_slots(ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column of the first completion in the best group and in the worst present group, per list: two (B,) tensors."""
+    present = ranks >= 0
+    best = torch.where(present, ranks, torch.full_like(ranks, ranks.shape[-1] + 1)).argmin(-1)
+    worst = torch.where(present, ranks, torch.full_like(ranks, -1)).argmax(-1)
+    return best, worst
+
+
 def _pair_masks(ranks: torch.Tensor):
     present = ranks >= 0
     both = present.unsqueeze(-1) & present.unsqueeze(-2)  # (B, K, K)
@@ -23,11 +31,10 @@ def pairwise_accuracy(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tenso
 
 def top1_accuracy(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
     """1 where the highest-reward completion is in the best rank group, else 0. (B,)"""
-    present = ranks >= 0
-    masked = torch.where(present, rewards, torch.full_like(rewards, float("-inf")))
-    best_rank = torch.where(present, ranks, torch.full_like(ranks, ranks.shape[-1] + 1)).amin(-1)
-    picked = ranks.gather(-1, masked.argmax(-1, keepdim=True)).squeeze(-1)
-    return (picked == best_rank).float()
+    masked = torch.where(ranks >= 0, rewards, torch.full_like(rewards, float("-inf")))
+    best_rank = ranks.gather(-1, best_and_worst_slots(ranks)[0].unsqueeze(-1))
+    picked = ranks.gather(-1, masked.argmax(-1, keepdim=True))
+    return (picked == best_rank).squeeze(-1).float()
 
 
 def kendall_tau(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
@@ -53,8 +60,8 @@ def best_and_worst(values: torch.Tensor, ranks: torch.Tensor):
     ``rewards/rejected`` report.
     """
     present = ranks >= 0
-    best = torch.where(present, ranks, torch.full_like(ranks, ranks.shape[-1] + 1)).amin(-1, keepdim=True)
-    worst = torch.where(present, ranks, torch.full_like(ranks, -1)).amax(-1, keepdim=True)
+    best_slot, worst_slot = best_and_worst_slots(ranks)
+    best, worst = ranks.gather(-1, best_slot.unsqueeze(-1)), ranks.gather(-1, worst_slot.unsqueeze(-1))  # (B, 1)
     values = values.float()
     in_best, in_worst = (ranks == best) & present, (ranks == worst) & present
     mean_best = (values * in_best).sum(-1) / in_best.sum(-1).clamp(min=1)

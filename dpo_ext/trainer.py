@@ -15,7 +15,7 @@ from .forward import batch_token_logps
 from .logps import sequence_logps, to_grid
 from .losses import implicit_rewards, plackett_luce_loss, preferred_ft_loss, unlikelihood_loss
 from .prefix_sharing import choose_collator
-from .ranking_metrics import best_and_worst, kendall_tau, pairwise_accuracy, top1_accuracy
+from .ranking_metrics import best_and_worst, best_and_worst_slots, kendall_tau, pairwise_accuracy, top1_accuracy
 from .reference import (
     REFERENCE_RECORD,
     AdapterCopyReference,
@@ -26,9 +26,6 @@ from .reference import (
 )
 
 logger = logging.getLogger(__name__)
-
-_BATCH_KEYS = ("input_ids", "attention_mask", "completion_mask", "slot_index", "ranks", REF_LOGPS)
-
 
 def _disable_dropout(model) -> None:
     for module in model.modules():
@@ -187,9 +184,7 @@ class PLDPOTrainer(Trainer):
         # unlikelihood: the first completion of the best group against the first of the worst group
         row_of_slot = torch.full((ranks.numel(),), -1, dtype=torch.long, device=ranks.device)
         row_of_slot[slot_index] = torch.arange(slot_index.numel(), device=ranks.device)
-        present = ranks >= 0
-        best = torch.where(present, ranks, torch.full_like(ranks, ranks.shape[1] + 1)).argmin(-1)
-        worst = torch.where(present, ranks, torch.full_like(ranks, -1)).argmax(-1)
+        best, worst = best_and_worst_slots(ranks)
         offsets = torch.arange(ranks.shape[0], device=ranks.device) * ranks.shape[1]
         best_rows, worst_rows = row_of_slot[offsets + best], row_of_slot[offsets + worst]
         return unlikelihood_loss(per_token[best_rows], mask[best_rows], per_token[worst_rows], mask[worst_rows],

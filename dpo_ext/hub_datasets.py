@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dpo_ext.cards import render_dataset_card
 from dpo_ext.hub import PushResult, publish_folder
-from dpo_ext.hub_staging import StagedFile, check_staging_dir, list_folder, redact
+from dpo_ext.hub_staging import StagedFile, list_folder, redact, resolve_staging
 from dpo_ext.jsonl import iter_jsonl
 
 logger = logging.getLogger(__name__)
@@ -107,10 +107,7 @@ def stage_preference_dataset(data_dir: str | Path, staging_dir: str | Path, *, r
     Returns:
         `list[StagedFile]`: the staged files, sorted by path.
     """
-    data_dir, staging_dir = Path(data_dir).resolve(), Path(staging_dir).resolve()
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"data folder {data_dir} does not exist")
-    check_staging_dir(staging_dir, data_dir)
+    data_dir, staging_dir = resolve_staging(data_dir, staging_dir, "data")
     sources = sorted(p for p in data_dir.rglob("*") if p.is_file() and p.suffix in _FORMATS)
     if not sources:
         raise FileNotFoundError(f"no .jsonl or .parquet files in {data_dir}")

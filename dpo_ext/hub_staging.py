@@ -279,10 +279,7 @@ def stage_adapter_folder(
     Returns:
         `list[StagedFile]`: the staged files, sorted by path.
     """
-    adapter_dir, staging_dir = Path(adapter_dir).resolve(), Path(staging_dir).resolve()
-    if not adapter_dir.is_dir():
-        raise FileNotFoundError(f"adapter folder {adapter_dir} does not exist")
-    check_staging_dir(staging_dir, adapter_dir)
+    adapter_dir, staging_dir = resolve_staging(adapter_dir, staging_dir, "adapter")
     # What the folder carries itself is published unless the caller says otherwise (a recipe writes both).
     if eval_results is None and (adapter_dir / "eval_results.json").is_file():
         eval_results = adapter_dir / "eval_results.json"
@@ -318,7 +315,12 @@ def stage_adapter_folder(
     return list_folder(staging_dir)
 
 
-def check_staging_dir(staging_dir: Path, source_dir: Path) -> None:
+def resolve_staging(source_dir, staging_dir, what: str) -> tuple[Path, Path]:
+    """Resolved ``(source_dir, staging_dir)`` after checking that the source ``what`` folder exists and that staging
+    can neither touch it nor mix with older files."""
+    source_dir, staging_dir = Path(source_dir).resolve(), Path(staging_dir).resolve()
+    if not source_dir.is_dir():
+        raise FileNotFoundError(f"{what} folder {source_dir} does not exist")
     # Staging must not touch the source: it is what makes an interrupted upload safe to re-run.
     if staging_dir == source_dir or source_dir in staging_dir.parents or staging_dir in source_dir.parents:
         raise ValueError(f"staging folder {staging_dir} overlaps the source folder {source_dir}: choose a folder "
@@ -326,6 +328,7 @@ def check_staging_dir(staging_dir: Path, source_dir: Path) -> None:
     if staging_dir.exists() and (not staging_dir.is_dir() or any(staging_dir.iterdir())):
         raise ValueError(f"staging folder {staging_dir} already exists and is not empty: choose a new folder or "
                          "delete it first")
+    return source_dir, staging_dir
 
 
 def _adapter_weights(adapter_dir: Path) -> Path:

@@ -204,9 +204,10 @@ def prepare_ranked_dataset(dataset, tokenizer, max_length: int | None = None, nu
     return dataset
 
 
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+def pad_rows(rows, value: int, width: int | None = None, device=None) -> torch.Tensor:
+    """Right-pad lists of ints with ``value`` to ``width`` (default: the longest): a (len(rows), width) long tensor."""
+    width = max(len(r) for r in rows) if width is None else width
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
 
 
 def ref_logps_grid(examples: list[dict], max_k: int) -> torch.Tensor:
@@ -247,9 +248,9 @@ class RankedCollator:
                 slots.append(b * max_k + k)
             ranks[b, : len(example["ranks"])] = torch.tensor(example["ranks"], dtype=torch.long)
         batch = {
-            "input_ids": _pad(sequences, self.pad_token_id),
-            "attention_mask": _pad([[1] * len(s) for s in sequences], 0),
-            "completion_mask": _pad(completion_masks, 0),
+            "input_ids": pad_rows(sequences, self.pad_token_id),
+            "attention_mask": pad_rows([[1] * len(s) for s in sequences], 0),
+            "completion_mask": pad_rows(completion_masks, 0),
             "slot_index": torch.tensor(slots, dtype=torch.long),
             "ranks": ranks,
         }

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import REF_LOGPS, ref_logps_grid
+from .data import REF_LOGPS, pad_rows, ref_logps_grid
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +80,9 @@ class PackedRankedCollator:
 
         width = max(len(r) for r in packed)
         batch = {
-            "input_ids": _pad(packed, width, self.pad_token_id),
-            "position_ids": _pad(positions, width, 0),
-            SEGMENT_IDS: _pad(segments, width, -1),
+            "input_ids": pad_rows(packed, self.pad_token_id, width),
+            "position_ids": pad_rows(positions, 0, width),
+            SEGMENT_IDS: pad_rows(segments, -1, width),
             **_token_indices(completions, width),
             "slot_index": torch.tensor(
                 [b * max_k + k for b, e in enumerate(examples) for k in range(len(e["completion_ids"]))],
@@ -93,10 +93,6 @@ class PackedRankedCollator:
         if examples[0].get(REF_LOGPS) is not None:
             batch[REF_LOGPS] = ref_logps_grid(examples, max_k)
         return batch
-
-
-def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 def _token_indices(completions, width: int) -> dict:

@@ -24,6 +24,7 @@ import inspect
 
 import torch
 
+from .data import pad_rows
 from .forward import _accepts_logits_to_keep
 
 
@@ -98,11 +99,6 @@ def suffix_attention_mask(prompt_lens, segments, cache_len: int, dtype) -> torch
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
 
-def _pad(rows: list[list[int]], value: int, device) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
-
-
 def _repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
     return tensor if copies == 1 else tensor.repeat(copies, *([1] * (tensor.dim() - 1)))  # (copies * R, ...)
 
@@ -165,8 +161,8 @@ def _prompt_pass(runner: Runner, groups: list[Group]):
     from transformers import DynamicCache
 
     device = runner.device
-    prompts = _pad([g.prompt_ids for g in groups], runner.pad_token_id, device)  # (B, P)
-    attention_mask = _pad([[1] * len(g.prompt_ids) for g in groups], 0, device)
+    prompts = pad_rows([g.prompt_ids for g in groups], runner.pad_token_id, device=device)  # (B, P)
+    attention_mask = pad_rows([[1] * len(g.prompt_ids) for g in groups], 0, device=device)
     last = torch.tensor([len(g.prompt_ids) - 1 for g in groups], device=device)  # (B,)
     keep = torch.unique(last)
     cache = DynamicCache()
@@ -189,16 +185,16 @@ def _suffix_pass(runner: Runner, rows: list[SuffixRow], kv, cache_len: int, num_
     # Advanced indexing, not index_select: the latter is ~30x slower on CPU for these (R, H, P, D) tensors.
     cache = DynamicCache(ddp_cache_data=[(k[cache_rows], v[cache_rows])
                                          for k, v in kv])
-    segments = _pad([r.segments for r in rows], 0, device)  # (R, Q)
+    segments = pad_rows([r.segments for r in rows], 0, device=device)  # (R, Q)
     prompt_lens = torch.tensor([r.prompt_len for r in rows], device=device)
     mask = suffix_attention_mask(prompt_lens, segments, cache_len, runner.dtype)  # (R, 1, Q, P + Q)
     targets = torch.tensor([(b, *t) for b, r in enumerate(rows) for t in r.targets], dtype=torch.long,
                            device=device).reshape(-1, 4)  # (N, 4): row, position, label, slot
     keep = torch.unique(targets[:, 1])
-    logits = runner.forward(
-        keep, input_ids=_pad([r.input_ids for r in rows], runner.pad_token_id, device), attention_mask=mask,
-        position_ids=_pad([r.positions for r in rows], 0, device), use_cache=True, **{runner.cache_kwarg: cache},
-    )
+    input_ids = pad_rows([r.input_ids for r in rows], runner.pad_token_id, device=device)  # (R, Q)
+    positions = pad_rows([r.positions for r in rows], 0, device=device)  # (R, Q)
+    logits = runner.forward(keep, input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                            **{runner.cache_kwarg: cache})
     columns = torch.searchsorted(keep, targets[:, 1].contiguous())
     logps = runner.per_copy(logits, targets[:, 0], columns, targets[:, 2], len(rows))
     return logps, targets[:, 3]
@@ -215,8 +211,9 @@ def _plain_pass(runner: Runner, groups: list[Group], max_batch_tokens: int, out:
                                 for j, t in enumerate(c) if len(p) - 1 + j >= 0], dtype=torch.long,
                                device=device).reshape(-1, 4)  # (N, 4): row, position, label, slot
         keep = torch.unique(targets[:, 1])
-        logits = runner.forward(keep, input_ids=_pad(ids, runner.pad_token_id, device),
-                                   attention_mask=_pad([[1] * len(i) for i in ids], 0, device), use_cache=False)
+        attention_mask = pad_rows([[1] * len(i) for i in ids], 0, device=device)
+        logits = runner.forward(keep, input_ids=pad_rows(ids, runner.pad_token_id, device=device),
+                                attention_mask=attention_mask, use_cache=False)
         columns = torch.searchsorted(keep, targets[:, 1].contiguous())
         logps = runner.per_copy(logits, targets[:, 0], columns, targets[:, 2], len(chunk))
         out.index_add_(1, targets[:, 3], logps)

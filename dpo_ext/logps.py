@@ -26,6 +26,26 @@ def gather_token_logps(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: i
     return torch.cat(out, dim=0)
 
 
+def picked_position_logps(flat_logits: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,
+                          max_elements: int = 2**22) -> torch.Tensor:
+    """log softmax(flat_logits[positions])[labels] for any number of targets per kept position.
+
+    The log-normaliser of every kept position is computed once, ``max_elements`` float32 elements at a time, and
+    shared by all targets at that position, so no (targets, V) copy of the logits is ever made.
+
+    Args:
+        flat_logits (`torch.Tensor`): (M, V) logits of the kept positions, any float dtype.
+        positions (`torch.Tensor`): indices into the M positions, any shape S.
+        labels (`torch.Tensor`): token ids, shape S.
+
+    Returns:
+        `torch.Tensor`: shape S, float32.
+    """
+    step = max(1, max_elements // flat_logits.shape[-1])
+    lse = torch.cat([torch.logsumexp(c.float(), dim=-1) for c in flat_logits.split(step)])  # (M,)
+    return flat_logits[positions, labels].float() - lse[positions]
+
+
 def shift_for_next_token(input_ids: torch.Tensor, completion_mask: torch.Tensor):
     """Labels and the mask of positions whose *next* token is a completion token: both (N, T - 1)."""
     return input_ids[:, 1:], completion_mask[:, 1:]

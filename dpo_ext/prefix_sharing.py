@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .data import REF_LOGPS, pad_rows, ref_logps_grid
+from .logps import picked_position_logps
 
 logger = logging.getLogger(__name__)
 
@@ -171,10 +172,8 @@ def packed_token_logps(model, batch: dict, **model_kwargs):
     column = torch.searchsorted(keep, predictor % length).clamp_max(keep.numel() - 1)  # (N, C)
     rows = (predictor // length) * keep.numel() + column
     labels = input_ids.reshape(-1)[batch["token_index"]]  # (N, C)
-    picked = flat[rows, labels].float()  # (N, C)
-    chunk = max(1, 2**26 // flat.shape[-1])  # positions upcast to float32 at a time: at most 256 MiB
-    lse = torch.cat([torch.logsumexp(c.float(), dim=-1) for c in flat.split(chunk)])  # (B * len(keep),)
-    return (picked - lse[rows]) * mask, mask
+    # float32 copies of at most 2**26 elements (256 MiB) at a time
+    return picked_position_logps(flat, rows, labels, max_elements=2**26) * mask, mask  # (N, C)
 
 
 def prefix_sharing_unsupported(model, max_length: int | None = None) -> str | None:

@@ -26,6 +26,7 @@ import torch
 
 from .data import pad_rows
 from .forward import _accepts_logits_to_keep
+from .logps import picked_position_logps
 
 
 @dataclass
@@ -103,20 +104,10 @@ def _repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
     return tensor if copies == 1 else tensor.repeat(copies, *([1] * (tensor.dim() - 1)))  # (copies * R, ...)
 
 
-def _picked_logps(logits, rows, columns, labels, max_elements: int = 2**22) -> torch.Tensor:
-    """log softmax(logits[rows, columns])[labels] for N targets.
-
-    The log-normaliser is computed for every kept position, a bounded number of float32 elements at a time, so
-    the (N, V) copy that indexing the targets' logits first would make is never materialised.
-
-    Returns:
-        `torch.Tensor`: (N,) float32.
-    """
+def _picked_logps(logits, rows, columns, labels) -> torch.Tensor:
+    """log softmax(logits[rows, columns])[labels] for N targets: (N,) float32."""
     flat = logits.reshape(-1, logits.shape[-1])  # (R * M, V)
-    step = max(1, max_elements // logits.shape[-1])
-    lse = torch.cat([torch.logsumexp(flat[i : i + step].float(), dim=-1) for i in range(0, flat.shape[0], step)])
-    index = rows * logits.shape[1] + columns  # (N,) into the flattened positions
-    return flat[index, labels].float() - lse[index]
+    return picked_position_logps(flat, rows * logits.shape[1] + columns, labels)
 
 
 class Runner:

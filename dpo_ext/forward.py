@@ -1,18 +1,10 @@
 """One forward pass of a causal LM over a collated batch of ``prompt + completion`` rows -> completion log-probs."""
 
-import inspect
-
 import torch
 
 from .logps import gather_token_logps, sequence_logps, shift_for_next_token
+from .model_utils import accepts_logits_to_keep
 from .prefix_sharing import is_packed, packed_token_logps
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    model = getattr(model, "module", model)  # DDP / accelerate wrapper
-    if hasattr(model, "get_base_model"):  # PeftModel
-        model = model.get_base_model()
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def completion_token_logps(model, input_ids, attention_mask, completion_mask, **model_kwargs):
@@ -28,7 +20,7 @@ def completion_token_logps(model, input_ids, attention_mask, completion_mask, **
     seq_len = input_ids.shape[1]
     first = int(mask.any(0).float().argmax()) if bool(mask.any()) else seq_len - 1  # earliest scored position
     keep = seq_len - first  # logits for positions first .. T-1
-    if _accepts_logits_to_keep(model):
+    if accepts_logits_to_keep(model):
         logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep,
                        use_cache=False, **model_kwargs).logits  # (N, keep, V)
     else:

@@ -29,6 +29,7 @@ import torch
 
 from .data import REF_LOGPS, pad_rows, ref_logps_grid
 from .logps import picked_position_logps
+from .model_utils import accepts_logits_to_keep, bare_model
 
 logger = logging.getLogger(__name__)
 
@@ -136,15 +137,8 @@ def block_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]  # (B, 1, L, L)
 
 
-def _bare_model(model):
-    model = getattr(model, "module", model)  # DDP / accelerate wrapper
-    if hasattr(model, "get_base_model"):  # PeftModel
-        model = model.get_base_model()
-    return model
-
-
 def _compute_dtype(model) -> torch.dtype:
-    embeddings = _bare_model(model).get_input_embeddings()
+    embeddings = bare_model(model).get_input_embeddings()
     dtype = embeddings.weight.dtype if embeddings is not None else next(model.parameters()).dtype
     return dtype if dtype.is_floating_point else torch.float32
 
@@ -163,7 +157,7 @@ def packed_token_logps(model, batch: dict, **model_kwargs):
     keep = torch.unique(predictor[mask.bool()] % length) if bool(mask.any()) else predictor.new_zeros(1)
     attention = block_attention_mask(batch[SEGMENT_IDS], _compute_dtype(model))
     kwargs = dict(input_ids=input_ids, attention_mask=attention, position_ids=batch["position_ids"], use_cache=False)
-    if "logits_to_keep" in inspect.signature(_bare_model(model).forward).parameters:
+    if accepts_logits_to_keep(model):
         logits = model(**kwargs, logits_to_keep=keep, **model_kwargs).logits  # (B, len(keep), V)
     else:
         logits = model(**kwargs, **model_kwargs).logits[:, keep]
@@ -184,7 +178,7 @@ def prefix_sharing_unsupported(model, max_length: int | None = None) -> str | No
     mask would let completions see each other; a sliding window is not applied to a custom mask, so it is only
     exact when no plain row (at most ``max_length`` tokens) could exceed the window.
     """
-    bare = _bare_model(model)
+    bare = bare_model(model)
     config = getattr(bare, "config", None)
     if config is None:
         return f"{type(bare).__name__} has no transformers config"

@@ -25,7 +25,7 @@ import inspect
 import torch
 
 from .data import pad_rows
-from .forward import _accepts_logits_to_keep
+from .model_utils import accepts_logits_to_keep, bare_model
 from .logps import picked_position_logps
 
 
@@ -122,13 +122,13 @@ class Runner:
         self.dtype = model.get_input_embeddings().weight.dtype
         if not self.dtype.is_floating_point:
             self.dtype = torch.float32
-        self.logits_to_keep = _accepts_logits_to_keep(model)
+        self.logits_to_keep = accepts_logits_to_keep(model)
         # Token-budget weight of one LM-head position: its logits (V floats) against the ~8 * hidden floats of
         # activations a token costs. For small models with large vocabularies the logits dominate memory.
         config = getattr(model, "config", None)
         vocab, hidden = getattr(config, "vocab_size", None), getattr(config, "hidden_size", None)
         self.logit_cost = max(1, vocab // (8 * hidden)) if isinstance(vocab, int) and isinstance(hidden, int) else 1
-        bare = model.get_base_model() if hasattr(model, "get_base_model") else model
+        bare = bare_model(model)
         # transformers 5.x renamed `past_key_values` to `cache` (the old name goes in 5.40)
         self.cache_kwarg = "cache" if "cache" in inspect.signature(bare.forward).parameters else "past_key_values"
 

@@ -1,8 +1,9 @@
 """Preference losses as pure functions of log-probabilities.
 
 Conventions for ranked tensors: shape (B, K), axis -1 is the list of K completions of one prompt. Without explicit
-``ranks`` column 0 is the best and the order is best-first. With ``ranks``, 0 is the best, equal values are ties
-and negative values mark missing slots (a padded list shorter than K).
+``ranks`` column 0 is the best and the order is best-first. With ``ranks``, lower is better (0 is the best), equal
+values are ties, only the order of the values matters (they need not be dense nor below K), and negative values
+mark missing slots (a padded list shorter than K).
 
 Every loss returns per-example losses of shape (B,), unreduced, computed in float32 (or float64 if given float64),
 whatever the input dtype, so that bf16 training does not lose the small differences the losses are made of.
@@ -69,8 +70,9 @@ def plackett_luce_loss(
         policy_logps (`torch.Tensor`): (B, K) summed log-probabilities of each completion under the policy.
         ref_logps (`torch.Tensor`): (B, K) the same under the reference policy.
         beta (`float`): the KL-penalty coefficient of the DPO objective.
-        ranks (`torch.Tensor`, *optional*): (B, K) integer ranks, 0 = best, equal = tie, negative = missing.
-            `None` means every row is a full best-first ranking (column 0 best).
+        ranks (`torch.Tensor`, *optional*): (B, K) integer ranks, lower = better, equal = tie, negative =
+            missing. Only the order of the values matters: ``[0, 2, 9]`` is the same ranking as ``[0, 1, 2]``,
+            whatever K. `None` means every row is a full best-first ranking (column 0 best).
 
     Returns:
         `torch.Tensor`: (B,) per-example loss in float32 (float64 if the inputs are float64).
@@ -88,26 +90,28 @@ def plackett_luce_loss(
 
     rewards = implicit_rewards(policy_logps, ref_logps, beta)  # (B, K)
     ranks = ranks.to(device=rewards.device, dtype=torch.long)
-    present = ranks >= 0
 
-    # Missing slots sort after every real rank and take a finite, hugely negative reward: exp() of it is exactly 0
-    # next to any real reward, and unlike -inf it keeps logcumsumexp's backward free of NaN (inf - inf).
-    missing_key = num_completions + 1
-    sort_key = torch.where(present, ranks, torch.full_like(ranks, missing_key))
-    sort_key, order = torch.sort(sort_key, dim=-1, stable=True)  # (B, K), best first
-    sorted_rewards = rewards.gather(-1, order)
-    sorted_present = sort_key != missing_key
+    # Missing slots all get key -1 and so sort *before* every real rank. A sentinel after the real ranks would have
+    # to exceed the largest one, and any fixed choice (K + 1, say) collides with a legitimate rank value. Placed
+    # first, missing slots lie outside every suffix "rest of the list" the normalisers below are taken over.
+    sort_key, order = torch.sort(ranks.clamp(min=-1), dim=-1, stable=True)  # (B, K): missing, then best to worst
+    sorted_rewards = rewards.gather(-1, order)  # (B, K)
+    sorted_present = sort_key >= 0
+    # Missing slots also take a finite, hugely negative reward: exp() of it is exactly 0 next to any real reward, a
+    # NaN in a missing slot cannot reach logcumsumexp's backward, and unlike -inf it yields no NaN there (inf - inf).
     floor = torch.finfo(rewards.dtype).min / 4
     masked_rewards = torch.where(sorted_present, sorted_rewards, torch.full_like(sorted_rewards, floor))
 
     # suffix_lse[k] = log sum_{j >= k} exp(r_j): the normaliser of "position k is chosen among the rest".
     suffix_lse = torch.logcumsumexp(masked_rewards.flip(-1), dim=-1).flip(-1)  # (B, K)
-    # Every member of a tied group is normalised over the set that starts at the group's first position.
+    # Every member of a tied group is normalised over the set that starts at the group's first position, found by
+    # searching for the first occurrence of its key: this depends only on the order of the rank values.
     group_start = torch.searchsorted(sort_key.contiguous(), sort_key.contiguous(), right=False)  # (B, K)
     normaliser = suffix_lse.gather(-1, group_start)
 
-    worst_present_rank = torch.where(sorted_present, sort_key, torch.full_like(sort_key, -1)).amax(-1, keepdim=True)
-    contributes = sorted_present & (sort_key < worst_present_rank)
+    # Present slots sort last, so the last column holds the worst present rank: that group can only come last and
+    # contributes nothing. In a row with no present slot nothing contributes anyway.
+    contributes = sorted_present & (sort_key < sort_key[:, -1:])
     log_likelihood = torch.where(contributes, sorted_rewards - normaliser, torch.zeros_like(sorted_rewards))
     return -log_likelihood.sum(-1)
 

@@ -112,6 +112,32 @@ def test_ties_and_missing_slots_match_loop_implementation(seed):
         assert loss[b].item() == pytest.approx(_breslow_by_loops(rewards[b].tolist(), ranks[b].tolist()), abs=1e-10)
 
 
+def test_rank_values_above_k_are_only_an_order():
+    """Ranks carry only their order: a value K+1 or larger is a real rank, not a missing slot.
+
+    With K = 4, [0, 1, 2, 5] is the full ranking [0, 1, 2, 3] and [0, 0, 5, 5] is the tie pattern [0, 0, 1, 1];
+    [7, -1, 5, 100] is [1, missing, 0, 2]. Checked against the loop implementation, gradients included.
+    """
+    torch.manual_seed(3)
+    policy = torch.randn(4, 4, dtype=torch.float64) * 2
+    ref = torch.randn(4, 4, dtype=torch.float64)
+    sparse = torch.tensor([[0, 1, 2, 5], [0, 0, 5, 5], [7, -1, 5, 100], [6, 5, 5, 9]])
+    dense = torch.tensor([[0, 1, 2, 3], [0, 0, 1, 1], [1, -1, 0, 2], [1, 0, 0, 2]])
+    rewards = 0.5 * (policy - ref)
+    expected = [_breslow_by_loops(rewards[b].tolist(), dense[b].tolist()) for b in range(4)]
+    assert all(e > 0 for e in expected)  # no row is trivially zero, so a dropped slot cannot hide
+    sparse_policy = policy.clone().requires_grad_(True)
+    dense_policy = policy.clone().requires_grad_(True)
+    sparse_loss = plackett_luce_loss(sparse_policy, ref, 0.5, sparse)
+    dense_loss = plackett_luce_loss(dense_policy, ref, 0.5, dense)
+    torch.testing.assert_close(sparse_loss, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-10)
+    torch.testing.assert_close(sparse_loss, dense_loss, rtol=0, atol=0)
+    sparse_loss.sum().backward()
+    dense_loss.sum().backward()
+    torch.testing.assert_close(sparse_policy.grad, dense_policy.grad, rtol=0, atol=0)
+    assert sparse_policy.grad[2, 1] == 0  # the one missing slot
+
+
 def test_missing_slot_equals_smaller_problem_and_gets_zero_gradient():
     torch.manual_seed(1)
     policy = torch.randn(2, 4, requires_grad=True)

@@ -153,7 +153,7 @@ def push_adapter(
         eval_results (`dict` or path to JSON, *optional*): metric name -> value (ground-truth reward, KL,
             preference accuracy, win rate, ...); numeric ones go to the card's `model-index`.
         training_config (`dict` or path to YAML/JSON, *optional*): defaults to `training_config.yaml` or
-            `training_args.bin` in `adapter_dir`.
+            `training_config.json` in `adapter_dir`. `training_args.bin` is never read (it is a pickle).
         plots (`Sequence`): PNG files to publish under `plots/` and embed in the card.
         base_model (`str`, *optional*), beta (`float`, *optional*): must agree with `adapter_config.json` and the
             training config; required when those do not record them.
@@ -169,8 +169,8 @@ def push_adapter(
 
     Raises:
         `HubAccessError`: before anything else, when the token is missing or cannot write to `repo_id`.
-        `ValueError` / `FileNotFoundError`: the folder is not publishable (e.g. only `.bin` weights), or `base_model`
-            / `beta` disagree with it.
+        `ValueError` / `FileNotFoundError`: the folder is not publishable (only `.bin` weights, truncated or corrupt
+            safetensors, beta unknown), or `base_model` / `beta` disagree with it.
         `HubUploadError`: the Hub refused the upload or kept failing; the local folder is unchanged, re-run to retry.
     """
     def stage(staging_dir: Path, full_repo_id: str, secrets: Sequence[str]) -> list[StagedFile]:

@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     push.add_argument("--eval-results", metavar="FILE.json", type=Path,
                       help="JSON object of metric -> value (ground_truth_reward, kl, preference_accuracy, win_rate...)")
     push.add_argument("--config", metavar="FILE.yaml", type=Path,
-                      help="training config (default: training_config.yaml or training_args.bin in ADAPTER_DIR)")
+                      help="training config (default: training_config.yaml or training_config.json in "
+                           "ADAPTER_DIR; training_args.bin is never read, it is a pickle)")
     push.add_argument("--plot", metavar="PNG", type=Path, action="append", default=[],
                       help="PNG plot to publish and embed in the card (repeatable)")
     push.add_argument("--base-model", help="Hub id of the base model; must match adapter_config.json "

@@ -6,12 +6,16 @@ be re-run. What is copied is an allowlist: adapter weights (safetensors only), `
 files, and the files we write (card, training config, evaluation results, plots). Optimizer and scheduler state,
 `checkpoint-*/`, `training_args.bin`, `.bin` weights and a frozen reference-adapter copy (`ref/`, written by TRL
 when it clones the adapter as the reference) are never published.
+
+Nothing in the folder is ever unpickled: it may have been downloaded, and unpickling runs code. The training config
+is read from `training_config.yaml`/`.json` (the trainer writes the JSON at every save) or from a file the caller
+names; `training_args.bin` is never opened. The weights are verified in full before they are staged
+(`dpo_ext.safe_files.verify_safetensors`), so a truncated file is never published.
 """
 
 import json
 import logging
 import math
-import re
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,38 +24,14 @@ from pathlib import Path
 import yaml
 
 from dpo_ext.cards import HUB_ID_PATTERN, plain, render_model_card
+# redact and scrub_config live with the other "safe to read or publish" helpers; hub.py and hub_datasets.py import
+# redact from here.
+from dpo_ext.safe_files import redact, scrub_config, verify_safetensors  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-_TOKEN_KEYS = ("hub_token", "push_to_hub_token")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# Hub user access tokens start with "hf_"; masked wherever they show up, even when we were not told the token.
-_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
-
-
-
-def redact(text: str, secrets: Sequence[str | None] = ()) -> str:
-    """`text` with every secret in `secrets`, and anything shaped like a Hub token, replaced by `<redacted>`."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "<redacted>")
-    return _TOKEN_PATTERN.sub("<redacted>", text)
-
-
-def scrub_config(config: Mapping, secrets: Sequence[str] = ()) -> dict:
-    """Drop Hub token fields and mask anything that looks like a token, so a training config is safe to publish."""
-    def clean(value):
-        if isinstance(value, Mapping):
-            return {str(k): clean(v) for k, v in value.items() if str(k) not in _TOKEN_KEYS}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        if isinstance(value, str):
-            return redact(value, secrets)
-        if value is None or isinstance(value, (bool, int, float)):
-            return value
-        return str(value)  # enums, dtypes, paths: keep them readable without custom YAML tags
-
-    return clean(plain(dict(config)))
+_PICKLED_ARGS = "training_args.bin"
 
 
 def read_training_config(
@@ -60,9 +40,10 @@ def read_training_config(
     """The training configuration to publish, from (first found):
 
     1. `training_config`: a dict, or a `.yaml`/`.yml`/`.json` file;
-    2. `training_config.yaml` or `training_config.json` in `adapter_dir`;
-    3. `training_args.bin` in `adapter_dir` (the trainer's pickled arguments; read with `torch.load`, which runs
-       pickle, so only on folders you produced yourself).
+    2. `training_config.yaml` or `training_config.json` in `adapter_dir` (`PLDPOTrainer` writes the JSON).
+
+    `training_args.bin` is never read: it is a pickle, and unpickling a downloaded file can run any code in it
+    (see [`inspect_adapter`] for what a folder that has only that is told).
 
     Returns an empty dict when none exists. Token fields and the `secrets` are removed (see [`scrub_config`]).
     """
@@ -79,25 +60,13 @@ def read_training_config(
             return scrub_config(loaded, secrets)
         if training_config is not None:
             raise FileNotFoundError(f"training config {path} does not exist")
-    if (adapter_dir / "training_args.bin").is_file():
-        return scrub_config(_load_training_args(adapter_dir / "training_args.bin"), secrets)
     return {}
 
 
-def _load_training_args(path: Path) -> Mapping:
-    import torch
-
-    try:
-        args = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise ValueError(f"could not read {path} ({type(error).__name__}: {error}); pass the training config as a "
-                         "dict or a YAML file instead") from None
-    if hasattr(args, "to_dict"):  # transformers.TrainingArguments and its subclasses (DPOConfig, ...)
-        return args.to_dict()
-    if isinstance(args, Mapping):
-        return args
-    raise ValueError(f"{path} holds a {type(args).__name__}, not training arguments; pass the training config as a "
-                     "dict or a YAML file instead")
+def _pickled_args_advice() -> str:
+    return (f"{_PICKLED_ARGS} is never read (it is a pickle, and unpickling a file can run any code in it); pass the "
+            "training settings as a YAML or JSON file instead (`--config FILE.yaml`, or training_config=), or at "
+            "least the DPO beta (`--beta`, or beta=)")
 
 
 def read_eval_results(eval_results: Mapping | str | Path | None) -> dict:
@@ -178,6 +147,12 @@ def inspect_adapter(
     if beta is not None and recorded_beta is not None and not math.isclose(float(beta), float(recorded_beta)):
         raise ValueError(f"beta mismatch: you passed beta={beta} but the training config says beta={recorded_beta}; "
                          "the implicit reward is only meaningful with the beta used in training")
+    if not training_config and (adapter_dir / _PICKLED_ARGS).is_file():
+        if beta is None:
+            raise ValueError(f"beta is unknown: {adapter_dir} has no training_config.yaml or training_config.json, "
+                             f"and {_pickled_args_advice()}")
+        logger.warning("%s has no training_config.yaml or training_config.json, and %s. The card will show no "
+                       "training settings.", adapter_dir, _pickled_args_advice())
     if beta is None and recorded_beta is None:
         raise ValueError(f"beta is unknown: the training config of {adapter_dir} records none; pass beta=... "
                          "(the value used in training)")
@@ -339,19 +314,12 @@ def _adapter_weights(adapter_dir: Path) -> Path:
                 f"{adapter_dir} has adapter_model.bin but no adapter_model.safetensors; only safetensors weights are "
                 "published (pickled .bin files can run code when loaded). Re-save with "
                 "`model.save_pretrained(dir, safe_serialization=True)`, or convert: "
-                "`safetensors.torch.save_file(torch.load('adapter_model.bin'), 'adapter_model.safetensors')`")
+                "`safetensors.torch.save_file(torch.load('adapter_model.bin', weights_only=True), "
+                "'adapter_model.safetensors')`, only on a file you trust")
         raise FileNotFoundError(f"no adapter_model.safetensors in {adapter_dir}: pass the folder written by "
                                 "`trainer.save_model()` or `peft_model.save_pretrained()`")
-    # Read the header so a truncated file (an interrupted save) is caught here, not by the people who download it.
-    with weights.open("rb") as file:
-        size = int.from_bytes(file.read(8), "little")
-        try:
-            if not 0 < size <= weights.stat().st_size - 8:
-                raise ValueError("bad header length")
-            json.loads(file.read(size))
-        except ValueError:
-            raise ValueError(f"{weights} is not a readable safetensors file (truncated or corrupt?): save the "
-                             "adapter again") from None
+    # A truncated or corrupt file (an interrupted save) is caught here, not by the people who download it.
+    verify_safetensors(weights)
     return weights
 
 

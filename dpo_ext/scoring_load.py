@@ -3,26 +3,39 @@
 Works with adapters saved by `PLDPOTrainer` and by `trl.DPOTrainer`. When TRL re-trained an existing adapter it
 kept a frozen copy of the starting adapter as the reference and saved it in a ``ref/`` subfolder; that copy is then
 the reference (``ref_adapter="auto"``), since it, not the bare base model, is what the adapter was trained against.
+
+Weights are loaded from safetensors only: a pickled adapter or model (``*.bin``) could run code when loaded, so a
+folder or repo that has only those is refused with a message saying how to convert it. A local safetensors file is
+checked in full first (`dpo_ext.safe_files.verify_safetensors`), so a truncated file is reported by name.
 """
 
 import json
 import logging
 import os
 
+from .safe_files import pickled_weights_error, verify_safetensors
+
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TRL_REF_ADAPTER = "ref"
+_PICKLED_ADAPTER = "adapter_model.bin"
+_PICKLED_MODEL_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def _is_local(path: str) -> bool:
     return os.path.isdir(path)
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
 def _has_file(model_id: str, filename: str, revision=None) -> bool:
     if _is_local(model_id):
         return os.path.isfile(os.path.join(model_id, filename))
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if _offline():
         try:
             from huggingface_hub import try_to_load_from_cache
 
@@ -70,8 +83,72 @@ def _load_model(source, dtype, revision=None):
         return source
     from transformers import AutoModelForCausalLM
 
+    if _is_local(source):
+        _check_local_model_weights(source)
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    return AutoModelForCausalLM.from_pretrained(source, revision=revision, **kwargs)
+    try:
+        # use_safetensors=True: transformers raises instead of falling back to pickled weights.
+        return AutoModelForCausalLM.from_pretrained(source, revision=revision, use_safetensors=True, **kwargs)
+    except OSError as error:
+        if "safetensors" not in str(error):
+            raise
+        # Raised for a Hub repo without safetensors weights (local folders were checked above).
+        expected = "model.safetensors or model.safetensors.index.json" + (" in the local cache (offline)"
+                                                                           if _offline() else "")
+        raise pickled_weights_error(source, expected, _convert_model_hint(source)) from error
+
+
+def _check_local_model_weights(folder: str) -> None:
+    """Verify a local model's safetensors files, or refuse a folder whose weights are only pickled."""
+    safe = sorted(name for name in os.listdir(folder) if name.endswith(".safetensors"))
+    for name in safe:
+        verify_safetensors(os.path.join(folder, name))
+    pickled = next((name for name in _PICKLED_MODEL_FILES if os.path.isfile(os.path.join(folder, name))), None)
+    if not safe and pickled:
+        raise pickled_weights_error(folder, "model.safetensors", _convert_model_hint(folder), pickled)
+
+
+def _convert_model_hint(source: str) -> str:
+    return (f"`AutoModelForCausalLM.from_pretrained({source!r}, use_safetensors=False).save_pretrained(NEW_FOLDER)` "
+            "(it writes model.safetensors), then pass NEW_FOLDER")
+
+
+def _require_safe_adapter(model_id: str, revision=None, subfolder: str = "") -> None:
+    """Refuse an adapter whose weights are not a complete ``adapter_model.safetensors``.
+
+    Local folders: the file is verified in full; a folder with only ``adapter_model.bin`` is refused without
+    opening it. Hub repos: refused when the repo lists no ``adapter_model.safetensors``.
+
+    Args:
+        model_id (`str`): local folder or Hub repo id of the adapter.
+        revision (*optional*): Hub revision.
+        subfolder (`str`): the adapter's subfolder (``"ref"`` for TRL's reference copy), or ``""``.
+
+    Raises:
+        `WeightsFileError`: pickled-only or corrupt weights. `FileNotFoundError`: no weights at all.
+    """
+    where = f"{model_id.rstrip('/')}/{subfolder}" if subfolder else model_id
+    if _is_local(model_id):
+        folder = os.path.join(model_id, subfolder)
+        if os.path.isfile(os.path.join(folder, ADAPTER_WEIGHTS)):
+            verify_safetensors(os.path.join(folder, ADAPTER_WEIGHTS))
+            return
+        has_pickle = os.path.isfile(os.path.join(folder, _PICKLED_ADAPTER))
+    else:
+        prefix = f"{subfolder}/" if subfolder else ""
+        if _has_file(model_id, prefix + ADAPTER_WEIGHTS, revision):
+            return
+        has_pickle = _has_file(model_id, prefix + _PICKLED_ADAPTER, revision)
+    if has_pickle:
+        raise pickled_weights_error(where, ADAPTER_WEIGHTS, _convert_adapter_hint(), _PICKLED_ADAPTER)
+    offline = " in the local cache (offline)" if _offline() and not _is_local(model_id) else ""
+    raise FileNotFoundError(f"{where} has an {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}{offline}: pass the folder "
+                            "written by `save_pretrained()`")
+
+
+def _convert_adapter_hint() -> str:
+    return (f"`safetensors.torch.save_file(torch.load(\"{_PICKLED_ADAPTER}\", weights_only=True), "
+            f"\"{ADAPTER_WEIGHTS}\")` in that folder")
 
 
 def _load_ref_adapter(model, model_id, ref_adapter, revision):
@@ -83,6 +160,7 @@ def _load_ref_adapter(model, model_id, ref_adapter, revision):
         logger.info("%s has a '%s/' adapter (TRL's frozen reference copy): using it as the reference.", model_id,
                     TRL_REF_ADAPTER)
     if _has_file(model_id, f"{ref_adapter}/{ADAPTER_CONFIG}", revision):
+        _require_safe_adapter(model_id, revision, subfolder=ref_adapter)
         if _is_local(model_id):
             model.load_adapter(os.path.join(model_id, ref_adapter), adapter_name=ref_adapter, is_trainable=False)
         else:
@@ -90,6 +168,7 @@ def _load_ref_adapter(model, model_id, ref_adapter, revision):
                                is_trainable=False)
         return ref_adapter
     if _is_local(ref_adapter) and os.path.isfile(os.path.join(ref_adapter, ADAPTER_CONFIG)):
+        _require_safe_adapter(ref_adapter)
         name = os.path.basename(os.path.normpath(ref_adapter))
         model.load_adapter(ref_adapter, adapter_name=name, is_trainable=False)
         return name
@@ -148,6 +227,7 @@ def load_scorer(cls, model_id_or_path: str, *, base_model=None, ref_model=None, 
         base_id = base_model if isinstance(base_model, str) else config.base_model_name_or_path
         if base_model is None and not base_id:
             raise ValueError(f"{model_id_or_path}/{ADAPTER_CONFIG} names no base model; pass base_model=")
+        _require_safe_adapter(model_id_or_path, revision)  # before the base model: fail fast, nothing loaded
         base = _load_model(base_model if base_model is not None else base_id, dtype)
         model = PeftModel.from_pretrained(base, model_id_or_path, revision=revision, is_trainable=False)
         if ref_model is None and ref_adapter is not None:

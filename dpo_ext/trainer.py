@@ -241,7 +241,9 @@ class PLDPOTrainer(Trainer):
 
     def _save(self, output_dir=None, state_dict=None):
         """Save only the trained adapter (a frozen reference copy is an implementation detail, not a result), and
-        record which reference it was trained against."""
+        record which reference it was trained against and the training settings (`training_config.json`)."""
+        from .safe_files import scrub_config
+
         output_dir = output_dir or self.args.output_dir
         if not isinstance(self.reference, AdapterCopyReference):
             super()._save(output_dir, state_dict)
@@ -256,3 +258,7 @@ class PLDPOTrainer(Trainer):
             record = {"reference": self.reference.name, "beta": self.args.beta, "loss_type": self.args.loss_type}
             with open(os.path.join(output_dir, REFERENCE_RECORD), "w") as f:
                 json.dump(record, f, indent=2)
+            # What `dpo-ext push` publishes as the training config: training_args.bin is a pickle and is never read
+            # back, so the settings are kept as JSON too, without the Hub token.
+            with open(os.path.join(output_dir, "training_config.json"), "w") as f:
+                json.dump(scrub_config(self.args.to_dict()), f, indent=2)

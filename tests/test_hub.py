@@ -63,8 +63,9 @@ def adapter(tmp_path_factory):
     transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>").save_pretrained(folder)
     tokenizer_files = set(p.name for p in folder.iterdir()) - before
 
-    torch.save(TRAINING_ARGS, folder / "training_args.bin")
-    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "adapter_model.bin"):
+    (folder / "training_config.json").write_text(json.dumps(TRAINING_ARGS))  # as PLDPOTrainer writes it
+    # Not pickles: were any of them opened with torch.load, the test would fail.
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "adapter_model.bin"):
         (folder / name).write_bytes(b"NEVER-PUBLISH " + name.encode())
     for sub in ("checkpoint-1", "ref"):
         (folder / sub).mkdir()
@@ -143,7 +144,7 @@ def test_push_sends_one_commit_with_exactly_the_publishable_files(adapter, hub, 
     assert json.loads(files["eval_results.json"]) == EVAL
     assert result.commit_url.startswith(f"{hub.url}/alice/tiny-pl/commit/")
 
-    # The training config came from training_args.bin, without the Hub token it held.
+    # The training config came from training_config.json, without the Hub token it held.
     training_config = yaml.safe_load(files["training_config.yaml"])
     assert training_config["beta"] == 0.1 and "hub_token" not in training_config
 
@@ -259,7 +260,7 @@ def test_training_config_sources(adapter, tmp_path):
     from dpo_ext.hub_staging import read_training_config
 
     folder = adapter[0]
-    assert read_training_config(folder)["num_completions"] == 4  # from training_args.bin
+    assert read_training_config(folder)["num_completions"] == 4  # from training_config.json
     yaml_file = tmp_path / "config.yaml"
     yaml_file.write_text(f"beta: 0.2\noutput_dir: /runs/{TOKEN}\npush_to_hub_token: {TOKEN}\n")
     assert read_training_config(folder, yaml_file, secrets=[TOKEN]) == {"beta": 0.2, "output_dir": "/runs/<redacted>"}
@@ -371,3 +372,89 @@ def test_parquet_preference_data(tmp_path):
     (data / "more.jsonl").write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(ValueError, match="mixes JSONL and Parquet"):
         push_preference_dataset(data, "alice/prefs", dry_run=tmp_path / "dry2")
+
+
+class CreatesMarker:
+    """Unpickling this creates the file `path`: stands for any code a malicious pickle could run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def publishable_copy(adapter, folder: Path) -> Path:
+    """The adapter's weights and config alone, in `folder`: no training config, no tokenizer."""
+    folder.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (folder / name).write_bytes((adapter[0] / name).read_bytes())
+    return folder
+
+
+def test_training_args_bin_is_never_unpickled(adapter, tmp_path, capsys, caplog):
+    import torch
+
+    from dpo_ext.cli import main
+
+    folder = publishable_copy(adapter, tmp_path / "downloaded")
+    marker = tmp_path / "code-ran"
+    torch.save(CreatesMarker(marker), folder / "training_args.bin")
+    args = ["push", str(folder), "--repo-id", "alice/x", "--dry-run"]
+
+    assert main(args + [str(tmp_path / "a")]) == 2  # beta is recorded nowhere we read
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert "training_args.bin is never read (it is a pickle" in err
+    assert "--config FILE.yaml" in err and "--beta" in err
+
+    assert main(args + [str(tmp_path / "b"), "--beta", "0.1"]) == 0
+    assert not marker.exists()
+    assert "training_args.bin is never read" in caplog.text
+    assert not (tmp_path / "b" / "training_config.yaml").exists()
+
+
+def test_truncated_weights_are_never_staged(adapter, tmp_path, capsys):
+    from dpo_ext.cli import main
+
+    folder = publishable_copy(adapter, tmp_path / "interrupted")
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])  # the header is intact: only the data is cut short
+    assert main(["push", str(folder), "--repo-id", "alice/x", "--beta", "0.1", "--dry-run",
+                 str(tmp_path / "staged")]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights} is not a complete safetensors file" in err and "truncated: 64 bytes missing" in err
+    assert "save it again" in err
+    assert not (tmp_path / "staged").exists() or not any((tmp_path / "staged").iterdir())
+
+
+@pytest.mark.parametrize("init_lora_weights", [True, False], ids=["disabled_adapters", "adapter_copy"])
+def test_trainer_saves_the_training_config_that_push_publishes(tokenizer, tmp_path, init_lora_weights):
+    """Every save (checkpoints too, and the adapter-copy branch) writes training_config.json without the token."""
+    import datasets
+    from peft import LoraConfig
+
+    from conftest import make_model, ranked_rows
+    from dpo_ext import PLDPOConfig, PLDPOTrainer, push_adapter
+
+    secret = "hf_trainertokenabcdef"
+    args = PLDPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=1, save_steps=1,
+                       save_strategy="steps", report_to="none", use_cpu=True, max_length=32, beta=0.25,
+                       hub_token=secret, logging_steps=1)
+    lora = LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=init_lora_weights,
+                      task_type="CAUSAL_LM")
+    trainer = PLDPOTrainer(make_model(tokenizer), args=args, train_dataset=datasets.Dataset.from_list(ranked_rows(4)),
+                           processing_class=tokenizer, peft_config=lora)
+    assert trainer.reference.name == ("disabled_adapters" if init_lora_weights else "adapter_copy")
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+
+    for folder in (tmp_path / "out" / "checkpoint-1", tmp_path / "adapter"):
+        text = (folder / "training_config.json").read_text()
+        config = json.loads(text)
+        assert config["beta"] == 0.25 and config["loss_type"] == "plackett_luce"
+        assert "hub_token" not in config and secret not in text
+
+    result = push_adapter(tmp_path / "adapter", "alice/x", base_model=BASE_MODEL, dry_run=tmp_path / "staged")
+    staged = yaml.safe_load((result.staging_dir / "training_config.yaml").read_text())
+    assert staged["beta"] == 0.25 and "beta=0.25" in (result.staging_dir / "README.md").read_text()

@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .settings import SettingError, as_number, check_numeric_fields, positive
+
 LOSS_TYPES = ("plackett_luce", "preferred_ft", "unlikelihood")
 
 
@@ -70,9 +72,11 @@ class PLDPOConfig(TrainingArguments):
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be positive, got {self.beta}")
-        if self.max_length is not None and self.max_length < 2:
-            raise ValueError(f"max_length must be at least 2 tokens or None, got {self.max_length}")
+            raise SettingError(f"PLDPOConfig.loss_type: must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        check_numeric_fields(self)  # numbers read as text from YAML, and NaN/inf, stop here rather than mid-run
+        self.beta = positive("PLDPOConfig.beta", self.beta)
+        as_number("PLDPOConfig.unlikelihood_alpha", self.unlikelihood_alpha, minimum=0.0)
+        as_number("PLDPOConfig.learning_rate", self.learning_rate, minimum=0.0)
+        if self.max_length is not None:
+            as_number("PLDPOConfig.max_length", self.max_length, int, minimum=2)
         super().__post_init__()

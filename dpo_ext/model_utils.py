@@ -14,3 +14,39 @@ def bare_model(model):
 def accepts_logits_to_keep(model) -> bool:
     """Whether the model can compute logits for selected positions only (``logits_to_keep``)."""
     return "logits_to_keep" in inspect.signature(bare_model(model).forward).parameters
+
+
+def position_limit(model) -> int | None:
+    """How many positions the model can attend over (learned position tables index out of range past it), or None."""
+    config = getattr(bare_model(model), "config", None)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def vocabulary_size(model) -> int | None:
+    """Rows of the model's output embedding (the token ids it can score), or None when it has none."""
+    head = bare_model(model).get_output_embeddings() if hasattr(bare_model(model), "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    return getattr(getattr(bare_model(model), "config", None), "vocab_size", None)
+
+
+def check_tokenizer_fits(model, tokenizer, what: str = "the model") -> None:
+    """Refuse a tokenizer whose ids run past the model's vocabulary (torch would fail with a bare IndexError)."""
+    rows = vocabulary_size(model)
+    if rows is not None and len(tokenizer) > rows:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but {what} scores only {rows} token ids: it was "
+                         "trained with another tokenizer, or tokens were added without "
+                         "`model.resize_token_embeddings(len(tokenizer))`")
+
+
+def load_tokenizer(source: str, argument: str):
+    """The tokenizer saved at a model's name or folder; errors say to pass it as ``argument`` instead."""
+    if not source:
+        raise ValueError(f"{argument} is required here: the model was built from a config, so there is no name or "
+                         f"folder to load its tokenizer from; pass {argument}=tokenizer")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"could not load a tokenizer from {source!r} ({error}); pass {argument}=") from None

@@ -10,7 +10,8 @@ import torch
 def best_and_worst_slots(ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Column of the first completion in the best group and in the worst present group, per list: two (B,) tensors."""
     present = ranks >= 0
-    best = torch.where(present, ranks, torch.full_like(ranks, ranks.shape[-1] + 1)).argmin(-1)
+    # Missing slots must lose to any real rank, whatever its value (ranks need not be dense): use the long maximum.
+    best = torch.where(present, ranks, torch.full_like(ranks, torch.iinfo(torch.long).max)).argmin(-1)
     worst = torch.where(present, ranks, torch.full_like(ranks, -1)).argmax(-1)
     return best, worst
 

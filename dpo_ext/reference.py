@@ -19,6 +19,7 @@ import logging
 import torch
 
 from .forward import completion_logps
+from .model_utils import bare_model, check_tokenizer_fits, vocabulary_size
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,54 @@ class InitialPolicyReference:
     def logps(self, model, batch) -> torch.Tensor:
         with torch.no_grad():
             return completion_logps(model, batch)
+
+
+def _recorded_tokenizer(model):
+    """The tokenizer saved with a model loaded from a folder or the local Hub cache, or None (never downloads)."""
+    source = getattr(getattr(bare_model(model), "config", None), "_name_or_path", "") or ""
+    if not source:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError, TypeError):  # no tokenizer files there: nothing recorded to compare
+        return None
+
+
+def _base_vocabulary(tokenizer) -> dict:
+    added = set(getattr(tokenizer, "added_tokens_encoder", {}) or {})
+    return {token: index for token, index in tokenizer.get_vocab().items() if token not in added}
+
+
+def check_reference_model(policy, ref_model, tokenizer) -> None:
+    """Refuse a reference model that does not read the policy's token ids the same way.
+
+    Log-ratios ``log pi(y|x) - log pi_ref(y|x)`` only mean something when both models score the same ids: a
+    reference with another vocabulary size fails deep inside torch (or, larger, silently scores other tokens), and
+    one trained with another tokenizer gives a meaningless reward. Checked: output vocabulary sizes, BOS/EOS ids in
+    the configs, and the reference's own saved tokenizer when it was loaded from a folder or the local cache.
+
+    Raises:
+        `ReferenceError`: naming what differs and what to do.
+    """
+    hint = " Pass the model the policy was fine-tuned from (the SFT model), loaded with the policy's tokenizer."
+    policy_rows, ref_rows = vocabulary_size(policy), vocabulary_size(ref_model)
+    if policy_rows is not None and ref_rows is not None and policy_rows != ref_rows:
+        raise ReferenceError(f"ref_model has a vocabulary of {ref_rows} token ids but the policy has {policy_rows}: "
+                             "the two do not share a tokenizer." + hint)
+    check_tokenizer_fits(ref_model, tokenizer, "ref_model")
+    policy_config, ref_config = bare_model(policy).config, bare_model(ref_model).config
+    for name in ("bos_token_id", "eos_token_id"):
+        mine, theirs = getattr(policy_config, name, None), getattr(ref_config, name, None)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ReferenceError(f"ref_model's config has {name}={theirs} but the policy's has {mine}: the two do "
+                                 "not share a tokenizer." + hint)
+    recorded = _recorded_tokenizer(ref_model)
+    if recorded is not None and _base_vocabulary(recorded) != _base_vocabulary(tokenizer):
+        source = bare_model(ref_model).config._name_or_path
+        raise ReferenceError(f"ref_model was saved with a tokenizer ({source}) whose vocabulary differs from the "
+                             "tokenizer used for the policy: its log-probs are of other tokens." + hint)
 
 
 def structural_reasons(peft_model) -> list[str]:

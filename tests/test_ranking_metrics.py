@@ -26,6 +26,14 @@ def test_ties_and_missing_slots():
     assert (chosen.item(), rejected.item()) == (3.0, 2.0)
 
 
+def test_sparse_ranks_and_a_missing_first_slot():
+    """Ranks [-1, 5, 6, 6]: the best group is slot 1 (rank 5), not the missing slot 0; worst is {2, 3}."""
+    rewards, ranks = torch.tensor([[50.0, 1.0, 2.0, 4.0]]), torch.tensor([[-1, 5, 6, 6]])
+    chosen, rejected = best_and_worst(rewards, ranks)
+    assert (chosen.item(), rejected.item()) == (1.0, 3.0)
+    assert top1_accuracy(rewards, ranks).item() == 0.0  # the top present reward (4.0) is in the worst group
+
+
 def test_equal_rewards_are_not_counted_as_correct():
     rewards, ranks = torch.tensor([[1.0, 1.0]]), torch.tensor([[0, 1]])
     assert pairwise_accuracy(rewards, ranks).item() == 0.0  # RewardBench counts strictly greater only

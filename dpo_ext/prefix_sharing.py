@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import REF_LOGPS, pad_rows, ref_logps_grid
+from .data import pad_rows, per_list_tensors, prompt_ids_of
 from .logps import picked_position_logps
 from .model_utils import accepts_logits_to_keep, bare_model
 
@@ -52,7 +52,8 @@ class PackedRankedCollator:
     Returns a dict with ``input_ids``, ``position_ids``, ``segment_ids`` (B, L), right-padded (segment -1 is
     padding); ``token_index``, ``predictor_index``, ``token_mask`` (N, C): for token j of completion row n, its flat
     index into the (B * L) packed tokens and the flat index of the position whose logits predict it; plus
-    ``slot_index`` (N,), ``ranks`` (B, K_max) and ``ref_logps`` exactly as `RankedCollator` returns them.
+    ``slot_index`` (N,), ``ranks`` (B, K_max), ``ref_logps`` and ``row_index`` exactly as `RankedCollator` returns
+    them.
     """
 
     pad_token_id: int
@@ -62,9 +63,8 @@ class PackedRankedCollator:
         max_k = max(len(e["completion_ids"]) for e in examples)
         packed, segments, positions = [], [], []
         completions = []  # per completion row: (list b, start in the packed row, length, prompt length)
-        ranks = torch.full((len(examples), max_k), -1, dtype=torch.long)
         for b, example in enumerate(examples):
-            prompt = list(example["prompt_ids"])
+            prompt = prompt_ids_of(example)
             if self.max_length is not None:
                 prompt = prompt[: self.max_length]
             room = None if self.max_length is None else self.max_length - len(prompt)
@@ -78,10 +78,9 @@ class PackedRankedCollator:
             packed.append(ids)
             segments.append(seg)
             positions.append(pos)
-            ranks[b, : len(example["ranks"])] = torch.tensor(example["ranks"], dtype=torch.long)
 
         width = max(len(r) for r in packed)
-        batch = {
+        return {
             "input_ids": pad_rows(packed, self.pad_token_id, width),
             "position_ids": pad_rows(positions, 0, width),
             SEGMENT_IDS: pad_rows(segments, -1, width),
@@ -90,11 +89,8 @@ class PackedRankedCollator:
                 [b * max_k + k for b, e in enumerate(examples) for k in range(len(e["completion_ids"]))],
                 dtype=torch.long,
             ),
-            "ranks": ranks,
+            **per_list_tensors(examples, max_k),
         }
-        if examples[0].get(REF_LOGPS) is not None:
-            batch[REF_LOGPS] = ref_logps_grid(examples, max_k)
-        return batch
 
 
 def _token_indices(completions, width: int) -> dict:
@@ -111,9 +107,6 @@ def _token_indices(completions, width: int) -> dict:
         predictors[0] = b * width + prompt_len - 1  # the first token is predicted by the last prompt token
         token_index[n, :length], predictor_index[n, :length] = tokens, predictors
         token_mask[n, :length] = 1
-        if prompt_len == 0:  # as in a plain row, a sequence's very first token has no prediction
-            token_mask[n, 0] = 0
-            predictor_index[n, 0] = tokens[0]
     return {"token_index": token_index, "predictor_index": predictor_index, "token_mask": token_mask}
 
 

@@ -24,6 +24,7 @@ import torch
 from .data import tokenize_ranked
 from .losses import implicit_rewards
 from .reference import ReferenceError, bias_is_trained, is_peft_model
+from .rows import PreferenceDataError, check_prompt, is_blank as _is_empty, is_messages as _is_messages
 from .scoring_batches import Group, Runner, score_groups
 from .scoring_models import active_adapter, eval_mode, prefix_sharing_problem
 from .scoring_results import BestOfN, ScoredCandidate, ScoreResult, candidates_of
@@ -36,21 +37,11 @@ logger = logging.getLogger(__name__)
 NORMALIZE_CHOICES = ("sum", "mean")
 
 
-def _is_messages(value) -> bool:
-    return isinstance(value, list) and len(value) > 0 and all(isinstance(m, dict) and "role" in m for m in value)
-
-
 def _as_completion(prompt, completion):
     """A chat prompt's completion may be given as plain text: make it an assistant message."""
     if _is_messages(prompt) and isinstance(completion, str):
         return [{"role": "assistant", "content": completion}]
     return completion
-
-
-def _is_empty(completion) -> bool:
-    if isinstance(completion, str):
-        return not completion.strip()
-    return _is_messages(completion) and all(not str(m.get("content", "")).strip() for m in completion)
 
 
 class ImplicitRewardScorer:
@@ -208,17 +199,23 @@ class ImplicitRewardScorer:
         groups, counts, slot = [], [], 0
         for i, (prompt, completions) in enumerate(zip(prompt_ids, completion_ids)):
             prompt, completions = list(prompt), [list(c) for c in completions]
+            if not prompt:  # nothing would predict a completion's first token (the row rules refuse it too)
+                raise PreferenceDataError.at_prompt(
+                    "empty prompt_ids: nothing would predict a completion's first token; give at least one prompt "
+                    "token (to score without a prompt, use the tokenizer's BOS token)", i)
             if self.max_length is not None:
                 if len(prompt) >= self.max_length:
-                    raise ValueError(f"prompt {i}: {len(prompt)} tokens, not below max_length={self.max_length}")
+                    raise PreferenceDataError.at_prompt(
+                        f"{len(prompt)} tokens, not below max_length={self.max_length}", i)
                 completions = [c[: self.max_length - len(prompt)] for c in completions]
             for k, c in enumerate(completions):
                 if not c:
-                    raise ValueError(f"prompt {i}, completion {k}: no tokens to score")
+                    raise PreferenceDataError.at_prompt("no tokens to score", i, k)
                 if limit is not None and len(prompt) + len(c) > limit:
-                    raise ValueError(f"prompt {i}, completion {k}: prompt + completion is {len(prompt) + len(c)} "
-                                     f"tokens, more than the model's {limit} positions; pass max_length= to truncate")
-                counts.append(len(c) - (0 if prompt else 1))  # without a prompt nothing predicts token 0
+                    raise PreferenceDataError.at_prompt(
+                        f"prompt + completion is {len(prompt) + len(c)} tokens, more than the model's {limit} "
+                        "positions; pass max_length= to truncate", i, k)
+                counts.append(len(c))
             groups.append(Group(prompt, completions, list(range(slot, slot + len(completions)))))
             slot += len(completions)
         return groups, counts
@@ -302,17 +299,19 @@ class ImplicitRewardScorer:
         prompt_ids, completion_ids = [], []
         for i, (prompt, completions) in enumerate(zip(prompts, lists)):
             if not completions:
-                raise ValueError(f"prompt {i}: empty list of completions")
+                raise PreferenceDataError.at_prompt("empty list of completions", i)
             completions = [_as_completion(prompt, c) for c in completions]
             for k, c in enumerate(completions):
                 if not isinstance(c, str) and not _is_messages(c):
-                    raise ValueError(f"prompt {i}, completion {k}: expected a string or chat messages, got "
-                                     f"{type(c).__name__}")
+                    raise PreferenceDataError.at_prompt(
+                        f"expected a string or chat messages, got {type(c).__name__}", i, k)
                 if not allow_empty and _is_empty(c):
-                    raise ValueError(f"prompt {i}, completion {k}: empty completion")
-            if _is_messages(prompt) and self.tokenizer.chat_template is None:
-                raise ValueError(f"prompt {i} is a list of chat messages but the tokenizer has no chat template")
-            p, c = tokenize_ranked(prompt, completions, self.tokenizer)
+                    raise PreferenceDataError.at_prompt("empty completion", i, k)
+            try:  # the trainer's rules for prompts: not empty, at least one token of their own
+                check_prompt(prompt)
+                p, c = tokenize_ranked(prompt, completions, self.tokenizer)
+            except PreferenceDataError as error:
+                raise PreferenceDataError.at_prompt(error.problem, i) from None
             prompt_ids.append(p)
             completion_ids.append(c)
         return self.score_tokens(prompt_ids, completion_ids, **kwargs)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from dpo_ext.jsonl import iter_jsonl
+from dpo_ext.rows import PreferenceDataError, check_prompt, is_blank, is_messages  # no torch: --help stays fast
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -93,6 +94,11 @@ class Rows:
             return f"{self.source}, line {self.lines[index]}"
         return f"{self.source}, row {index}"
 
+    def describe(self, error) -> str:
+        """A `PreferenceDataError` about row ``error.row`` of these rows, named by file line (or row) and field."""
+        field = f", field '{error.field}'" if error.field else ""
+        return f"{self.where(error.row)}{field}: {error.problem}"
+
 
 def read_rows(source: str, split: str = "train") -> Rows:
     """Rows of a JSONL / JSON / Parquet / CSV file, or of a Hub dataset split."""
@@ -134,26 +140,29 @@ def _read_json(path: Path) -> Rows:
     return Rows(str(path), rows, lines)
 
 
-def _text_or_messages(value) -> bool:
-    return isinstance(value, str) or (isinstance(value, list) and bool(value) and
-                                      all(isinstance(m, dict) and "content" in m for m in value))
-
-
-def _empty(value) -> bool:
-    return (not value.strip()) if isinstance(value, str) else all(not str(m["content"]).strip() for m in value)
+def _prompt_problem(row: dict) -> str | None:
+    """What is wrong with a row's prompt by the trainer's rules (`dpo_ext.rows.check_prompt`), or `None`."""
+    try:
+        check_prompt(row.get("prompt"))
+    except PreferenceDataError as error:
+        return error.problem
+    return None
 
 
 def completions_of(row: dict, where: str) -> tuple[str, list]:
     """(format, completions) of a score row: ``completion``, ``completions`` or ``chosen``/``rejected``."""
-    if "prompt" not in row or row["prompt"] is None:
-        raise ValueError(f"{where}: field 'prompt' is missing")
-    if not _text_or_messages(row["prompt"]):
-        raise ValueError(f"{where}: field 'prompt' must be a string or a list of chat messages")
+
+    def fail(field, problem):
+        raise ValueError(f"{where}, field '{field}': {problem}")
+
+    problem = _prompt_problem(row)
+    if problem is not None:
+        fail("prompt", problem)
     if row.get("completions") is not None:
         kind, fields = "completions", [f"completions[{k}]" for k in range(len(row["completions"]))]
         values = row["completions"]
         if not isinstance(values, list) or not values:
-            raise ValueError(f"{where}: field 'completions' must be a non-empty list")
+            fail("completions", "must be a non-empty list")
     elif row.get("completion") is not None:
         kind, fields, values = "completion", ["completion"], [row["completion"]]
     elif row.get("chosen") is not None or row.get("rejected") is not None:
@@ -164,11 +173,11 @@ def completions_of(row: dict, where: str) -> tuple[str, list]:
                          f"(fields present: {', '.join(sorted(row)) or 'none'})")
     for field, value in zip(fields, values):
         if value is None:
-            raise ValueError(f"{where}: field '{field}' is missing")
-        if not _text_or_messages(value):
-            raise ValueError(f"{where}: field '{field}' must be a string or a list of chat messages")
-        if _empty(value):
-            raise ValueError(f"{where}: field '{field}' is an empty completion")
+            fail(field, "missing")
+        if not isinstance(value, str) and not is_messages(value):
+            fail(field, "must be a string or a list of chat messages")
+        if is_blank(value):
+            fail(field, "empty completion")
     return kind, list(values)
 
 
@@ -201,12 +210,10 @@ def _write_jsonl(path: Path, rows) -> None:
 
 
 def _located(rows: Rows, error: Exception) -> ValueError:
-    """A scorer error names 'prompt i' (or 'row i'): say which line or row of the input that is."""
-    message = str(error)
-    match = re.match(r"(?:prompt|row) (\d+)", message)
-    if match:
-        message = f"{rows.where(int(match.group(1)))}: {message}"
-    return ValueError(message)
+    """A row error (its ``row`` counts the input's rows): name the input's line or row instead."""
+    if isinstance(error, PreferenceDataError) and error.row is not None:
+        return ValueError(rows.describe(error))
+    return ValueError(str(error))
 
 
 # -- handlers ------------------------------------------------------------------------------------------------------
@@ -245,8 +252,9 @@ def _rerank(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     rows = read_rows(args.input, args.split)
     for i, row in enumerate(rows.rows):
-        if "prompt" not in row or not _text_or_messages(row["prompt"]):
-            raise ValueError(f"{rows.where(i)}: field 'prompt' is missing or not a string / chat messages")
+        problem = _prompt_problem(row)
+        if problem is not None:
+            raise ValueError(f"{rows.where(i)}, field 'prompt': {problem}")
         candidates = row.get("candidates", row.get("completions"))
         if candidates is not None and (not isinstance(candidates, list) or not candidates):
             raise ValueError(f"{rows.where(i)}: field 'candidates' must be a non-empty list of completions")
@@ -280,11 +288,11 @@ def _eval(args: argparse.Namespace) -> int:
     from dpo_ext.scoring import evaluate_preferences
 
     rows = read_rows(args.input, args.split)
-    for i, row in enumerate(rows.rows):
+    for i, row in enumerate(rows.rows):  # before the model loads: bad input fails fast
         try:
             normalize_row(row, i)
-        except ValueError as error:
-            raise ValueError(f"{rows.where(i)}: {error}") from error
+        except PreferenceDataError as error:
+            raise _located(rows, error) from error
     scorer = load_scorer(args)
     try:
         metrics = evaluate_preferences(scorer, rows.rows, normalize=args.normalize, progress=True)

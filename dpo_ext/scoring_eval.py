@@ -1,6 +1,8 @@
 """Preference accuracy of the implicit reward on pairwise or ranked rows (what RewardBench reports for DPO models).
 
-Metrics (each a mean over rows; rows whose completions are all tied carry no preference and are skipped):
+Metrics (each a mean over rows). Rows follow the trainer's row rules (`dpo_ext.data`): identical completions within a
+row are scored once, and rows left with no preference (all completions identical, or all tied) are skipped, not
+counted as wrong answers.
 
 - ``accuracy``: the best rank group's mean reward is strictly above the worst group's. For pairwise rows this is
   RewardBench's accuracy (chosen strictly above rejected; a tie counts as wrong).
@@ -12,11 +14,11 @@ The same numbers come from the shipped `evaluate` modules (`dpo_ext.metrics`), g
 
 import logging
 import math
-import re
+from collections import Counter
 
 import torch
 
-from .data import normalize_row
+from .data import PreferenceDataError, normalize_row, summarize_counts
 from .ranking_metrics import best_and_worst, kendall_tau, pairwise_accuracy, top1_accuracy
 
 logger = logging.getLogger(__name__)
@@ -50,30 +52,36 @@ def evaluate_preferences(scorer, dataset, *, beta=None, normalize="sum", referen
             a `datasets.Dataset` or any iterable of dicts.
         beta, normalize, reference_free: as in `ImplicitRewardScorer.score`.
         progress (`bool`): show a progress bar.
-        return_rewards (`bool`): also return ``"rewards"``, one list of K rewards per kept row (input order).
+        return_rewards (`bool`): also return ``"rewards"``, one list of rewards per kept row (input order), for the
+            row's distinct completions (an identical copy is scored once, at its first position).
 
     Returns:
         `dict`: ``accuracy``, ``pairwise_accuracy``, ``top1_accuracy``, ``kendall_tau``, ``rewards/chosen``,
-        ``rewards/rejected``, ``rewards/margins``, ``num_rows`` (rows scored) and ``num_skipped`` (all tied).
+        ``rewards/rejected``, ``rewards/margins``, ``num_rows`` (rows scored) and ``num_skipped`` (rows with no
+        preference).
+
+    Raises:
+        `PreferenceDataError`: for an invalid row, naming the row (its position in ``dataset``) and the field.
     """
     rows = [normalize_row(row, i) for i, row in enumerate(dataset)]
-    kept_index = [i for i, r in enumerate(rows) if max(r["ranks"]) > 0]
+    kept_index = [i for i, r in enumerate(rows) if r.no_preference is None]
     kept = [rows[i] for i in kept_index]
-    if len(kept) < len(rows):
-        logger.warning("Skipped %d of %d rows whose completions are all tied (no preference to agree with).",
-                       len(rows) - len(kept), len(rows))
+    no_preference = Counter(r.no_preference for r in rows if r.no_preference)
+    collapsed, repeats = sum(r.num_collapsed for r in rows), len(kept) - len({r.key() for r in kept})
+    for line in summarize_counts(len(rows), no_preference, collapsed, repeats, verb="skipped"):
+        logger.warning("Evaluation: %s.", line)
     if not kept:
-        raise ValueError("no row with a preference to evaluate (empty dataset, or every row is all ties)")
+        raise ValueError("no row with a preference to evaluate (empty dataset, or no row has two distinct "
+                         "completions ranked differently)")
     try:
-        result = scorer.score([r["prompt"] for r in kept], [r["completions"] for r in kept], beta=beta,
+        result = scorer.score([r.prompt for r in kept], [r.completions for r in kept], beta=beta,
                               normalize=normalize, reference_free=reference_free, progress=progress)
-    except ValueError as error:  # "prompt i" counts kept rows only: name the dataset row instead
-        match = re.match(r"prompt (\d+)(.*)", str(error), re.S)
-        if match is None:
+    except PreferenceDataError as error:  # the scorer counts kept rows only: name the dataset row instead
+        if error.row is None:
             raise
-        raise ValueError(f"row {kept_index[int(match.group(1))]}{match.group(2)}") from error
+        raise error.located(row=kept_index[error.row]) from error
     width = result.rewards.shape[1]
-    ranks = torch.tensor([r["ranks"] + [-1] * (width - len(r["ranks"])) for r in kept], dtype=torch.long)
+    ranks = torch.tensor([r.ranks + [-1] * (width - len(r.ranks)) for r in kept], dtype=torch.long)
     metrics = ranking_metrics_from_rewards(result.rewards, ranks)
     metrics["num_skipped"] = len(rows) - len(kept)
     if return_rewards:

@@ -159,7 +159,7 @@ class PLDPOTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["prompt_ids", "completion_ids", "ranks", REF_LOGPS]
+            self._signature_columns = ["prompt_ids", "completion_ids", "ranks", REF_LOGPS, "row_index"]
 
     # -- loss ------------------------------------------------------------------------------------------------------
 

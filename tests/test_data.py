@@ -1,12 +1,24 @@
 """Row validation, tokenization (same as TRL's) and collation of ranked data."""
 
 import logging
+import math
+import pickle
 
 import datasets
 import pytest
 import torch
 
-from dpo_ext.data import PreferenceDataError, RankedCollator, normalize_row, prepare_ranked_dataset, tokenize_ranked
+from conftest import ranked_rows
+from dpo_ext.data import (
+    ALL_TIED,
+    IDENTICAL,
+    PreferenceDataError,
+    RankedCollator,
+    normalize_row,
+    prepare_ranked_dataset,
+    tokenize_ranked,
+)
+from dpo_ext.prefix_sharing import PackedRankedCollator
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} <eos> {% endfor %}"
@@ -15,12 +27,136 @@ CHAT_TEMPLATE = (
 
 
 def test_ranked_scored_and_pairwise_rows_normalise():
-    assert normalize_row({"prompt": "p", "completions": ["a", "b", "c"], "ranks": [2, 0, 2]})["ranks"] == [1, 0, 1]
-    assert normalize_row({"prompt": "p", "completions": ["a", "b", "c"], "scores": [0.1, 3, 0.1]})["ranks"] == [1, 0, 1]
+    assert normalize_row({"prompt": "p", "completions": ["a", "b", "c"], "ranks": [2, 0, 2]}).ranks == [1, 0, 1]
+    assert normalize_row({"prompt": "p", "completions": ["a", "b", "c"], "scores": [0.1, 3, 0.1]}).ranks == [1, 0, 1]
     row = normalize_row({"prompt": "p", "chosen": "good", "rejected": "bad"})
-    assert row["completions"] == ["good", "bad"] and row["ranks"] == [0, 1]
+    assert row.completions == ["good", "bad"] and row.ranks == [0, 1] and row.no_preference is None
     # only the order of ranks matters: 1-based or sparse ranks are the same ranking
-    assert normalize_row({"prompt": "p", "completions": ["a", "b", "c"], "ranks": [5, 1, 9]})["ranks"] == [1, 0, 2]
+    assert normalize_row({"prompt": "p", "completions": ["a", "b", "c"], "ranks": [5, 1, 9]}).ranks == [1, 0, 2]
+
+
+@pytest.mark.parametrize("prompt", ["", "  \n", [{"role": "user", "content": " "}, {"role": "system", "content": ""}]])
+def test_empty_prompts_are_refused_saying_what_to_do(prompt):
+    with pytest.raises(PreferenceDataError, match=r"^row 3, field 'prompt': empty prompt.*BOS token") as info:
+        normalize_row({"prompt": prompt, "chosen": "a", "rejected": "b"}, 3)
+    assert (info.value.row, info.value.field, info.value.dataset) == (3, "prompt", None)
+
+
+def _merging_tokenizer():
+    """BPE that merges 'a' + 'b' into one token: the prompt 'a' gives no token of its own before 'b...'."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "a": 2, "b": 3, "c": 4, "ab": 5}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE(vocab=vocab, merges=[("a", "b")])),
+                                   eos_token="<eos>", pad_token="<pad>")
+
+
+def test_a_prompt_that_merges_into_every_completion_is_refused():
+    tok = _merging_tokenizer()
+    # a longer prompt keeps the tokens before the merge; the merged token starts every completion
+    assert tokenize_ranked("ca", ["b", "c"], tok) == ([4], [[5, 1], [2, 4, 1]])
+    rows = [{"prompt": "ca", "completions": ["b", "c"], "ranks": [0, 1]},
+            {"prompt": "a", "completions": ["b", "c"], "ranks": [0, 1]}]  # 'a' + 'b' is one token: no prompt left
+    with pytest.raises(PreferenceDataError, match=r"^eval dataset, row 1, field 'prompt': .*no token of its own"):
+        prepare_ranked_dataset(datasets.Dataset.from_list(rows), tok, name="eval")
+
+
+def test_identical_completions_collapse_into_the_best_ranked_copy():
+    row = normalize_row({"prompt": "p", "completions": ["a", "b", "a", "c"], "ranks": [3, 1, 0, 2],
+                         "ref_logps": [-1.0, -2.0, -1.5, -3.0]})
+    assert (row.completions, row.ranks, row.ref_logps, row.num_collapsed) == (["a", "b", "c"], [0, 1, 2],
+                                                                              [-1.0, -2.0, -3.0], 1)
+    assert normalize_row({"prompt": "p", "chosen": "same", "rejected": "same"}).no_preference == IDENTICAL
+    chat = [{"role": "assistant", "content": "x"}]
+    row = normalize_row({"prompt": [{"role": "user", "content": "p"}], "completions": [chat, list(chat)],
+                         "scores": [1, 0]})
+    assert row.completions == [chat] and row.no_preference == IDENTICAL
+    assert normalize_row({"prompt": "p", "completions": ["a", "b"], "ranks": [4, 4]}).no_preference == ALL_TIED
+
+
+def test_rows_without_preference_are_dropped_and_repeats_counted(tokenizer, caplog):
+    ok = {"prompt": "the movie", "completions": ["good", "bad"], "ranks": [0, 1]}
+    rows = [
+        ok,
+        dict(ok),  # an exact repeat: kept (a weighting choice) but counted
+        {"prompt": "the film", "completions": ["good", "good"], "ranks": [0, 1]},  # chosen == rejected
+        {"prompt": "the plot", "completions": ["good", "bad", "good"], "ranks": [1, 0, 2]},  # one copy collapses
+        {"prompt": "the story", "completions": ["good", "bad"], "ranks": [0, 0]},  # all tied
+    ]
+    with caplog.at_level(logging.INFO, logger="dpo_ext.data"):
+        dataset = prepare_ranked_dataset(datasets.Dataset.from_list(rows), tokenizer)
+    assert dataset["row_index"] == [0, 1, 3]
+    assert dataset["ranks"] == [[0, 1], [0, 1], [1, 0]]
+    assert "collapsed 2 identical completions" in caplog.text
+    assert "dropped 2 of 5 rows with no preference (1 whose completions are all identical, 1 whose completions " \
+           "are all tied)" in caplog.text
+    assert "1 row repeats an earlier row exactly" in caplog.text
+
+
+@pytest.mark.parametrize("ref_logps, field, message", [
+    ([-1.0, float("nan")], r"ref_logps\[1\]", "finite"),
+    ([-1.0, float("inf")], r"ref_logps\[1\]", "finite"),
+    ([-1.0], "ref_logps", "1 entries for 2 completions"),
+    (None, "ref_logps", "missing"),
+])
+def test_ref_logps_must_be_k_finite_numbers(ref_logps, field, message):
+    text = {"prompt": "p", "chosen": "a", "rejected": "b", "ref_logps": ref_logps}
+    tokens = {"prompt_ids": [5], "completion_ids": [[6], [7]], "ranks": [0, 1], "ref_logps": ref_logps}
+    for row in (text, tokens):
+        with pytest.raises(PreferenceDataError, match=rf"row 4, field '{field}': .*{message}"):
+            normalize_row(row, 4)
+
+
+def test_tokenized_datasets_are_checked_and_their_ranks_made_dense(tokenizer):
+    rows = [{"prompt_ids": [5, 6], "completion_ids": [[7, 1], [8, 1], [9, 1], [10, 1]], "ranks": [0, 1, 2, 5],
+             "ref_logps": [-1.0, -2.0, -3.0, -4.0], "row_index": None},
+            {"prompt_ids": [5], "completion_ids": [[7, 1], [8, 1]], "ranks": [1, 0], "ref_logps": [-1.0, -2.0],
+             "row_index": 42}]
+    dataset = prepare_ranked_dataset(datasets.Dataset.from_list(rows), tokenizer)
+    assert dataset["ranks"] == [[0, 1, 2, 3], [1, 0]]
+    assert dataset["row_index"] == [0, 42]  # its own index, unless it had one
+    assert dataset["ref_logps"][0] == [-1.0, -2.0, -3.0, -4.0]
+
+
+@pytest.mark.parametrize("change, field, message", [
+    ({"prompt_ids": []}, "prompt_ids", "empty prompt"),
+    ({"completion_ids": [[7, 1], []]}, r"completion_ids\[1\]", "non-empty list of token ids"),
+    ({"completion_ids": [[7, 1]], "ranks": [0]}, "completion_ids", "at least 2"),
+    ({"ranks": [0, -1]}, r"ranks\[1\]", "non-negative integers"),
+    ({"ranks": [0, 1, 2]}, "ranks", "3 entries for 2"),
+    ({"ref_logps": [-1.0, math.nan]}, r"ref_logps\[1\]", "finite"),
+])
+def test_bad_tokenized_rows_name_the_dataset_row_and_field(tokenizer, change, field, message):
+    good = {"prompt_ids": [5], "completion_ids": [[7, 1], [8, 1]], "ranks": [0, 1], "ref_logps": [-1.0, -2.0]}
+    dataset = datasets.Dataset.from_list([good, {**good, **change}])
+    with pytest.raises(PreferenceDataError, match=rf"^train dataset, row 1, field '{field}': .*{message}"):
+        prepare_ranked_dataset(dataset, tokenizer)
+
+
+def test_errors_carry_the_dataset_row_and_field_and_survive_pickling(tokenizer):
+    rows = [{"prompt": "the movie", "chosen": "good", "rejected": "bad"}] * 2
+    rows.append({"prompt": "the movie", "chosen": " ", "rejected": "bad"})
+    with pytest.raises(PreferenceDataError) as info:
+        prepare_ranked_dataset(datasets.Dataset.from_list(rows), tokenizer, name="eval")
+    error = info.value
+    assert str(error) == "eval dataset, row 2, field 'chosen': empty completion"
+    assert (error.dataset, error.row, error.field, error.problem) == ("eval", 2, "chosen", "empty completion")
+    copy = pickle.loads(pickle.dumps(error))  # datasets.map(num_proc=...) sends errors between processes
+    assert (str(copy), copy.row, copy.field) == (str(error), 2, "chosen")
+
+
+def test_both_collators_carry_the_dataset_row_numbers(tokenizer):
+    rows = ranked_rows(4, k=3)
+    rows[1]["ranks"] = [0, 0, 0]  # dropped: the batch must name the rows that are left
+    examples = list(prepare_ranked_dataset(datasets.Dataset.from_list(rows), tokenizer))
+    for collator in (RankedCollator(pad_token_id=0), PackedRankedCollator(pad_token_id=0)):
+        row_index = collator(examples)["row_index"]
+        assert row_index.dtype == torch.long and row_index.tolist() == [0, 2, 3]
+        bare = [{k: v for k, v in e.items() if k != "row_index"} for e in examples]
+        assert "row_index" not in collator(bare)
+        with pytest.raises(PreferenceDataError, match="row 7, field 'prompt_ids': empty"):
+            collator([{**examples[0], "prompt_ids": [], "row_index": 7}])
 
 
 @pytest.mark.parametrize(
@@ -97,7 +233,7 @@ def test_variable_k_and_dropped_rows_are_counted(tokenizer, caplog):
         dataset = prepare_ranked_dataset(datasets.Dataset.from_list(rows), tokenizer, max_length=5)
     assert len(dataset) == 2
     assert [len(c) for c in dataset["completion_ids"]] == [3, 2]
-    assert "dropped 1 of 4 rows whose completions are all tied" in caplog.text
+    assert "dropped 1 of 4 rows with no preference (1 whose completions are all tied)" in caplog.text
     assert "dropped 1 of 3 rows whose prompt alone has max_length=5" in caplog.text
 
 

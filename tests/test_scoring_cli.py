@@ -10,7 +10,8 @@ from peft import LoraConfig, get_peft_model
 
 from conftest import make_model
 from dpo_ext.cli import main
-from dpo_ext.scoring import ImplicitRewardScorer
+from dpo_ext.data import PreferenceDataError
+from dpo_ext.scoring import ImplicitRewardScorer, evaluate_preferences
 
 ROWS = [
     {"prompt": "the movie was", "completion": " good fun"},
@@ -87,11 +88,12 @@ def test_eval_prints_and_writes_preference_accuracy(saved, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("rows, message", [
-    ([{"completion": " good"}], "in.jsonl, line 1: field 'prompt' is missing"),
+    ([{"completion": " good"}], "in.jsonl, line 1, field 'prompt': missing (every row needs a prompt)"),
     ([ROWS[0], {"prompt": "the movie", "text": " good"}], "in.jsonl, line 2: no 'completion', 'completions' or "
                                                           "'chosen'/'rejected' field (fields present: prompt, text)"),
-    ([{"prompt": "the", "completions": [" good", "  "]}], "line 1: field 'completions[1]' is an empty completion"),
-    ([{"prompt": "the", "chosen": " good"}], "line 1: field 'rejected' is missing"),
+    ([{"prompt": "the", "completions": [" good", "  "]}], "line 1, field 'completions[1]': empty completion"),
+    ([{"prompt": "the", "chosen": " good"}], "line 1, field 'rejected': missing"),
+    ([ROWS[0], {"prompt": " ", "completion": " good"}], "in.jsonl, line 2, field 'prompt': empty prompt"),
 ])
 def test_score_errors_name_the_line_and_field(saved, tmp_path, capsys, rows, message):
     code = main(["score", str(saved / "adapter"), "-i", _jsonl(tmp_path / "in.jsonl", rows),
@@ -124,7 +126,43 @@ def test_input_and_model_errors(saved, tmp_path, capsys):
     assert "no_such_adapter: no such directory" in capsys.readouterr().err
     ranked = _jsonl(tmp_path / "ranked.jsonl", [{"prompt": "a", "completions": [" good", " bad"], "ranks": [0]}])
     assert main(["eval", str(saved / "adapter"), "-i", ranked]) == 2
-    assert "ranked.jsonl, line 1: row 0, field 'ranks': has 1 entries for 2 completions" in capsys.readouterr().err
+    assert "ranked.jsonl, line 1, field 'ranks': has 1 entries for 2 completions" in capsys.readouterr().err
+
+
+def test_the_scorer_refuses_empty_prompts_like_the_trainer(saved):
+    scorer = ImplicitRewardScorer.from_pretrained(str(saved / "adapter"), device="cpu")
+    with pytest.raises(PreferenceDataError, match=r"^prompt 1: empty prompt.*BOS token") as info:
+        scorer.score(["the movie", " "], [" good", " bad"])
+    assert (info.value.row, info.value.field) == (1, "prompt")
+    with pytest.raises(PreferenceDataError, match=r"^prompt 1: empty prompt_ids"):
+        scorer.score_tokens([[5], []], [[[6, 1]], [[7, 1]]])
+    with pytest.raises(PreferenceDataError, match=r"^prompt 0: the prompt is a list of chat messages but the "
+                                                  r"tokenizer has no chat template"):
+        scorer.score([[{"role": "user", "content": "the movie"}]], [" good"])
+
+
+def test_eval_skips_rows_without_preference_instead_of_counting_them_wrong(saved, tmp_path, capsys, caplog):
+    rows = PAIRS + [{"prompt": "we saw", "chosen": " fun", "rejected": " fun"},  # identical: no information
+                    {"prompt": "i saw", "completions": [" good", " bad", " good"], "ranks": [0, 1, 1]}]
+    assert main(["eval", str(saved / "adapter"), "-i", _jsonl(tmp_path / "pairs.jsonl", rows)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["num_rows"], printed["num_skipped"]) == (4, 1)
+    assert "skipped 1 of 5 rows with no preference (1 whose completions are all identical)" in caplog.text
+    assert "collapsed 2 identical completions" in caplog.text
+    scorer = ImplicitRewardScorer.from_pretrained(str(saved / "adapter"), device="cpu")
+    rewards = evaluate_preferences(scorer, rows, return_rewards=True)["rewards"]
+    assert [len(r) for r in rewards] == [2, 2, 2, 2]  # ' good' of the last row is scored once
+
+
+def test_eval_errors_name_the_line_of_the_input(saved, tmp_path, capsys):
+    rows = PAIRS + [{"prompt": "", "chosen": " good", "rejected": " bad"}]
+    assert main(["eval", str(saved / "adapter"), "-i", _jsonl(tmp_path / "pairs.jsonl", rows)]) == 2
+    assert "pairs.jsonl, line 4, field 'prompt': empty prompt" in capsys.readouterr().err
+    # a scorer error (over the model's positions) about the 2nd scored row: named by its dataset row
+    rows = [{"prompt": "a", "chosen": " b", "rejected": " b"}, PAIRS[0], {**PAIRS[1], "chosen": " good" * 70}]
+    scorer = ImplicitRewardScorer.from_pretrained(str(saved / "adapter"), device="cpu")
+    with pytest.raises(PreferenceDataError, match=r"^row 2, field 'completions\[0\]': prompt \+ completion is"):
+        evaluate_preferences(scorer, rows)
 
 
 def test_help_lists_the_commands_without_importing_torch():

@@ -11,6 +11,7 @@ import sys
 # Modules that add subcommands, in the order they appear in --help.
 _COMMAND_MODULES = (
     "dpo_ext.scoring_cli",
+    "dpo_ext.validate_cli",
     "dpo_ext.hub_cli",
 )
 
@@ -18,7 +19,8 @@ _COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dpo-ext",
-        description="Score, rerank and evaluate with the DPO implicit reward; publish adapters to the Hub.",
+        description="Check preference data; score, rerank and evaluate with the DPO implicit reward; publish "
+                    "adapters to the Hub.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in _COMMAND_MODULES:

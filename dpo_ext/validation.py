@@ -1,0 +1,108 @@
+"""What training would make of a preference dataset, found without training: the report of `dpo-ext validate`.
+
+It applies the trainer's rules with the trainer's code (`dpo_ext.rows.normalize_row` on every row, then
+`dpo_ext.data.tokenize_ranked` when a tokenizer is given) and, unlike `prepare_ranked_dataset`, which stops at the
+first invalid row, it goes on to the end so that every invalid row is reported at once (the first problem of each).
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .rows import NO_PREFERENCE_REASONS, PreferenceDataError, normalize_row, summarize_counts
+
+
+@dataclass
+class ValidationReport:
+    """Counts of what training would reject, drop or normalise.
+
+    ``long_prompts`` and ``truncated_completions`` are `None` when lengths were not checked (text rows and no
+    tokenizer, or no ``max_length``).
+    """
+
+    num_rows: int = 0
+    problems: list[PreferenceDataError] = field(default_factory=list)  # the first problem of each invalid row
+    no_preference: Counter = field(default_factory=Counter)  # reason -> rows dropped for it
+    collapsed_completions: int = 0
+    duplicate_rows: int = 0
+    max_length: int | None = None
+    long_prompts: int | None = None  # rows whose prompt alone reaches max_length: dropped
+    truncated_completions: int | None = None  # completions cut so that prompt + completion fits max_length
+    tokenization_checked: bool = False
+
+    @property
+    def usable_rows(self) -> int:
+        dropped = sum(self.no_preference.values()) + (self.long_prompts or 0)
+        return self.num_rows - len(self.problems) - dropped
+
+    @property
+    def trainable(self) -> bool:
+        """Whether `prepare_ranked_dataset` would succeed: no invalid row, and at least one usable row."""
+        return not self.problems and self.usable_rows > 0
+
+    def summary(self) -> list[str]:
+        """One sentence per thing training would drop or normalise (the trainer logs the same sentences)."""
+        valid = self.num_rows - len(self.problems)
+        lines = summarize_counts(valid, self.no_preference, self.collapsed_completions, self.duplicate_rows)
+        if self.long_prompts:
+            lines.append(f"dropped {self.long_prompts} rows whose prompt alone has max_length={self.max_length} "
+                         "tokens or more")
+        if self.truncated_completions:
+            lines.append(f"{self.truncated_completions} completions would be cut so that prompt + completion fits "
+                         f"max_length={self.max_length} tokens")
+        return lines
+
+    def to_dict(self) -> dict:
+        return {
+            "rows": self.num_rows,
+            "usable_rows": self.usable_rows,
+            "trainable": self.trainable,
+            "invalid_rows": len(self.problems),
+            "collapsed_completions": self.collapsed_completions,
+            "no_preference": {reason: self.no_preference[reason] for reason in NO_PREFERENCE_REASONS},
+            "duplicate_rows": self.duplicate_rows,
+            "tokenization_checked": self.tokenization_checked,
+            "max_length": self.max_length,
+            "long_prompts": self.long_prompts,
+            "truncated_completions": self.truncated_completions,
+        }
+
+
+def validate_rows(rows: list[dict], tokenizer=None, max_length: int | None = None) -> ValidationReport:
+    """Check every row as `prepare_ranked_dataset` would, and count what it would drop or normalise.
+
+    Args:
+        rows (`list[dict]`): preference rows in any format of `dpo_ext.data`.
+        tokenizer (*optional*): also tokenize text rows (finds prompts that merge into a completion) and, with
+            ``max_length``, count long prompts and truncated completions. Tokenized rows need none.
+        max_length (`int`, *optional*): the training ``max_length``.
+    """
+    # A datasets.Dataset gives every row every column (None where a row has none); do the same, so that a row
+    # lacking a field another row has is judged as training would judge it.
+    columns = set().union(*rows) if rows else set()
+    report = ValidationReport(num_rows=len(rows), max_length=max_length, tokenization_checked=tokenizer is not None)
+    lengths = []  # (prompt length, completion lengths) of rows with a preference, when token ids are known
+    keys = []
+    for index, row in enumerate(rows):
+        row = {column: row.get(column) for column in columns}
+        try:
+            normalized = normalize_row(row, index)
+            ids = (normalized.prompt, normalized.completions) if normalized.tokenized else None
+            if ids is None and tokenizer is not None:
+                from .data import tokenize_ranked  # torch comes with it: only when tokenizing
+
+                ids = tokenize_ranked(normalized.prompt, normalized.completions, tokenizer)
+        except PreferenceDataError as error:
+            report.problems.append(error.located(row=index))
+            continue
+        report.collapsed_completions += normalized.num_collapsed
+        if normalized.no_preference:
+            report.no_preference[normalized.no_preference] += 1
+            continue
+        keys.append(normalized.key())
+        lengths.append(None if ids is None else (len(ids[0]), [len(c) for c in ids[1]]))
+    report.duplicate_rows = len(keys) - len(set(keys))
+    if max_length is not None and all(n is not None for n in lengths):
+        report.long_prompts = sum(prompt >= max_length for prompt, _ in lengths)
+        report.truncated_completions = sum(prompt + c > max_length for prompt, cs in lengths if prompt < max_length
+                                           for c in cs)
+    return report

@@ -3,16 +3,29 @@
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections import defaultdict
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, set_seed
+from transformers import AutoModelForCausalLM, Trainer, set_seed
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
 
+from .checkpoints import (
+    TRAINER_STATE,
+    check_checkpoint,
+    commit_staged,
+    last_complete_checkpoint,
+    remove_stale_staging,
+    staging_dir,
+)
 from .config import PLDPOConfig
 from .data import REF_LOGPS, RankedCollator, prepare_ranked_dataset
 from .forward import batch_token_logps
 from .logps import sequence_logps, to_grid
+from .model_utils import check_tokenizer_fits, load_tokenizer, position_limit
 from .losses import implicit_rewards, plackett_luce_loss, preferred_ft_loss, unlikelihood_loss
 from .prefix_sharing import choose_collator
 from .ranking_metrics import best_and_worst, best_and_worst_slots, kendall_tau, pairwise_accuracy, top1_accuracy
@@ -21,16 +34,65 @@ from .reference import (
     AdapterCopyReference,
     InitialPolicyReference,
     ModelReference,
+    check_reference_model,
     choose_reference,
     is_peft_model,
 )
 
 logger = logging.getLogger(__name__)
 
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss of a batch is NaN or infinite; raised before it can change the weights, naming the step and rows."""
+
+
 def _disable_dropout(model) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+
+
+def _check_output_dir(args) -> None:
+    """Fail now, not at the first checkpoint hours into the run, when output_dir cannot be written."""
+    if not args.should_save:
+        return
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.output_dir):
+            pass
+    except OSError as error:
+        raise ValueError(f"output_dir {args.output_dir!r} cannot be written ({error.strerror or error}): checkpoints "
+                         "and the trained adapter go there; choose a writable folder") from None
+
+
+def _ensure_pad_token(tokenizer) -> None:
+    """Batches are right-padded; EOS is the usual stand-in (padding is masked, so its id never matters)."""
+    if tokenizer.pad_token is not None:
+        return
+    if tokenizer.eos_token is None:
+        raise ValueError("the tokenizer has neither a pad token nor an EOS token, so batches cannot be padded: set "
+                         "one, e.g. `tokenizer.add_special_tokens({'pad_token': '<pad>'})` then "
+                         "`model.resize_token_embeddings(len(tokenizer))`")
+    tokenizer.pad_token = tokenizer.eos_token
+
+
+def _check_lengths(dataset, name: str, limit: int | None, max_length: int | None) -> None:
+    """Rows longer than the model's positions fail inside torch at the first long batch (a device-side assert on
+    a GPU), possibly hours in: find them before training starts."""
+    if limit is None or (max_length is not None and max_length <= limit):
+        return
+    for start in range(0, len(dataset), 1000):
+        batch = dataset[start : start + 1000]
+        for offset, (prompt, completions) in enumerate(zip(batch["prompt_ids"], batch["completion_ids"])):
+            length = len(prompt) + max(len(c) for c in completions)
+            if max_length is not None:
+                length = min(length, max_length)
+            if length > limit:
+                row = batch["row_index"][offset] if "row_index" in batch else start + offset
+                raise ValueError(
+                    f"{name} dataset, row {row}: prompt + completion is {length} tokens, more than the model's "
+                    f"{limit} positions; set max_length={limit} or lower (longer rows are then truncated)"
+                )
 
 
 class PLDPOTrainer(Trainer):
@@ -63,16 +125,18 @@ class PLDPOTrainer(Trainer):
             raise TypeError(f"args must be a PLDPOConfig, got {type(args).__name__}")
         if train_dataset is None:
             raise ValueError("train_dataset is required")
+        _check_output_dir(args)
         set_seed(args.seed)  # before the adapter is created, so its random init is reproducible (as in TRL)
         if isinstance(model, str):
-            processing_class = processing_class or AutoTokenizer.from_pretrained(model)
-            model = AutoModelForCausalLM.from_pretrained(model)
-        if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
-        if processing_class.pad_token is None:
-            processing_class.pad_token = processing_class.eos_token
-        if ref_model is not None and ref_model is model:
-            raise ValueError("model and ref_model must be different objects; omit ref_model to share weights")
+            processing_class = processing_class or load_tokenizer(model, "processing_class")
+            model = AutoModelForCausalLM.from_pretrained(model, use_safetensors=True)
+        processing_class = processing_class or load_tokenizer(model.config._name_or_path, "processing_class")
+        _ensure_pad_token(processing_class)
+        check_tokenizer_fits(model, processing_class, "the policy")
+        if ref_model is not None:
+            if ref_model is model:
+                raise ValueError("model and ref_model must be different objects; omit ref_model to share weights")
+            check_reference_model(model, ref_model, processing_class)
 
         if peft_config is not None:
             if is_peft_model(model):
@@ -90,18 +154,10 @@ class PLDPOTrainer(Trainer):
                 if m is not None:
                     _disable_dropout(m)
 
-        train_dataset = prepare_ranked_dataset(
-            train_dataset, processing_class, args.max_length, args.dataset_num_proc, "train"
-        )
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {
-                k: prepare_ranked_dataset(v, processing_class, args.max_length, args.dataset_num_proc, k)
-                for k, v in eval_dataset.items()
-            }
-        elif eval_dataset is not None:
-            eval_dataset = prepare_ranked_dataset(
-                eval_dataset, processing_class, args.max_length, args.dataset_num_proc, "eval"
-            )
+        limits = [position_limit(m) for m in (model, ref_model) if m is not None]
+        self._position_limit = min((n for n in limits if n is not None), default=None)
+        train_dataset = self._prepare_dataset(train_dataset, "train", processing_class, args)
+        eval_dataset = self._prepare_eval_datasets(eval_dataset, processing_class, args)
         collator = RankedCollator(pad_token_id=processing_class.pad_token_id, max_length=args.max_length)
         collator = choose_collator(collator, [model, ref_model], args.prefix_sharing)  # packed rows if supported
         data_collator = data_collator or collator
@@ -132,6 +188,27 @@ class PLDPOTrainer(Trainer):
                 self.eval_dataset = self.precompute_ref_logps(self.eval_dataset, "eval")
 
     # -- set-up helpers -------------------------------------------------------------------------------------------
+
+    def _prepare_dataset(self, dataset, name, tokenizer, args):
+        """Validated, tokenized rows whose lengths the model can take (raw rows, a list of dicts, or tokenized)."""
+        if isinstance(dataset, list):
+            import datasets
+
+            dataset = datasets.Dataset.from_list(dataset)
+        dataset = prepare_ranked_dataset(dataset, tokenizer, args.max_length, args.dataset_num_proc, name)
+        _check_lengths(dataset, name, self._position_limit, args.max_length)
+        return dataset
+
+    def _prepare_eval_datasets(self, eval_dataset, tokenizer, args):
+        if isinstance(eval_dataset, dict):
+            return {k: self._prepare_dataset(v, k, tokenizer, args) for k, v in eval_dataset.items()}
+        return None if eval_dataset is None else self._prepare_dataset(eval_dataset, "eval", tokenizer, args)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """`Trainer.evaluate`, also for raw preference rows (they are validated and tokenized first)."""
+        if eval_dataset is not None and not isinstance(eval_dataset, str):  # a str names one of self.eval_dataset
+            eval_dataset = self._prepare_eval_datasets(eval_dataset, self.processing_class, self.args)
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     def _unwrap(self, model):
         return self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model
@@ -198,8 +275,19 @@ class PLDPOTrainer(Trainer):
         ref = self._reference_logps(model, inputs, ranks.shape).to(policy.dtype)  # (B, K)
         losses = self._preference_loss(policy, ref, ranks, row_logps, per_token, mask, slot_index)
         loss = losses.mean()
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(self._non_finite_message(loss, inputs))
         self._record_metrics(policy.detach(), ref, ranks)
         return (loss, {"losses": losses.detach()}) if return_outputs else loss
+
+    def _non_finite_message(self, loss, inputs) -> str:
+        # transformers' NaN filter would log this step as a normal number while the weights turn to NaN: stop here.
+        rows = inputs.get("row_index")
+        rows = "" if rows is None else f" (dataset rows {', '.join(str(int(r)) for r in rows)})"
+        where = f"training step {self.state.global_step + 1}" if self.model.training else "evaluation"
+        return (f"the loss is {float(loss)} at {where}{rows}; stopped before it could change the weights. Check "
+                f"those rows (a non-finite or extreme '{REF_LOGPS}' value, an unusual completion) and the settings "
+                "(learning_rate, beta); resume from the last checkpoint once fixed.")
 
     # -- metrics ---------------------------------------------------------------------------------------------------
 
@@ -236,6 +324,73 @@ class PLDPOTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+    # -- checkpoints (complete or absent; see dpo_ext.checkpoints) --------------------------------------------------
+
+    def _checkpoint_requirements(self) -> dict:
+        # DeepSpeed keeps weights and optimizer in its own layout; save_only_model writes no optimizer state.
+        return {"require_weights": not self.is_deepspeed_enabled,
+                "require_optimizer": not (self.args.save_only_model or self.is_deepspeed_enabled)}
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None):
+        """`Trainer.train`, resuming only from a complete checkpoint.
+
+        With ``resume_from_checkpoint=True`` the newest complete ``checkpoint-N`` of ``output_dir`` is used (newer
+        incomplete ones are skipped with a warning, leftover ``tmp-checkpoint-*`` folders removed); with a path, an
+        incomplete checkpoint raises `~dpo_ext.checkpoints.IncompleteCheckpointError` naming the bad file.
+        """
+        requirements = self._checkpoint_requirements()
+        if resume_from_checkpoint is True:
+            if self.args.should_save:
+                remove_stale_staging(self.args.output_dir)
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir, **requirements)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint found in output directory ({self.args.output_dir})")
+        elif isinstance(resume_from_checkpoint, str):
+            check_checkpoint(resume_from_checkpoint, **requirements)
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
+
+    def _save_checkpoint(self, model, trial):
+        """`Trainer._save_checkpoint` of transformers 5.24 (same files, same order), written to ``tmp-checkpoint-N``
+        and renamed to ``checkpoint-N`` as the last step, by the main process once every process has written."""
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        run_dir = self._get_output_dir(trial=trial)
+        final_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        staging = staging_dir(final_dir)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving this same step
+        self.accelerator.wait_for_everyone()  # before any process writes its part (rng_state_<i>.pth)
+        self.save_model(staging, _internal_call=True)
+
+        best_step = self.state.best_global_step
+        if best_step and self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST):
+            best_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{best_step}")
+            if best_step == self.state.global_step or os.path.exists(best_dir):
+                self.state.best_model_checkpoint = best_dir  # the final name, which this save creates at its end
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(staging)
+            self._save_scaler(staging)
+            self._save_rng_state(staging)
+        if self.args.should_save:
+            for cb in self.callback_handler.callbacks + [self.control]:
+                if isinstance(cb, ExportableState):
+                    name = cb.__class__.__name__
+                    if isinstance(self.state.stateful_callbacks[name], list):
+                        self.state.stateful_callbacks[name].append(cb.state())
+                    else:
+                        self.state.stateful_callbacks[name] = cb.state()
+            self.state.save_to_json(os.path.join(staging, TRAINER_STATE))
+
+        self.accelerator.wait_for_everyone()  # every process has finished writing into the staging folder
+        if self.args.should_save:
+            commit_staged(staging, final_dir)
+        self.accelerator.wait_for_everyone()  # no process goes on before checkpoint-N exists
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(final_dir)
+        if self.args.should_save:  # only checkpoint-N names are counted: staging folders never are
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
 
     # -- saving ----------------------------------------------------------------------------------------------------
 

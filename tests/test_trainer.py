@@ -4,6 +4,7 @@ import math
 
 import datasets
 import pytest
+import torch
 from peft import LoraConfig
 
 from conftest import make_model, pairwise_rows, ranked_rows
@@ -116,3 +117,38 @@ def test_config_rejects_bad_values(tmp_path):
         PLDPOConfig(output_dir=str(tmp_path), loss_type="ipo")
     with pytest.raises(ValueError, match="beta"):
         PLDPOConfig(output_dir=str(tmp_path), beta=0)
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step_and_rows(tokenizer, tmp_path):
+    """transformers logs a NaN loss as a normal number while the weights turn to NaN: the trainer must stop first."""
+    from dpo_ext.trainer import NonFiniteLossError
+
+    model = make_model(tokenizer)
+    trainer = PLDPOTrainer(model, args=PLDPOConfig(**_config(tmp_path, per_device_train_batch_size=2)),
+                           train_dataset=datasets.Dataset.from_list(pairwise_rows(4)), processing_class=tokenizer,
+                           peft_config=LoraConfig(**LORA))
+    with torch.no_grad():  # "good" is in every chosen completion: any batch scores it
+        trainer.model.get_base_model().transformer.wte.weight[tokenizer.convert_tokens_to_ids("good")] = math.nan
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at training step 1 \(dataset rows \d+, \d+\)"):
+        trainer.train()
+    lora = [p for name, p in trainer.model.named_parameters() if "lora_" in name]
+    assert lora and all(bool(torch.isfinite(p).all()) for p in lora)  # the bad step never reached the optimizer
+
+
+def test_settings_read_as_text_from_yaml_are_numbers(tmp_path):
+    import yaml
+
+    settings = yaml.safe_load("beta: 1e-1\nlearning_rate: 5e-7\nmax_length: 128\n")
+    assert settings["beta"] == "1e-1"  # YAML 1.1: no dot, so text
+    config = PLDPOConfig(output_dir=str(tmp_path), report_to="none", **settings)
+    assert (config.beta, config.learning_rate, config.max_length) == (0.1, 5e-7, 128)
+
+
+def test_evaluate_takes_raw_preference_rows(tokenizer, tmp_path):
+    trainer = PLDPOTrainer(make_model(tokenizer), args=PLDPOConfig(**_config(tmp_path)),
+                           train_dataset=datasets.Dataset.from_list(ranked_rows(4, k=3)), processing_class=tokenizer,
+                           peft_config=LoraConfig(**LORA))
+    metrics = trainer.evaluate(datasets.Dataset.from_list(ranked_rows(4, k=3, seed=1)))
+    assert metrics["eval_loss"] == pytest.approx(math.log(6), abs=1e-5)  # fresh LoRA: log 3!
+    as_list = trainer.evaluate(pairwise_rows(4))
+    assert as_list["eval_loss"] == pytest.approx(math.log(2), abs=1e-5)

@@ -23,11 +23,13 @@ import torch
 
 from .data import tokenize_ranked
 from .losses import implicit_rewards
-from .reference import ReferenceError, bias_is_trained, is_peft_model
+from .model_utils import check_tokenizer_fits, load_tokenizer, position_limit
+from .reference import ReferenceError, bias_is_trained, check_reference_model, is_peft_model
 from .rows import PreferenceDataError, check_prompt, is_blank as _is_empty, is_messages as _is_messages
 from .scoring_batches import Group, Runner, score_groups
 from .scoring_models import active_adapter, eval_mode, prefix_sharing_problem
 from .scoring_results import BestOfN, ScoredCandidate, ScoreResult, candidates_of
+from .settings import as_number, positive
 
 __all__ = ["ImplicitRewardScorer", "ScoreResult", "ScoredCandidate", "BestOfN", "evaluate_preferences",
            "prefix_sharing_problem"]
@@ -74,8 +76,7 @@ class ImplicitRewardScorer:
                  beta: float = 0.1, reference_free: bool = False, max_length: int | None = None,
                  prefix_sharing: bool = True, mixed_adapter_batches: bool | None = None,
                  max_batch_tokens: int | None = None, max_row_tokens: int = 128):
-        if beta <= 0:
-            raise ValueError(f"beta must be positive, got {beta}")
+        beta = positive("beta", beta)
         if ref_model is not None and ref_adapter is not None:
             raise ValueError("pass ref_model or ref_adapter, not both")
         if ref_model is not None and ref_model is model:
@@ -95,9 +96,12 @@ class ImplicitRewardScorer:
                 "was trained from)."
             )
         if tokenizer is None:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
+            tokenizer = load_tokenizer(model.config._name_or_path, "tokenizer")
+        check_tokenizer_fits(model, tokenizer, "the policy")
+        if ref_model is not None:
+            check_reference_model(model, ref_model, tokenizer)
+        if max_length is not None:
+            max_length = as_number("max_length", max_length, int, minimum=2)
         self.model, self.tokenizer, self.ref_model, self.ref_adapter = model, tokenizer, ref_model, ref_adapter
         self.beta, self.reference_free, self.max_length = beta, reference_free, max_length
         on_cpu = next(model.parameters()).device.type == "cpu"
@@ -194,8 +198,8 @@ class ImplicitRewardScorer:
 
     def _groups(self, prompt_ids, completion_ids):
         """Token ids -> groups (truncated to ``max_length``), flat slots, token counts; checks lengths."""
-        limit = getattr(self.model.config, "max_position_embeddings", None) or getattr(
-            self.model.config, "n_positions", None)
+        limits = [position_limit(m) for m in (self.model, self.ref_model) if m is not None]
+        limit = min((n for n in limits if n is not None), default=None)
         groups, counts, slot = [], [], 0
         for i, (prompt, completions) in enumerate(zip(prompt_ids, completion_ids)):
             prompt, completions = list(prompt), [list(c) for c in completions]
@@ -226,7 +230,7 @@ class ImplicitRewardScorer:
         of K_b lists of ints). Returns (B, K) results, NaN-padded."""
         if normalize not in NORMALIZE_CHOICES:
             raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
-        beta = self.beta if beta is None else beta
+        beta = self.beta if beta is None else positive("beta", beta)
         reference_free = self.reference_free if reference_free is None else reference_free
         groups, counts = self._groups(prompt_ids, completion_ids)
         bar = None

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 from dpo_ext.jsonl import iter_jsonl
@@ -202,6 +203,21 @@ def load_scorer(args: argparse.Namespace):
     )
 
 
+def check_output(path: Path | None) -> None:
+    """Refuse an output file that cannot be written before the model loads, not after all the scoring work."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a directory: give a file path, such as {path / 'out.jsonl'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as error:
+        raise ValueError(f"--output {path}: its folder cannot be written ({error.strerror or error}); choose "
+                         "another file") from None
+
+
 def _write_jsonl(path: Path, rows) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -219,6 +235,7 @@ def _located(rows: Rows, error: Exception) -> ValueError:
 # -- handlers ------------------------------------------------------------------------------------------------------
 
 def _score(args: argparse.Namespace) -> int:
+    check_output(args.output)
     rows = read_rows(args.input, args.split)
     parsed = [completions_of(row, rows.where(i)) for i, row in enumerate(rows.rows)]
     scorer = load_scorer(args)
@@ -250,6 +267,7 @@ def _score(args: argparse.Namespace) -> int:
 def _rerank(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
+    check_output(args.output)
     rows = read_rows(args.input, args.split)
     for i, row in enumerate(rows.rows):
         problem = _prompt_problem(row)
@@ -287,6 +305,7 @@ def _eval(args: argparse.Namespace) -> int:
     from dpo_ext.data import normalize_row
     from dpo_ext.scoring import evaluate_preferences
 
+    check_output(args.output)
     rows = read_rows(args.input, args.split)
     for i, row in enumerate(rows.rows):  # before the model loads: bad input fails fast
         try:
@@ -301,6 +320,5 @@ def _eval(args: argparse.Namespace) -> int:
     text = json.dumps({"input": rows.source, "model": args.model, **metrics}, indent=2)
     print(text)
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text + "\n", encoding="utf-8")
     return 0

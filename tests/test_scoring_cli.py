@@ -170,3 +170,18 @@ def test_help_lists_the_commands_without_importing_torch():
             "print(all(c in h for c in ('score', 'rerank', 'eval')), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "False"]
+
+
+@pytest.mark.parametrize("command", ["score", "rerank", "eval"])
+def test_an_output_directory_is_refused_before_the_model_loads(saved, tmp_path, capsys, monkeypatch, command):
+    import dpo_ext.scoring_cli as scoring_cli
+
+    def no_model(args):
+        raise AssertionError("the model was loaded before the output path was checked")
+
+    monkeypatch.setattr(scoring_cli, "load_scorer", no_model)
+    out_dir = tmp_path / "results"
+    out_dir.mkdir()
+    pairs = _jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    assert main([command, str(saved / "adapter"), "-i", pairs, "-o", str(out_dir)]) == 2
+    assert f"--output {out_dir} is a directory" in capsys.readouterr().err

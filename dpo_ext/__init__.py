@@ -17,6 +17,8 @@ _EXPORTS = {
     "PLDPOConfig": "dpo_ext.config",
     "PLDPOTrainer": "dpo_ext.trainer",
     "PreferenceDataError": "dpo_ext.data",
+    "validate_rows": "dpo_ext.validation",
+    "NonFiniteLossError": "dpo_ext.trainer",
     "ReferenceError": "dpo_ext.reference",
     "prepare_ranked_dataset": "dpo_ext.data",
     "normalize_row": "dpo_ext.data",

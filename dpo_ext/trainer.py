@@ -285,7 +285,7 @@ class PLDPOTrainer(Trainer):
         rows = inputs.get("row_index")
         rows = "" if rows is None else f" (dataset rows {', '.join(str(int(r)) for r in rows)})"
         where = f"training step {self.state.global_step + 1}" if self.model.training else "evaluation"
-        return (f"the loss is {float(loss)} at {where}{rows}; stopped before it could change the weights. Check "
+        return (f"the loss is {loss.item()} at {where}{rows}; stopped before it could change the weights. Check "
                 f"those rows (a non-finite or extreme '{REF_LOGPS}' value, an unusual completion) and the settings "
                 "(learning_rate, beta); resume from the last checkpoint once fixed.")
 

@@ -53,7 +53,9 @@ def _validate(args: argparse.Namespace) -> int:
 def _text(report, rows) -> str:
     lines = [f"{rows.source}: {report.num_rows} rows, {report.usable_rows} usable for training."]
     if report.problems:
-        lines.append(f"{len(report.problems)} invalid rows (training stops at the first; the first problem of each):")
+        count = len(report.problems)
+        lines.append(f"{count} invalid row{'s' if count > 1 else ''} (training stops at the first; the first problem "
+                     "of each):")
         lines += [f"  {rows.describe(error)}" for error in report.problems]
     notes = report.summary()
     if notes:

@@ -2,11 +2,18 @@
 message that names what was wrong and where (setting, row, field or file).
 
 A case is ``(name, run, expected, fragments)``: ``run(env)`` is called with the shared `Env` below; ``expected`` is an
-exception class, or an int exit code of ``dpo_ext.cli.main``; every fragment must appear in the message (or stderr).
+exception class, or an int exit code of ``dpo_ext.cli.main``; every fragment must appear in the message (or, for the
+CLI, in what it printed: stderr, and stdout where `dpo-ext validate` prints its report).
+
+Files are named per case (``score_bad_json.jsonl``...), so a fragment like ``"score_bad_json.jsonl, line 2"`` checks
+that the message names the file and the line. Nothing trains: the saved base model and adapter are built once per
+module (`saved`), and a case that needs a damaged copy makes it in its own folder.
 """
 
+import copy
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,18 +23,37 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from conftest import make_model, pairwise_rows, ranked_rows
-from dpo_ext import ImplicitRewardScorer, PLDPOConfig, PLDPOTrainer
+from dpo_ext import ImplicitRewardScorer, PLDPOConfig, PLDPOTrainer, push_adapter
 from dpo_ext.cli import main as cli_main
+from dpo_ext.data import prepare_ranked_dataset
+from dpo_ext.hub_datasets import push_preference_dataset
+from dpo_ext.reference import REFERENCE_RECORD
+from dpo_ext.rows import PreferenceDataError
+from dpo_ext.safe_files import WeightsFileError
+from dpo_ext.scoring import evaluate_preferences
 from dpo_ext.settings import SettingError
 from dpo_ext.testing import TOY_WORDS
 
 LORA = dict(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0, task_type="CAUSAL_LM")
+BASE_MODEL_ID = "dpo-ext-tests/tiny-gpt2"  # what the saved adapter records: a Hub id, as a published one must
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} {{ m['content'] }} <eos> {% endfor %}"
+                 "{% if add_generation_prompt %}assistant {% endif %}")
+
+
+@dataclass
+class Saved:
+    """Built once per module: a base model folder (safetensors + tokenizer) and a LoRA adapter folder as the trainer
+    leaves it (weights, config naming `BASE_MODEL_ID`, tokenizer, training_config.json with beta 0.1)."""
+
+    base: Path
+    adapter: Path
 
 
 @dataclass
 class Env:
     tmp: Path
     tokenizer: object
+    saved: Saved
 
     def config(self, **overrides) -> PLDPOConfig:
         values = dict(output_dir=str(self.tmp / "out"), per_device_train_batch_size=2, learning_rate=1e-3,
@@ -99,6 +125,157 @@ def long_rows():
     return [{"prompt": "the movie was ", "chosen": " ".join(["good"] * 12), "rejected": "bad"}] * 3
 
 
+# -- rows -----------------------------------------------------------------------------------------------------------
+
+def row(**fields):
+    """A valid ranked row, with `fields` replaced (a field set to None is left out)."""
+    values = {"prompt": "the movie was ", "completions": ["good", "bad"], "ranks": [0, 1], **fields}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def token_row(**fields):
+    return {"prompt_ids": [3, 4], "completion_ids": [[5], [6]], "ranks": [0, 1], **fields}
+
+
+def user(text):
+    return [{"role": "user", "content": text}]
+
+
+def assistant(text):
+    return [{"role": "assistant", "content": text}]
+
+
+def chat_row(**fields):
+    return {"prompt": user("the movie"), "completions": [assistant("good"), assistant("bad")], "ranks": [0, 1],
+            **fields}
+
+
+def prepare(env: Env, rows, tokenizer=None, **kwargs):
+    return prepare_ranked_dataset(datasets.Dataset.from_list(rows), tokenizer or env.tokenizer, **kwargs)
+
+
+def chat_tokenizer(env: Env):
+    tokenizer = copy.deepcopy(env.tokenizer)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def eval_trainer(env: Env, eval_rows):
+    return env.trainer(eval_dataset=datasets.Dataset.from_list(eval_rows))
+
+
+# -- saved folders --------------------------------------------------------------------------------------------------
+
+def damaged_copy(env: Env, name: str, damage, source=None) -> Path:
+    """A copy of the saved adapter (or `source`) in this case's folder `name`, with `damage(folder)` applied."""
+    folder = env.tmp / name
+    shutil.copytree(source or env.saved.adapter, folder)
+    damage(folder)
+    return folder
+
+
+def pickle_only(folder: Path) -> None:
+    (folder / "adapter_model.safetensors").unlink()
+    (folder / "adapter_model.bin").write_bytes(b"not a pickle: never opened")  # opening it would fail the case
+
+
+def truncate(path: Path, missing: int = 10) -> None:
+    path.write_bytes(path.read_bytes()[:-missing])
+
+
+def truncated_weights(folder: Path) -> None:
+    truncate(folder / "adapter_model.safetensors")
+
+
+def rewrite_json(path: Path, **fields) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def load(env: Env, folder, **kwargs):
+    return ImplicitRewardScorer.from_pretrained(str(folder), **{"base_model": str(env.saved.base), "device": "cpu",
+                                                                **kwargs})
+
+
+def truncated_ref_copy(folder: Path) -> None:
+    """TRL's frozen reference copy under ref/, cut short."""
+    (folder / "ref").mkdir()
+    shutil.copyfile(folder / "adapter_config.json", folder / "ref" / "adapter_config.json")
+    (folder / "ref" / "adapter_model.safetensors").write_bytes((folder / "adapter_model.safetensors").read_bytes()[:-3])
+
+
+def pickled_args_only(folder: Path) -> None:
+    (folder / "training_config.json").unlink()
+    (folder / "training_args.bin").write_bytes(b"not a pickle: never opened")
+
+
+def base_copy(env: Env, name: str, damage) -> Path:
+    folder = env.tmp / name
+    shutil.copytree(env.saved.base, folder)
+    damage(folder)
+    return folder
+
+
+def pickle_only_base(folder: Path) -> None:
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"not a pickle: never opened")
+
+
+# -- publishing -----------------------------------------------------------------------------------------------------
+
+def push(env: Env, folder=None, staging=None, **kwargs):
+    return push_adapter(folder or env.saved.adapter, "alice/tiny-pl", dry_run=staging or env.tmp / "staging",
+                        **kwargs)
+
+
+def non_empty_folder(env: Env) -> Path:
+    folder = env.tmp / "old_staging"
+    folder.mkdir()
+    (folder / "left_over.txt").write_text("from an earlier run")
+    return folder
+
+
+def data_folder(env: Env, name: str, files: dict) -> Path:
+    folder = env.tmp / name
+    folder.mkdir()
+    for file_name, text in files.items():
+        (folder / file_name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def push_data(env: Env, name: str, files: dict):
+    return push_preference_dataset(data_folder(env, name, files), "alice/prefs", dry_run=env.tmp / "staging")
+
+
+def lines(*rows) -> str:
+    """JSONL text: dicts are dumped, strings are written as they are (to make a broken line)."""
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
+
+
+PAIR = {"prompt": "the movie was ", "chosen": "good", "rejected": "bad"}
+
+
+# -- the command line -----------------------------------------------------------------------------------------------
+
+def cli(env: Env, *argv) -> int:
+    return cli_main([str(a) for a in argv])
+
+
+def model_args(env: Env, adapter=None) -> list:
+    return [adapter or env.saved.adapter, "--base-model", env.saved.base, "--device", "cpu"]
+
+
+def run_cli(env: Env, command: str, name: str, *rows, extra=(), output=True):
+    """`dpo-ext COMMAND` on the saved adapter, with `rows` written to the input file `name`."""
+    path = env.write(name, lines(*rows))
+    out = ["-o", env.tmp / "out.jsonl"] if output else []
+    return cli(env, command, *model_args(env), "-i", path, *out, *extra)
+
+
+def push_cli(env: Env, *extra, folder=None, staging=None):
+    return cli(env, "push", folder or env.saved.adapter, "--repo-id", "alice/tiny-pl", "--dry-run",
+               staging or env.tmp / "staging", *extra)
+
+
 CASES = [
     # -- settings ---------------------------------------------------------------------------------------------------
     ("config beta nan", lambda env: env.config(beta=float("nan")), SettingError, ["beta", "finite"]),
@@ -151,19 +328,389 @@ CASES = [
      lambda env: ImplicitRewardScorer(get_peft_model(make_model(env.tokenizer), LoraConfig(**LORA))), ValueError,
      ["tokenizer="]),
     ("scorer max_length text", lambda env: env.scorer(max_length="long"), SettingError, ["max_length", "'long'"]),
+    # -- rows through prepare_ranked_dataset ------------------------------------------------------------------------
+    ("rows missing prompt", lambda env: prepare(env, [row(), {"completions": ["good", "bad"], "ranks": [0, 1]}]),
+     PreferenceDataError, ["train dataset, row 1, field 'prompt'", "missing"]),
+    ("rows whitespace prompt", lambda env: prepare(env, [row(prompt="   ")]), PreferenceDataError,
+     ["row 0, field 'prompt'", "empty prompt", "BOS"]),
+    ("rows prompt not text", lambda env: prepare(env, [row(prompt=5)]), PreferenceDataError,
+     ["row 0, field 'prompt'", "got int"]),
+    ("rows non-string completion", lambda env: prepare(env, [row(completions=[1, 2])]), PreferenceDataError,
+     ["row 0, field 'completions[0]'", "expected a string, got int"]),
+    ("rows empty completion", lambda env: prepare(env, [row(completions=["good", " "])]), PreferenceDataError,
+     ["row 0, field 'completions[1]'", "empty completion"]),
+    ("rows completions not a list", lambda env: prepare(env, [row(completions="good bad")]), PreferenceDataError,
+     ["row 0, field 'completions'", "expected a list, got str"]),
+    ("rows K < 2", lambda env: prepare(env, [row(), row(completions=["good"], ranks=[0])]), PreferenceDataError,
+     ["row 1, field 'completions'", "at least 2 completions", "got 1"]),
+    ("rows ranks length mismatch", lambda env: prepare(env, [row(ranks=[0, 1, 2])]), PreferenceDataError,
+     ["row 0, field 'ranks'", "3 entries for 2 completions"]),
+    ("rows negative rank", lambda env: prepare(env, [row(ranks=[-1, 0])]), PreferenceDataError,
+     ["row 0, field 'ranks[0]'", "non-negative integers", "-1"]),
+    ("rows bool ranks", lambda env: prepare(env, [row(ranks=[True, False])]), PreferenceDataError,
+     ["row 0, field 'ranks[0]'", "got True"]),
+    ("rows float ranks", lambda env: prepare(env, [row(ranks=[0.5, 1.0])]), PreferenceDataError,
+     ["row 0, field 'ranks[0]'", "got 0.5"]),
+    ("rows NaN score", lambda env: prepare(env, [row(ranks=None, scores=[math.nan, 1.0])]), PreferenceDataError,
+     ["row 0, field 'scores[0]'", "finite", "nan"]),
+    ("rows inf score", lambda env: prepare(env, [row(ranks=None, scores=[1.0, math.inf])]), PreferenceDataError,
+     ["row 0, field 'scores[1]'", "finite", "inf"]),
+    ("rows scores as text", lambda env: prepare(env, [row(ranks=None, scores=["1", "2"])]), PreferenceDataError,
+     ["row 0, field 'scores[0]'", "'1'"]),
+    ("rows both ranks and scores", lambda env: prepare(env, [row(scores=[1.0, 0.0])]), PreferenceDataError,
+     ["row 0, field 'ranks'", "both 'ranks' and 'scores'"]),
+    ("rows neither ranks nor scores", lambda env: prepare(env, [row(ranks=None)]), PreferenceDataError,
+     ["row 0, field 'ranks'", "missing"]),
+    ("rows both completions and chosen", lambda env: prepare(env, [row(chosen="good", rejected="bad")]),
+     PreferenceDataError, ["row 0, field 'completions'", "'chosen'/'rejected'"]),
+    ("rows chosen without rejected", lambda env: prepare(env, [{"prompt": "the movie was ", "chosen": "good"}]),
+     PreferenceDataError, ["row 0, field 'rejected'", "missing"]),
+    ("rows chat message without a role",
+     lambda env: prepare(env, [chat_row(prompt=[{"content": "the movie"}])], chat_tokenizer(env)),
+     PreferenceDataError, ["row 0, field 'prompt'", "{'role', 'content'}"]),
+    ("rows chat completion given as text",
+     lambda env: prepare(env, [chat_row(completions=["good", "bad"])], chat_tokenizer(env)), PreferenceDataError,
+     ["row 0, field 'completions[0]'", "messages like the prompt's"]),
+    ("rows chat completion with empty content",
+     lambda env: prepare(env, [chat_row(completions=[assistant("good"), assistant(" ")])], chat_tokenizer(env)),
+     PreferenceDataError, ["row 0, field 'completions[1]'", "all empty"]),
+    ("rows chat prompt with empty content",
+     lambda env: prepare(env, [chat_row(prompt=user(" "))], chat_tokenizer(env)), PreferenceDataError,
+     ["row 0, field 'prompt'", "empty prompt"]),
+    ("rows chat prompt, tokenizer without a chat template", lambda env: prepare(env, [chat_row()]),
+     PreferenceDataError, ["row 0, field 'prompt'", "no chat template"]),
+    ("rows ref_logps NaN", lambda env: prepare(env, [row(ref_logps=[-1.0, -2.0]), row(ref_logps=[-1.0, math.nan])]),
+     PreferenceDataError, ["row 1, field 'ref_logps[1]'", "finite", "nan"]),
+    ("rows ref_logps wrong length", lambda env: prepare(env, [row(ref_logps=[-1.0])]), PreferenceDataError,
+     ["row 0, field 'ref_logps'", "1 entries for 2 completions"]),
+    ("rows ref_logps missing in one row", lambda env: prepare(env, [row(ref_logps=[-1.0, -2.0]), row()]),
+     PreferenceDataError, ["row 1, field 'ref_logps'", "missing"]),
+    ("tokenized rows negative rank", lambda env: prepare(env, [token_row(), token_row(ranks=[0, -2])]),
+     PreferenceDataError, ["row 1, field 'ranks[1]'", "non-negative"]),
+    ("tokenized rows ranks length mismatch", lambda env: prepare(env, [token_row(ranks=[0])]), PreferenceDataError,
+     ["row 0, field 'ranks'", "1 entries for 2 completions"]),
+    ("tokenized rows empty completion", lambda env: prepare(env, [token_row(completion_ids=[[5], []])]),
+     PreferenceDataError, ["row 0, field 'completion_ids[1]'", "non-empty list of token ids"]),
+    ("tokenized rows empty prompt", lambda env: prepare(env, [token_row(prompt_ids=[])]), PreferenceDataError,
+     ["row 0, field 'prompt_ids'", "empty prompt"]),
+    ("tokenized rows negative token id", lambda env: prepare(env, [token_row(prompt_ids=[3, -4])]),
+     PreferenceDataError, ["row 0, field 'prompt_ids'", "non-negative integers"]),
+    ("tokenized rows K < 2", lambda env: prepare(env, [token_row(completion_ids=[[5]], ranks=[0])]),
+     PreferenceDataError, ["row 0, field 'completion_ids'", "at least 2 completions"]),
+    ("tokenized rows without ranks", lambda env: prepare(env, [{"prompt_ids": [3], "completion_ids": [[5], [6]]}]),
+     PreferenceDataError, ["row 0, field 'ranks'", "missing"]),
+    ("rows named by the dataset's name", lambda env: prepare(env, [row(), row(ranks=[0])], name="eval"),
+     PreferenceDataError, ["eval dataset, row 1, field 'ranks'"]),
+    ("rows every one with identical completions", lambda env: prepare(env, [row(completions=["good", "good"])] * 2),
+     PreferenceDataError, ["train dataset", "no usable rows"]),
+    ("rows every one tied", lambda env: prepare(env, [row(ranks=[1, 1])] * 2), PreferenceDataError,
+     ["train dataset", "no usable rows"]),
+    ("rows every prompt reaching max_length",
+     lambda env: prepare(env, [row(prompt="the movie was good and the plot ")], max_length=4), PreferenceDataError,
+     ["train dataset", "no usable rows"]),
+    # -- rows through the trainer -----------------------------------------------------------------------------------
+    ("trainer train row with a negative rank", lambda env: env.trainer(rows=[row(), row(ranks=[0, -1])]),
+     PreferenceDataError, ["train dataset, row 1, field 'ranks[1]'", "non-negative"]),
+    ("trainer train row with empty prompt", lambda env: env.trainer(rows=[row(), row(), row(prompt="")]),
+     PreferenceDataError, ["train dataset, row 2, field 'prompt'", "empty prompt"]),
+    ("trainer train rows as a list of dicts", lambda env: env.trainer(rows=[row(), row(ranks=[1])]),
+     PreferenceDataError, ["train dataset, row 1, field 'ranks'", "1 entries for 2"]),
+    ("trainer train ref_logps NaN",
+     lambda env: env.trainer(rows=[row(ref_logps=[-1.0, -2.0]), row(ref_logps=[math.nan, -2.0])]),
+     PreferenceDataError, ["train dataset, row 1, field 'ref_logps[0]'", "finite"]),
+    ("trainer train tokenized row with too many ranks",
+     lambda env: env.trainer(rows=[token_row(), token_row(completion_ids=[[5], [6, 7]], ranks=[0, 1, 1])]),
+     PreferenceDataError, ["train dataset, row 1, field 'ranks'", "3 entries for 2"]),
+    ("trainer train every row dropped", lambda env: env.trainer(rows=[row(completions=["good", "good"])] * 3),
+     PreferenceDataError, ["train dataset", "no usable rows"]),
+    ("trainer eval row missing ranks", lambda env: eval_trainer(env, [row(), row(), row(ranks=None)]),
+     PreferenceDataError, ["eval dataset, row 2, field 'ranks'", "missing"]),
+    ("trainer eval row with empty completion",
+     lambda env: eval_trainer(env, [row(), row(completions=["good", ""])]), PreferenceDataError,
+     ["eval dataset, row 1, field 'completions[1]'", "empty completion"]),
+    ("trainer eval dict names its dataset",
+     lambda env: env.trainer(eval_dataset={"heldout": datasets.Dataset.from_list([row(), row(prompt=" ")])}),
+     PreferenceDataError, ["heldout dataset, row 1, field 'prompt'"]),
+    ("trainer eval every row tied", lambda env: eval_trainer(env, [row(ranks=[0, 0])] * 2), PreferenceDataError,
+     ["eval dataset", "no usable rows"]),
+    # -- scoring inputs ---------------------------------------------------------------------------------------------
+    ("scorer prompts given as one string", lambda env: env.scorer().score("the movie", ["good"]), ValueError,
+     ["prompts must be a list"]),
+    ("scorer fewer completions than prompts", lambda env: env.scorer().score(["the movie", "the plot"], ["good"]),
+     ValueError, ["2 prompts and 1 completions"]),
+    ("scorer lists mixed with single completions",
+     lambda env: env.scorer().score(["the movie", "the plot"], [["good", "bad"], "fine"]), ValueError,
+     ["completion 1 is not a list unlike completion 0"]),
+    ("scorer completion not text", lambda env: env.scorer().score(["the movie", "the plot"], [["good"], [3]]),
+     PreferenceDataError, ["prompt 1, completion 0", "got int"]),
+    ("scorer missing prompt", lambda env: env.scorer().score(["the movie", None], ["good", "bad"]),
+     PreferenceDataError, ["prompt 1", "missing"]),
+    ("scorer empty prompt", lambda env: env.scorer().score(["the movie", " "], ["good", "bad"]),
+     PreferenceDataError, ["prompt 1", "empty prompt", "BOS"]),
+    ("scorer empty completion", lambda env: env.scorer().score(["the movie"], [["good", ""]]), PreferenceDataError,
+     ["prompt 0, completion 1", "empty completion"]),
+    ("scorer empty list of completions", lambda env: env.scorer().score(["the movie", "the"], [["good"], []]),
+     PreferenceDataError, ["prompt 1", "empty list of completions"]),
+    ("scorer chat prompt, tokenizer without a chat template",
+     lambda env: env.scorer().score([user("the movie")], ["good"]), PreferenceDataError,
+     ["prompt 0", "no chat template"]),
+    ("scorer max_length not above the prompt",
+     lambda env: env.scorer(max_length=3).score(["the movie", "the movie was good and"], ["bad", "fine"]),
+     PreferenceDataError, ["prompt 1", "4 tokens", "max_length=3"]),
+    ("scorer longer than the model's positions",
+     lambda env: env.scorer().score(["the movie"], [" ".join(["good"] * 80)]), PreferenceDataError,
+     ["prompt 0, completion 0", "64 positions", "max_length"]),
+    ("scorer normalize", lambda env: env.scorer().score(["the movie"], ["good"], normalize="median"), ValueError,
+     ["normalize", "'median'"]),
+    ("scorer score_tokens empty prompt_ids", lambda env: env.scorer().score_tokens([[3], []], [[[4]], [[5]]]),
+     PreferenceDataError, ["prompt 1", "empty prompt_ids"]),
+    ("scorer score_tokens empty completion", lambda env: env.scorer().score_tokens([[3]], [[[4], []]]),
+     PreferenceDataError, ["prompt 0, completion 1", "no tokens"]),
+    ("scorer rerank without candidates", lambda env: env.scorer().rerank("the movie", []), PreferenceDataError,
+     ["prompt 0", "empty list of completions"]),
+    ("scorer best_of_n n = 0", lambda env: env.scorer().best_of_n(["the movie"], 0), ValueError,
+     ["n must be at least 1", "0"]),
+    ("evaluate_preferences bad row", lambda env: evaluate_preferences(env.scorer(), [row(), row(ranks=[0, 0, 1])]),
+     PreferenceDataError, ["row 1, field 'ranks'", "3 entries for 2"]),
+    ("evaluate_preferences chat completion missing content",
+     lambda env: evaluate_preferences(env.scorer(), [chat_row(completions=[assistant("good"),
+                                                                          [{"role": "assistant"}]])]),
+     PreferenceDataError, ["row 0, field 'completions[1]'", "{'role', 'content'}"]),
+    ("evaluate_preferences no row with a preference",
+     lambda env: evaluate_preferences(env.scorer(), [row(completions=["good", "good"])]), ValueError,
+     ["no row with a preference"]),
+    # -- loading a saved scorer -------------------------------------------------------------------------------------
+    ("load adapter with only adapter_model.bin", lambda env: load(env, damaged_copy(env, "bin_adapter", pickle_only)),
+     WeightsFileError, ["bin_adapter has adapter_model.bin but no adapter_model.safetensors", "convert"]),
+    ("load truncated adapter_model.safetensors",
+     lambda env: load(env, damaged_copy(env, "cut_adapter", truncated_weights)), WeightsFileError,
+     ["cut_adapter/adapter_model.safetensors", "truncated: 10 bytes missing"]),
+    ("load folder without adapter_config.json and no reference",
+     lambda env: load(env, damaged_copy(env, "no_config", lambda f: (f / "adapter_config.json").unlink()),
+                      base_model=None), ValueError, ["no_config is not a PEFT adapter", "ref_model=",
+                                                     "reference_free=True"]),
+    ("load adapter_config.json without weights",
+     lambda env: load(env, damaged_copy(env, "no_weights", lambda f: (f / "adapter_model.safetensors").unlink())),
+     FileNotFoundError, ["no_weights has an adapter_config.json but no adapter_model.safetensors"]),
+    ("load a file instead of a folder", lambda env: load(env, env.saved.adapter / "adapter_config.json"), ValueError,
+     ["adapter_config.json is a file"]),
+    ("load a folder that does not exist", lambda env: load(env, env.tmp / "no_such_adapter"), FileNotFoundError,
+     ["no_such_adapter: no such directory"]),
+    ("load unknown ref_adapter", lambda env: load(env, env.saved.adapter, ref_adapter="nope"), ValueError,
+     ["ref_adapter='nope'", "adapter_config.json"]),
+    ("load truncated ref/ adapter", lambda env: load(env, damaged_copy(env, "cut_ref", truncated_ref_copy)),
+     WeightsFileError, ["cut_ref/ref/adapter_model.safetensors", "truncated"]),
+    ("load adapter trained against another reference",
+     lambda env: load(env, damaged_copy(env, "other_ref", lambda f: (f / REFERENCE_RECORD).write_text(
+         json.dumps({"reference": "ref_model"})))), ValueError, ["other_ref", "reference='ref_model'", "ref_model="]),
+    ("load truncated base model",
+     lambda env: load(env, env.saved.adapter,
+                      base_model=str(base_copy(env, "cut_base", lambda f: truncate(f / "model.safetensors", 4)))),
+     WeightsFileError, ["cut_base/model.safetensors", "truncated: 4 bytes missing"]),
+    ("load pickle-only base model",
+     lambda env: load(env, env.saved.adapter, base_model=str(base_copy(env, "bin_base", pickle_only_base))),
+     WeightsFileError, ["bin_base has pytorch_model.bin but no model.safetensors"]),
+    # -- publishing (dry runs: no network) --------------------------------------------------------------------------
+    ("push missing folder", lambda env: push(env, env.tmp / "no_such_adapter"), FileNotFoundError,
+     ["no_such_adapter does not exist"]),
+    ("push pickle-only weights", lambda env: push(env, damaged_copy(env, "bin_adapter", pickle_only)), ValueError,
+     ["bin_adapter has adapter_model.bin but no adapter_model.safetensors"]),
+    ("push truncated safetensors", lambda env: push(env, damaged_copy(env, "cut_adapter", truncated_weights)),
+     WeightsFileError, ["cut_adapter/adapter_model.safetensors", "truncated: 10 bytes missing"]),
+    ("push without adapter_config.json",
+     lambda env: push(env, damaged_copy(env, "no_config", lambda f: (f / "adapter_config.json").unlink())),
+     FileNotFoundError, ["no_config/adapter_config.json not found"]),
+    ("push eval results not JSON", lambda env: push(env, eval_results=env.write("eval_bad.json", "{oops")),
+     ValueError, ["eval_bad.json is not valid JSON"]),
+    ("push eval results not an object", lambda env: push(env, eval_results=env.write("eval_list.json", "[1, 2]")),
+     ValueError, ["eval_list.json", "JSON object"]),
+    ("push plot not a PNG", lambda env: push(env, plots=[env.write("curve.png", "GIF89a, not a PNG")]), ValueError,
+     ["plot", "curve.png is not a PNG"]),
+    ("push plot missing", lambda env: push(env, plots=[env.tmp / "missing_curve.png"]), FileNotFoundError,
+     ["missing_curve.png does not exist"]),
+    ("push beta mismatch", lambda env: push(env, beta=0.5), ValueError,
+     ["beta mismatch", "beta=0.5", "beta=0.1"]),
+    ("push base model mismatch", lambda env: push(env, base_model="someone/else"), ValueError,
+     ["base model mismatch", "'someone/else'", BASE_MODEL_ID]),
+    ("push local base path without base_model",
+     lambda env: push(env, damaged_copy(env, "local_base", lambda f: rewrite_json(
+         f / "adapter_config.json", base_model_name_or_path=str(env.saved.base)))), ValueError,
+     ["local_base/adapter_config.json", "not a Hub model id", "base_model="]),
+    ("push beta unknown, only training_args.bin",
+     lambda env: push(env, damaged_copy(env, "pickled_args", pickled_args_only)),
+     ValueError, ["beta is unknown", "pickled_args", "training_args.bin is never read"]),
+    ("push beta unknown, config without beta",
+     lambda env: push(env, damaged_copy(env, "no_beta", lambda f: (f / "training_config.json").write_text("{}"))),
+     ValueError, ["beta is unknown", "no_beta"]),
+    ("push training config is a list", lambda env: push(env, training_config=env.write("config.yaml", "- a\n")),
+     ValueError, ["config.yaml", "expected a mapping"]),
+    ("push training config missing", lambda env: push(env, training_config=env.tmp / "no_config.yaml"),
+     FileNotFoundError, ["no_config.yaml does not exist"]),
+    ("push staging inside the source", lambda env: push(env, staging=env.saved.adapter / "staging"), ValueError,
+     ["staging", "overlaps the source folder"]),
+    ("push staging is the source", lambda env: push(env, staging=env.saved.adapter), ValueError,
+     ["overlaps the source folder"]),
+    ("push staging not empty", lambda env: push(env, staging=non_empty_folder(env)), ValueError,
+     ["old_staging already exists and is not empty"]),
+    ("push-dataset bad JSON line", lambda env: push_data(env, "data", {"train.jsonl": lines(PAIR, "{oops")}),
+     ValueError, ["train.jsonl, line 2", "not valid JSON"]),
+    ("push-dataset row without rejected",
+     lambda env: push_data(env, "data", {"train.jsonl": lines(PAIR, {"prompt": "p", "chosen": "a"})}), ValueError,
+     ["train.jsonl, line 2", "without rejected"]),
+    ("push-dataset neither ranked nor pairwise",
+     lambda env: push_data(env, "data", {"test.jsonl": lines({"prompt": "p", "text": "x"})}), ValueError,
+     ["test.jsonl", "cannot tell", "columns found: prompt, text"]),
+    ("push-dataset ranked list of one",
+     lambda env: push_data(env, "data", {"train.jsonl": lines({"prompt": "p", "completions": ["a"]})}),
+     ValueError, ["train.jsonl, line 1", "'completions'", "at least 2"]),
+    ("push-dataset no data files", lambda env: push_data(env, "notes_only", {"notes.txt": "x"}), FileNotFoundError,
+     ["no .jsonl or .parquet files", "notes_only"]),
+    ("push-dataset JSONL mixed with Parquet",
+     lambda env: push_data(env, "mixed", {"train.jsonl": lines(PAIR), "test.parquet": "x"}), ValueError,
+     ["mixed mixes JSONL and Parquet"]),
+    # -- dpo-ext score / rerank / eval ------------------------------------------------------------------------------
+    ("cli score bad JSON line", lambda env: run_cli(env, "score", "score_bad_json.jsonl", PAIR, "{oops"), 2,
+     ["dpo-ext score: error", "score_bad_json.jsonl, line 2", "not valid JSON"]),
+    ("cli score row without completions",
+     lambda env: run_cli(env, "score", "score_no_field.jsonl", PAIR, {"prompt": "the"}), 2,
+     ["score_no_field.jsonl, line 2", "no 'completion', 'completions' or 'chosen'/'rejected'"]),
+    ("cli score empty completion",
+     lambda env: run_cli(env, "score", "score_empty.jsonl", PAIR, {"prompt": "the", "completions": ["good", ""]}),
+     2, ["score_empty.jsonl, line 2, field 'completions[1]'", "empty completion"]),
+    ("cli score empty prompt",
+     lambda env: run_cli(env, "score", "score_prompt.jsonl", PAIR, PAIR, {"prompt": " ", "completion": "good"}), 2,
+     ["score_prompt.jsonl, line 3, field 'prompt'", "empty prompt"]),
+    ("cli score no such input",
+     lambda env: cli(env, "score", *model_args(env), "-i", env.tmp / "absent.jsonl", "-o", env.tmp / "o.jsonl"), 2,
+     ["absent.jsonl: no such file"]),
+    ("cli score unsupported input type",
+     lambda env: cli(env, "score", *model_args(env), "-i", env.write("rows.txt", "x"), "-o", env.tmp / "o.jsonl"),
+     2, ["rows.txt: unsupported file type '.txt'"]),
+    ("cli score empty input", lambda env: run_cli(env, "score", "score_blank.jsonl"), 2,
+     ["score_blank.jsonl: no rows"]),
+    ("cli score output is a directory",
+     lambda env: run_cli(env, "score", "score_ok.jsonl", PAIR, extra=["-o", env.tmp]), 2,
+     ["--output", "is a directory"]),
+    ("cli score no such model",
+     lambda env: cli(env, "score", env.tmp / "no_model", "-i", env.write("ok.jsonl", lines(PAIR)), "-o",
+                     env.tmp / "o.jsonl"), 2, ["no_model: no such directory"]),
+    ("cli score full model without a reference",
+     lambda env: cli(env, "score", env.saved.base, "-i", env.write("ok.jsonl", lines(PAIR)), "-o",
+                     env.tmp / "o.jsonl"), 2, ["is not a PEFT adapter", "--ref-model", "--reference-free"]),
+    ("cli score pickle-only adapter",
+     lambda env: cli(env, "score", *model_args(env, damaged_copy(env, "bin_adapter", pickle_only)), "-i",
+                     env.write("ok.jsonl", lines(PAIR)), "-o", env.tmp / "o.jsonl"), 2,
+     ["bin_adapter has adapter_model.bin but no adapter_model.safetensors"]),
+    ("cli score completion longer than the model (after loading)",
+     lambda env: run_cli(env, "score", "score_long.jsonl", PAIR,
+                         {"prompt": "the movie was ", "completion": " ".join(["good"] * 80)}), 2,
+     ["score_long.jsonl, line 2", "64 positions"]),
+    ("cli rerank --n 0", lambda env: run_cli(env, "rerank", "rerank_ok.jsonl", PAIR, extra=["--n", "0"]), 2,
+     ["--n must be at least 1"]),
+    ("cli rerank candidates not a list",
+     lambda env: run_cli(env, "rerank", "rerank_str.jsonl", {"prompt": "the ", "candidates": ["good", "bad"]},
+                         {"prompt": "the ", "candidates": "good"}), 2,
+     ["rerank_str.jsonl, line 2", "'candidates' must be a non-empty list"]),
+    ("cli rerank no candidates",
+     lambda env: run_cli(env, "rerank", "rerank_none.jsonl", {"prompt": "the ", "candidates": []}), 2,
+     ["rerank_none.jsonl, line 1", "'candidates' must be a non-empty list"]),
+    ("cli rerank empty prompt",
+     lambda env: run_cli(env, "rerank", "rerank_prompt.jsonl", {"prompt": "", "candidates": ["good"]}), 2,
+     ["rerank_prompt.jsonl, line 1, field 'prompt'", "empty prompt"]),
+    ("cli rerank bad JSON line", lambda env: run_cli(env, "rerank", "rerank_json.jsonl", "[1,"), 2,
+     ["rerank_json.jsonl, line 1", "not valid JSON"]),
+    ("cli rerank output is a directory",
+     lambda env: run_cli(env, "rerank", "rerank_ok.jsonl", PAIR, extra=["-o", env.tmp]), 2,
+     ["--output", "is a directory"]),
+    ("cli eval bad row names the file line",
+     lambda env: run_cli(env, "eval", "eval_rows.jsonl", PAIR, "", row(ranks=[0]), output=False), 2,
+     ["eval_rows.jsonl, line 3, field 'ranks'", "1 entries for 2"]),
+    ("cli eval NaN score",  # Python's JSON reader accepts NaN
+     lambda env: run_cli(env, "eval", "eval_nan.jsonl", PAIR,
+                         '{"prompt": "p", "completions": ["a", "b"], "scores": [NaN, 1]}', output=False), 2,
+     ["eval_nan.jsonl, line 2, field 'scores[0]'", "finite"]),
+    ("cli eval bad JSON line", lambda env: run_cli(env, "eval", "eval_json.jsonl", PAIR, "oops", output=False), 2,
+     ["eval_json.jsonl, line 2", "not valid JSON"]),
+    ("cli eval output is a directory",
+     lambda env: run_cli(env, "eval", "eval_ok.jsonl", PAIR, output=False, extra=["-o", env.tmp]), 2,
+     ["--output", "is a directory"]),
+    # -- dpo-ext push / push-dataset --------------------------------------------------------------------------------
+    ("cli push missing folder", lambda env: push_cli(env, folder=env.tmp / "no_such_adapter"), 2,
+     ["dpo-ext push: error", "no_such_adapter does not exist"]),
+    ("cli push pickle-only weights", lambda env: push_cli(env, folder=damaged_copy(env, "bin_adapter", pickle_only)),
+     2, ["bin_adapter has adapter_model.bin but no adapter_model.safetensors"]),
+    ("cli push truncated safetensors",
+     lambda env: push_cli(env, folder=damaged_copy(env, "cut_adapter", truncated_weights)), 2,
+     ["cut_adapter/adapter_model.safetensors", "truncated"]),
+    ("cli push eval results not JSON",
+     lambda env: push_cli(env, "--eval-results", env.write("eval_bad.json", "{oops")), 2,
+     ["eval_bad.json is not valid JSON"]),
+    ("cli push plot not a PNG", lambda env: push_cli(env, "--plot", env.write("curve.png", "GIF89a")), 2,
+     ["curve.png is not a PNG"]),
+    ("cli push beta mismatch", lambda env: push_cli(env, "--beta", "0.3"), 2, ["beta mismatch", "beta=0.3"]),
+    ("cli push base model mismatch", lambda env: push_cli(env, "--base-model", "someone/else"), 2,
+     ["base model mismatch", "'someone/else'"]),
+    ("cli push staging inside the source", lambda env: push_cli(env, staging=env.saved.adapter / "staging"), 2,
+     ["overlaps the source folder"]),
+    ("cli push staging not empty", lambda env: push_cli(env, staging=non_empty_folder(env)), 2,
+     ["old_staging already exists and is not empty"]),
+    ("cli push offline without --dry-run",
+     lambda env: cli(env, "push", env.saved.adapter, "--repo-id", "alice/tiny-pl"), 2,
+     ["HF_HUB_OFFLINE", "dry run"]),
+    ("cli push-dataset bad JSON line",
+     lambda env: cli(env, "push-dataset", data_folder(env, "data", {"train.jsonl": lines(PAIR, PAIR, "{oops")}),
+                     "--repo-id", "alice/prefs", "--dry-run", env.tmp / "staging"), 2,
+     ["dpo-ext push-dataset: error", "train.jsonl, line 3", "not valid JSON"]),
+    ("cli push-dataset missing folder",
+     lambda env: cli(env, "push-dataset", env.tmp / "no_data", "--repo-id", "alice/prefs", "--dry-run",
+                     env.tmp / "staging"), 2, ["no_data does not exist"]),
+    # -- dpo-ext validate -------------------------------------------------------------------------------------------
+    ("cli validate lists every bad line",
+     lambda env: cli(env, "validate", env.write("to_check.jsonl", lines(
+         PAIR, {**PAIR, "prompt": ""}, PAIR, row(ranks=[0, -1]), row(ranks=None, scores=[1, None])))), 1,
+     ["3 invalid rows", "to_check.jsonl, line 2, field 'prompt'", "to_check.jsonl, line 4, field 'ranks[1]'",
+      "to_check.jsonl, line 5, field 'scores[1]'", "FAIL"]),
+    ("cli validate --json lists every bad line",
+     lambda env: cli(env, "validate", "--json", env.write("to_check.jsonl", lines(
+         row(completions=["good", 1]), PAIR, row(ranks=[0])))), 1,
+     ['"invalid_rows": 2', "to_check.jsonl, line 1, field 'completions[1]'", "to_check.jsonl, line 3, field 'ranks'"]),
+    ("cli validate every row dropped",
+     lambda env: cli(env, "validate", env.write("all_tied.jsonl", lines(row(ranks=[0, 0]), row(ranks=[2, 2])))), 1,
+     ["all_tied.jsonl: 2 rows, 0 usable", "FAIL", "no usable row"]),
+    ("cli validate bad JSON line", lambda env: cli(env, "validate", env.write("broken.jsonl", lines(PAIR, "{x"))), 2,
+     ["dpo-ext validate: error", "broken.jsonl, line 2", "not valid JSON"]),
+    ("cli validate missing file", lambda env: cli(env, "validate", env.tmp / "absent.jsonl"), 2,
+     ["absent.jsonl: no such file"]),
+    ("cli validate --max-length 1",
+     lambda env: cli(env, "validate", env.write("ok.jsonl", lines(PAIR)), "--max-length", "1"), 2,
+     ["--max-length must be at least 2", "1"]),
 ]
 
 
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, tokenizer) -> Saved:
+    root = tmp_path_factory.mktemp("saved")
+    base, adapter = root / "base", root / "adapter"
+    make_model(tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    get_peft_model(make_model(tokenizer), LoraConfig(**LORA)).save_pretrained(adapter)
+    rewrite_json(adapter / "adapter_config.json", base_model_name_or_path=BASE_MODEL_ID)
+    tokenizer.save_pretrained(adapter)
+    (adapter / "training_config.json").write_text(json.dumps({"beta": 0.1}))  # as PLDPOTrainer writes it
+    return Saved(base, adapter)
+
+
 @pytest.fixture
-def env(tmp_path, tokenizer):
-    return Env(tmp_path, tokenizer)
+def env(tmp_path, tokenizer, saved):
+    return Env(tmp_path, tokenizer, saved)
 
 
 @pytest.mark.parametrize("name, run, expected, fragments", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_named(env, capsys, name, run, expected, fragments):
     if isinstance(expected, int):
         assert run(env) == expected
-        message = capsys.readouterr().err
+        captured = capsys.readouterr()
+        message = captured.err + captured.out  # validate prints its report on stdout
     else:
         with pytest.raises(expected) as info:
             run(env)
@@ -173,4 +720,5 @@ def test_bad_input_is_named(env, capsys, name, run, expected, fragments):
 
 
 def test_enough_cases():
-    assert len(CASES) >= 50
+    assert len(CASES) >= 60
+    assert len({c[0] for c in CASES}) == len(CASES), "case names must be unique (they are the test ids)"

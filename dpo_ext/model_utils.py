@@ -50,3 +50,11 @@ def load_tokenizer(source: str, argument: str):
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
         raise ValueError(f"could not load a tokenizer from {source!r} ({error}); pass {argument}=") from None
+
+
+def out_of_vocabulary(ids, vocab_size: int | None):
+    """The first token id in ``ids`` outside ``0 .. vocab_size - 1`` (it would index past the embedding), or None."""
+    if vocab_size is None or not ids:
+        return None
+    low, high = min(ids), max(ids)
+    return low if low < 0 else high if high >= vocab_size else None

@@ -23,7 +23,7 @@ import torch
 
 from .data import tokenize_ranked
 from .losses import implicit_rewards
-from .model_utils import check_tokenizer_fits, load_tokenizer, position_limit
+from .model_utils import check_tokenizer_fits, load_tokenizer, out_of_vocabulary, position_limit, vocabulary_size
 from .reference import ReferenceError, bias_is_trained, check_reference_model, is_peft_model
 from .rows import PreferenceDataError, check_prompt, is_blank as _is_empty, is_messages as _is_messages
 from .scoring_batches import Group, Runner, score_groups
@@ -200,6 +200,7 @@ class ImplicitRewardScorer:
         """Token ids -> groups (truncated to ``max_length``), flat slots, token counts; checks lengths."""
         limits = [position_limit(m) for m in (self.model, self.ref_model) if m is not None]
         limit = min((n for n in limits if n is not None), default=None)
+        vocab_size = vocabulary_size(self.model)
         groups, counts, slot = [], [], 0
         for i, (prompt, completions) in enumerate(zip(prompt_ids, completion_ids)):
             prompt, completions = list(prompt), [list(c) for c in completions]
@@ -207,6 +208,12 @@ class ImplicitRewardScorer:
                 raise PreferenceDataError.at_prompt(
                     "empty prompt_ids: nothing would predict a completion's first token; give at least one prompt "
                     "token (to score without a prompt, use the tokenizer's BOS token)", i)
+            for k, ids in [(None, prompt)] + list(enumerate(completions)):
+                bad = out_of_vocabulary(ids, vocab_size)
+                if bad is not None:
+                    raise PreferenceDataError.at_prompt(
+                        f"token id {bad} is outside the model's vocabulary (0..{vocab_size - 1}); tokenize with the "
+                        "model's own tokenizer", i, k)
             if self.max_length is not None:
                 if len(prompt) >= self.max_length:
                     raise PreferenceDataError.at_prompt(

@@ -22,10 +22,10 @@ from .checkpoints import (
     staging_dir,
 )
 from .config import PLDPOConfig
-from .data import REF_LOGPS, RankedCollator, prepare_ranked_dataset
+from .data import REF_LOGPS, PreferenceDataError, RankedCollator, normalize_row, prepare_ranked_dataset
 from .forward import batch_token_logps
 from .logps import sequence_logps, to_grid
-from .model_utils import check_tokenizer_fits, load_tokenizer, position_limit
+from .model_utils import check_tokenizer_fits, load_tokenizer, out_of_vocabulary, position_limit, vocabulary_size
 from .losses import implicit_rewards, plackett_luce_loss, preferred_ft_loss, unlikelihood_loss
 from .prefix_sharing import choose_collator
 from .ranking_metrics import best_and_worst, best_and_worst_slots, kendall_tau, pairwise_accuracy, top1_accuracy
@@ -76,19 +76,46 @@ def _ensure_pad_token(tokenizer) -> None:
     tokenizer.pad_token = tokenizer.eos_token
 
 
-def _check_lengths(dataset, name: str, limit: int | None, max_length: int | None) -> None:
-    """Rows longer than the model's positions fail inside torch at the first long batch (a device-side assert on
-    a GPU), possibly hours in: find them before training starts."""
-    if limit is None or (max_length is not None and max_length <= limit):
-        return
+def _rows_to_dataset(rows: list, name: str):
+    """A list of dicts as a `datasets.Dataset`, each row checked first: Arrow's own error for a value of another type
+    than the rest of its column names neither the row nor the field."""
+    import datasets
+    import pyarrow
+
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise PreferenceDataError(f"expected a dict, got {type(row).__name__}", index, dataset=name)
+        try:
+            normalize_row(row, index)
+        except PreferenceDataError as error:
+            raise error.located(dataset=name) from None
+    try:
+        return datasets.Dataset.from_list(rows)
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError) as error:
+        raise PreferenceDataError(f"the rows mix value types within one field ({error}); give every row the same "
+                                  "format", dataset=name) from None
+
+
+def _check_rows_fit(dataset, name: str, limit: int | None, max_length: int | None, vocab_size: int | None) -> None:
+    """Rows the model cannot take fail inside torch at the first such batch (a device-side assert on a GPU),
+    possibly hours in: token ids outside the vocabulary (pre-tokenized data from another tokenizer) and rows longer
+    than the model's positions. Find them before training starts."""
+    check_length = limit is not None and (max_length is None or max_length > limit)
     for start in range(0, len(dataset), 1000):
         batch = dataset[start : start + 1000]
         for offset, (prompt, completions) in enumerate(zip(batch["prompt_ids"], batch["completion_ids"])):
+            row = batch["row_index"][offset] if "row_index" in batch else start + offset
+            fields = [("prompt_ids", prompt)] + [(f"completion_ids[{k}]", c) for k, c in enumerate(completions)]
+            for field, ids in fields:
+                bad = out_of_vocabulary(ids, vocab_size)
+                if bad is not None:
+                    raise PreferenceDataError(f"token id {bad} is outside the model's vocabulary "
+                                              f"(0..{vocab_size - 1}); tokenize with the model's own tokenizer",
+                                              row, field, name)
             length = len(prompt) + max(len(c) for c in completions)
             if max_length is not None:
                 length = min(length, max_length)
-            if length > limit:
-                row = batch["row_index"][offset] if "row_index" in batch else start + offset
+            if check_length and length > limit:
                 raise ValueError(
                     f"{name} dataset, row {row}: prompt + completion is {length} tokens, more than the model's "
                     f"{limit} positions; set max_length={limit} or lower (longer rows are then truncated)"
@@ -156,6 +183,7 @@ class PLDPOTrainer(Trainer):
 
         limits = [position_limit(m) for m in (model, ref_model) if m is not None]
         self._position_limit = min((n for n in limits if n is not None), default=None)
+        self._vocab_size = vocabulary_size(model)
         train_dataset = self._prepare_dataset(train_dataset, "train", processing_class, args)
         eval_dataset = self._prepare_eval_datasets(eval_dataset, processing_class, args)
         collator = RankedCollator(pad_token_id=processing_class.pad_token_id, max_length=args.max_length)
@@ -192,11 +220,9 @@ class PLDPOTrainer(Trainer):
     def _prepare_dataset(self, dataset, name, tokenizer, args):
         """Validated, tokenized rows whose lengths the model can take (raw rows, a list of dicts, or tokenized)."""
         if isinstance(dataset, list):
-            import datasets
-
-            dataset = datasets.Dataset.from_list(dataset)
+            dataset = _rows_to_dataset(dataset, name)
         dataset = prepare_ranked_dataset(dataset, tokenizer, args.max_length, args.dataset_num_proc, name)
-        _check_lengths(dataset, name, self._position_limit, args.max_length)
+        _check_rows_fit(dataset, name, self._position_limit, args.max_length, self._vocab_size)
         return dataset
 
     def _prepare_eval_datasets(self, eval_dataset, tokenizer, args):

@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections import defaultdict
 
 import torch
@@ -22,11 +21,11 @@ from .checkpoints import (
     staging_dir,
 )
 from .config import PLDPOConfig
-from .data import REF_LOGPS, PreferenceDataError, RankedCollator, normalize_row, prepare_ranked_dataset
+from .data import REF_LOGPS, RankedCollator, prepare_ranked_dataset
 from .forward import batch_token_logps
 from .logps import sequence_logps, to_grid
-from .model_utils import check_tokenizer_fits, load_tokenizer, out_of_vocabulary, position_limit, vocabulary_size
 from .losses import implicit_rewards, plackett_luce_loss, preferred_ft_loss, unlikelihood_loss
+from .model_utils import check_tokenizer_fits, load_tokenizer, position_limit, vocabulary_size
 from .prefix_sharing import choose_collator
 from .ranking_metrics import best_and_worst, best_and_worst_slots, kendall_tau, pairwise_accuracy, top1_accuracy
 from .reference import (
@@ -38,6 +37,7 @@ from .reference import (
     choose_reference,
     is_peft_model,
 )
+from .setup_checks import check_output_dir, check_rows_fit, ensure_pad_token, rows_to_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -50,76 +50,6 @@ def _disable_dropout(model) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-
-
-def _check_output_dir(args) -> None:
-    """Fail now, not at the first checkpoint hours into the run, when output_dir cannot be written."""
-    if not args.should_save:
-        return
-    try:
-        os.makedirs(args.output_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=args.output_dir):
-            pass
-    except OSError as error:
-        raise ValueError(f"output_dir {args.output_dir!r} cannot be written ({error.strerror or error}): checkpoints "
-                         "and the trained adapter go there; choose a writable folder") from None
-
-
-def _ensure_pad_token(tokenizer) -> None:
-    """Batches are right-padded; EOS is the usual stand-in (padding is masked, so its id never matters)."""
-    if tokenizer.pad_token is not None:
-        return
-    if tokenizer.eos_token is None:
-        raise ValueError("the tokenizer has neither a pad token nor an EOS token, so batches cannot be padded: set "
-                         "one, e.g. `tokenizer.add_special_tokens({'pad_token': '<pad>'})` then "
-                         "`model.resize_token_embeddings(len(tokenizer))`")
-    tokenizer.pad_token = tokenizer.eos_token
-
-
-def _rows_to_dataset(rows: list, name: str):
-    """A list of dicts as a `datasets.Dataset`, each row checked first: Arrow's own error for a value of another type
-    than the rest of its column names neither the row nor the field."""
-    import datasets
-    import pyarrow
-
-    for index, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise PreferenceDataError(f"expected a dict, got {type(row).__name__}", index, dataset=name)
-        try:
-            normalize_row(row, index)
-        except PreferenceDataError as error:
-            raise error.located(dataset=name) from None
-    try:
-        return datasets.Dataset.from_list(rows)
-    except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError) as error:
-        raise PreferenceDataError(f"the rows mix value types within one field ({error}); give every row the same "
-                                  "format", dataset=name) from None
-
-
-def _check_rows_fit(dataset, name: str, limit: int | None, max_length: int | None, vocab_size: int | None) -> None:
-    """Rows the model cannot take fail inside torch at the first such batch (a device-side assert on a GPU),
-    possibly hours in: token ids outside the vocabulary (pre-tokenized data from another tokenizer) and rows longer
-    than the model's positions. Find them before training starts."""
-    check_length = limit is not None and (max_length is None or max_length > limit)
-    for start in range(0, len(dataset), 1000):
-        batch = dataset[start : start + 1000]
-        for offset, (prompt, completions) in enumerate(zip(batch["prompt_ids"], batch["completion_ids"])):
-            row = batch["row_index"][offset] if "row_index" in batch else start + offset
-            fields = [("prompt_ids", prompt)] + [(f"completion_ids[{k}]", c) for k, c in enumerate(completions)]
-            for field, ids in fields:
-                bad = out_of_vocabulary(ids, vocab_size)
-                if bad is not None:
-                    raise PreferenceDataError(f"token id {bad} is outside the model's vocabulary "
-                                              f"(0..{vocab_size - 1}); tokenize with the model's own tokenizer",
-                                              row, field, name)
-            length = len(prompt) + max(len(c) for c in completions)
-            if max_length is not None:
-                length = min(length, max_length)
-            if check_length and length > limit:
-                raise ValueError(
-                    f"{name} dataset, row {row}: prompt + completion is {length} tokens, more than the model's "
-                    f"{limit} positions; set max_length={limit} or lower (longer rows are then truncated)"
-                )
 
 
 class PLDPOTrainer(Trainer):
@@ -152,13 +82,13 @@ class PLDPOTrainer(Trainer):
             raise TypeError(f"args must be a PLDPOConfig, got {type(args).__name__}")
         if train_dataset is None:
             raise ValueError("train_dataset is required")
-        _check_output_dir(args)
+        check_output_dir(args)
         set_seed(args.seed)  # before the adapter is created, so its random init is reproducible (as in TRL)
         if isinstance(model, str):
             processing_class = processing_class or load_tokenizer(model, "processing_class")
             model = AutoModelForCausalLM.from_pretrained(model, use_safetensors=True)
         processing_class = processing_class or load_tokenizer(model.config._name_or_path, "processing_class")
-        _ensure_pad_token(processing_class)
+        ensure_pad_token(processing_class)
         check_tokenizer_fits(model, processing_class, "the policy")
         if ref_model is not None:
             if ref_model is model:
@@ -220,9 +150,9 @@ class PLDPOTrainer(Trainer):
     def _prepare_dataset(self, dataset, name, tokenizer, args):
         """Validated, tokenized rows whose lengths the model can take (raw rows, a list of dicts, or tokenized)."""
         if isinstance(dataset, list):
-            dataset = _rows_to_dataset(dataset, name)
+            dataset = rows_to_dataset(dataset, name)
         dataset = prepare_ranked_dataset(dataset, tokenizer, args.max_length, args.dataset_num_proc, name)
-        _check_rows_fit(dataset, name, self._position_limit, args.max_length, self._vocab_size)
+        check_rows_fit(dataset, name, self._position_limit, args.max_length, self._vocab_size)
         return dataset
 
     def _prepare_eval_datasets(self, eval_dataset, tokenizer, args):

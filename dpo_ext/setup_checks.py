@@ -1,0 +1,85 @@
+"""Checks the trainer runs before training starts, so that a bad setting or row fails now, naming what and where,
+rather than hours into a run inside torch (or never, training silently on garbage)."""
+
+import os
+import tempfile
+
+from .model_utils import out_of_vocabulary
+from .rows import PreferenceDataError, normalize_row
+
+
+def unwritable_folder(folder) -> str | None:
+    """Why files cannot be written into ``folder`` (created if missing), or None. A real write is tried: permission
+    bits say nothing to root, and nothing about read-only mounts."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
+def check_output_dir(args) -> None:
+    """Fail now, not at the first checkpoint hours into the run, when output_dir cannot be written."""
+    problem = unwritable_folder(args.output_dir) if args.should_save else None
+    if problem:
+        raise ValueError(f"output_dir {args.output_dir!r} cannot be written ({problem}): checkpoints and the trained "
+                         "adapter go there; choose a writable folder")
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Batches are right-padded; EOS is the usual stand-in (padding is masked, so its id never matters)."""
+    if tokenizer.pad_token is not None:
+        return
+    if tokenizer.eos_token is None:
+        raise ValueError("the tokenizer has neither a pad token nor an EOS token, so batches cannot be padded: set "
+                         "one, e.g. `tokenizer.add_special_tokens({'pad_token': '<pad>'})` then "
+                         "`model.resize_token_embeddings(len(tokenizer))`")
+    tokenizer.pad_token = tokenizer.eos_token
+
+
+def rows_to_dataset(rows: list, name: str):
+    """A list of dicts as a `datasets.Dataset`, each row checked first: Arrow's own error for a value of another type
+    than the rest of its column names neither the row nor the field."""
+    import datasets
+    import pyarrow
+
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise PreferenceDataError(f"expected a dict, got {type(row).__name__}", index, dataset=name)
+        try:
+            normalize_row(row, index)
+        except PreferenceDataError as error:
+            raise error.located(dataset=name) from None
+    try:
+        return datasets.Dataset.from_list(rows)
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError) as error:
+        raise PreferenceDataError(f"the rows mix value types within one field ({error}); give every row the same "
+                                  "format", dataset=name) from None
+
+
+def check_rows_fit(dataset, name: str, limit: int | None, max_length: int | None, vocab_size: int | None) -> None:
+    """Rows the model cannot take fail inside torch at the first such batch (a device-side assert on a GPU),
+    possibly hours in: token ids outside the vocabulary (pre-tokenized data from another tokenizer) and rows longer
+    than the model's positions. Find them before training starts."""
+    check_length = limit is not None and (max_length is None or max_length > limit)
+    for start in range(0, len(dataset), 1000):
+        batch = dataset[start : start + 1000]
+        for offset, (prompt, completions) in enumerate(zip(batch["prompt_ids"], batch["completion_ids"])):
+            row = batch["row_index"][offset] if "row_index" in batch else start + offset
+            fields = [("prompt_ids", prompt)] + [(f"completion_ids[{k}]", c) for k, c in enumerate(completions)]
+            for field, ids in fields:
+                bad = out_of_vocabulary(ids, vocab_size)
+                if bad is not None:
+                    raise PreferenceDataError(f"token id {bad} is outside the model's vocabulary "
+                                              f"(0..{vocab_size - 1}); tokenize with the model's own tokenizer",
+                                              row, field, name)
+            length = len(prompt) + max(len(c) for c in completions)
+            if max_length is not None:
+                length = min(length, max_length)
+            if check_length and length > limit:
+                raise ValueError(
+                    f"{name} dataset, row {row}: prompt + completion is {length} tokens, more than the model's "
+                    f"{limit} positions; set max_length={limit} or lower (longer rows are then truncated)"
+                )

@@ -133,6 +133,8 @@ def prepare_ranked_dataset(dataset, tokenizer, max_length: int | None = None, nu
                "_no_preference": normalized.no_preference or "", "_key": normalized.key()}
         return out if normalized.ref_logps is None else {**out, REF_LOGPS: normalized.ref_logps}
 
+    if len(dataset) == 0:  # map() of no rows adds no columns, and the counts below would fail on a missing one
+        raise PreferenceDataError(f"{name} dataset is empty: give it at least one row with a preference")
     dataset = dataset.map(prepare, with_indices=True, remove_columns=dataset.column_names, num_proc=num_proc,
                           desc=f"Checking and tokenizing {name} preferences")
     num_rows, collapsed = len(dataset), sum(dataset["_collapsed"])

@@ -16,6 +16,7 @@ from dpo_ext.cards import render_dataset_card
 from dpo_ext.hub import PushResult, publish_folder
 from dpo_ext.hub_staging import StagedFile, list_folder, redact, resolve_staging
 from dpo_ext.jsonl import iter_jsonl
+from dpo_ext.rows import PreferenceDataError, normalize_row
 
 logger = logging.getLogger(__name__)
 
@@ -46,39 +47,65 @@ class DataFile:
 def inspect_data_file(path: str | Path) -> DataFile:
     """Read a JSONL or Parquet file of preference rows: its kind, row count, columns and ranked list sizes.
 
+    Every row must pass the trainer's row rules (`dpo_ext.rows.normalize_row`), so that nothing is published that
+    training would refuse. A ranked row's list is best first unless the row has ``ranks`` or ``scores``.
+
     Raises:
-        `ValueError`: naming the file (and line) when rows are neither ranked nor pairwise, or are malformed.
+        `ValueError`: naming the file (and line, or Parquet row, and field) when rows are neither ranked nor
+            pairwise, or are malformed.
     """
     path = Path(path)
     if path.suffix == ".parquet":
-        import pyarrow.compute
+        import pyarrow
         import pyarrow.parquet
 
-        parquet = pyarrow.parquet.ParquetFile(path)
-        columns = list(parquet.schema_arrow.names)
-        data = _kind(path, columns)
-        data.rows = parquet.metadata.num_rows
-        if data.ranked_field:
-            lengths = pyarrow.compute.list_value_length(parquet.read(columns=[data.ranked_field]).column(0))
-            data.list_sizes = {int(n) for n in pyarrow.compute.unique(lengths).to_pylist() if n is not None}
-        return data
-    data, rows = None, 0
-    with path.open(encoding="utf-8") as file:
-        for line_number, row in iter_jsonl(path, file):
+        try:
+            table = pyarrow.parquet.read_table(path)
+        except pyarrow.ArrowException as error:
+            raise ValueError(f"{path}: not a readable Parquet file ({error}); write it again, e.g. with "
+                             "`Dataset.to_parquet`") from None
+        columns = list(table.schema.names)
+        located = ((f"row {index}", row) for index, row in enumerate(table.to_pylist()))
+    else:
+        columns = None
+        file = path.open(encoding="utf-8")
+        located = ((f"line {number}", row) for number, row in iter_jsonl(path, file))
+    data, rows = (_kind(path, columns) if columns is not None else None), 0
+    try:
+        for where, row in located:
             data = data or _kind(path, list(row))
-            expected = _PAIRWISE if data.kind == "pairwise" else ("prompt", data.ranked_field)
-            if missing := [key for key in expected if key not in row]:
-                raise ValueError(f"{path}, line {line_number}: {data.kind} row without {', '.join(missing)}")
-            if data.ranked_field:
-                if not isinstance(row[data.ranked_field], list) or len(row[data.ranked_field]) < 2:
-                    raise ValueError(f"{path}, line {line_number}: {data.ranked_field!r} must be a list of at "
-                                     "least 2 completions, best first")
-                data.list_sizes.add(len(row[data.ranked_field]))
+            _check_row(data, row, f"{path}, {where}")
             rows += 1
+    finally:
+        if columns is None:
+            file.close()
     if data is None:
         raise ValueError(f"{path} has no rows")
     data.rows = rows
     return data
+
+
+def _check_row(data: DataFile, row: dict, where: str) -> None:
+    """One row of a data file by the trainer's row rules; ``where`` names the file and line (or row)."""
+    expected = _PAIRWISE if data.kind == "pairwise" else ("prompt", data.ranked_field)
+    if missing := [key for key in expected if key not in row]:
+        raise ValueError(f"{where}: {data.kind} row without {', '.join(missing)}")
+    if data.ranked_field:
+        if not isinstance(row[data.ranked_field], list) or len(row[data.ranked_field]) < 2:
+            raise ValueError(f"{where}: {data.ranked_field!r} must be a list of at least 2 completions, best first")
+        data.list_sizes.add(len(row[data.ranked_field]))
+        completions = row[data.ranked_field]
+        row = {**row, "completions": completions, "responses": None}
+        if row.get("ranks") is None and row.get("scores") is None:  # the list itself is the ranking, best first
+            row["ranks"] = list(range(len(completions)))
+    try:
+        normalize_row(row)
+    except PreferenceDataError as error:
+        field = error.field or ""
+        if data.ranked_field and field.startswith("completions"):
+            field = data.ranked_field + field[len("completions"):]
+        raise ValueError(f"{where}{f', field {field!r}' if field else ''}: {error.problem} (training would refuse "
+                         "this row: fix or drop it before publishing)") from None
 
 
 def _kind(path: Path, columns: list[str]) -> DataFile:

@@ -68,10 +68,33 @@ def _fail(index, field, problem):
     raise PreferenceDataError(problem, index, field)
 
 
+def _message_problem(message) -> str | None:
+    """What makes ``message`` not a chat message (a dict whose ``role`` and ``content`` are strings), or `None`.
+
+    A `datasets.Dataset` fills a key that some message lacks with None, so a key's presence is not enough.
+    """
+    if not isinstance(message, dict):
+        return f"expected a {{'role', 'content'}} message, got {type(message).__name__}"
+    for key in ("role", "content"):
+        if not isinstance(message.get(key), str):
+            got = "missing" if message.get(key) is None else f"got {type(message[key]).__name__}"
+            return f"a chat message needs a string '{key}' ({got})"
+    return None
+
+
 def is_messages(value) -> bool:
-    return isinstance(value, list) and len(value) > 0 and all(
-        isinstance(m, dict) and "role" in m and "content" in m for m in value
-    )
+    return isinstance(value, list) and len(value) > 0 and all(_message_problem(m) is None for m in value)
+
+
+def _check_messages(value, index, field) -> None:
+    """Name the first bad message of a list of chat messages: the field (``prompt``, ``chosen``, ``completions[2]``)
+    and, in the problem, the message's position in it."""
+    if isinstance(value, list):
+        for i, message in enumerate(value):
+            problem = _message_problem(message)
+            if problem is not None:
+                _fail(index, field, f"message {i}: {problem}; every message must be {{'role', 'content'}} with "
+                                    "string values")
 
 
 def is_blank(value) -> bool:
@@ -85,8 +108,10 @@ def check_prompt(prompt, index: int | None = None) -> bool:
     """Raise `PreferenceDataError` for a missing, mistyped or empty prompt; return whether it is conversational."""
     if prompt is None:
         _fail(index, PROMPT, "missing (every row needs a prompt)")
-    if isinstance(prompt, list) and not is_messages(prompt):
-        _fail(index, PROMPT, "a list prompt must be {'role', 'content'} messages")
+    if isinstance(prompt, list):
+        _check_messages(prompt, index, PROMPT)
+        if not prompt:
+            _fail(index, PROMPT, "a list prompt must be {'role', 'content'} messages, got an empty list")
     if not isinstance(prompt, (list, str)):
         _fail(index, PROMPT, f"expected a string or a list of messages, got {type(prompt).__name__}")
     if is_blank(prompt):
@@ -94,8 +119,10 @@ def check_prompt(prompt, index: int | None = None) -> bool:
     return isinstance(prompt, list)
 
 
-def _check_text(value, index, field, conversational):
+def check_completion(value, index: int | None, field: str, conversational: bool) -> None:
+    """Raise `PreferenceDataError` for a completion that is not text (or, for a chat prompt, messages) or is empty."""
     if conversational:
+        _check_messages(value, index, field)
         if not is_messages(value):
             _fail(index, field, "expected a list of {'role', 'content'} messages like the prompt's")
         if is_blank(value):
@@ -160,7 +187,10 @@ def _ranking(values, field, num_completions, index) -> list[int]:
         _fail(index, field, f"has {len(values)} entries for {num_completions} completions")
     if field == RANKS:
         for k, rank in enumerate(values):
-            if isinstance(rank, bool) or not isinstance(rank, Integral) or rank < 0:
+            # Arrow stores a column as floats once any row has a float, so 0.0 must mean rank 0 (not blame row 0)
+            integral = isinstance(rank, Integral) or (isinstance(rank, Real) and math.isfinite(rank)
+                                                      and float(rank).is_integer())
+            if isinstance(rank, bool) or not integral or rank < 0:
                 _fail(index, f"{RANKS}[{k}]", f"ranks must be non-negative integers (0 = best), got {rank!r}")
         return dense_ranks([int(r) for r in values])
     for k, score in enumerate(values):
@@ -246,7 +276,7 @@ def normalize_row(row: dict, index: int | None = None) -> NormalizedRow:
         for field in (CHOSEN, REJECTED):
             if row.get(field) is None:
                 _fail(index, field, "missing (pairwise rows need both 'chosen' and 'rejected')")
-            _check_text(row[field], index, field, conversational)
+            check_completion(row[field], index, field, conversational)
         return _collapse(prompt, [row[CHOSEN], row[REJECTED]], [0, 1], _ref_logps(row, index, 2))
     if not has_list:
         _fail(index, COMPLETIONS, "missing (expected 'completions' with 'ranks' or 'scores', or 'chosen'/'rejected')")
@@ -257,7 +287,7 @@ def normalize_row(row: dict, index: int | None = None) -> NormalizedRow:
     if len(completions) < 2:
         _fail(index, COMPLETIONS, f"needs at least 2 completions to rank, got {len(completions)}")
     for k, completion in enumerate(completions):
-        _check_text(completion, index, f"{COMPLETIONS}[{k}]", conversational)
+        check_completion(completion, index, f"{COMPLETIONS}[{k}]", conversational)
 
     ranks, scores = row.get(RANKS), row.get(SCORES)
     if ranks is not None and scores is not None:

@@ -8,11 +8,17 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 from dpo_ext.jsonl import iter_jsonl
-from dpo_ext.rows import PreferenceDataError, check_prompt, is_blank, is_messages  # no torch: --help stays fast
+from dpo_ext.rows import (  # no torch: --help stays fast
+    PreferenceDataError,
+    check_completion,
+    check_prompt,
+    is_blank,
+    is_messages,
+)
+from dpo_ext.setup_checks import unwritable_folder
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -130,7 +136,17 @@ def read_rows(source: str, split: str = "train") -> Rows:
 def _read_json(path: Path) -> Rows:
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json" and text.lstrip().startswith("["):
-        rows = json.loads(text)
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error}); give a JSON array of row objects, or JSON Lines "
+                             "(one object per line)") from None
+        for index, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, row {index}: expected a JSON object (one preference row), got "
+                                 f"{type(row).__name__}")
+        if not rows:
+            raise ValueError(f"{path}: no rows")
         return Rows(str(path), rows)
     rows, lines = [], []
     for number, row in iter_jsonl(path, text.splitlines()):
@@ -209,13 +225,9 @@ def check_output(path: Path | None) -> None:
         return
     if path.is_dir():
         raise ValueError(f"--output {path} is a directory: give a file path, such as {path / 'out.jsonl'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as error:
-        raise ValueError(f"--output {path}: its folder cannot be written ({error.strerror or error}); choose "
-                         "another file") from None
+    problem = unwritable_folder(path.parent)
+    if problem:
+        raise ValueError(f"--output {path}: its folder cannot be written ({problem}); choose another file")
 
 
 def _write_jsonl(path: Path, rows) -> None:
@@ -225,11 +237,23 @@ def _write_jsonl(path: Path, rows) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _located(rows: Rows, error: Exception) -> ValueError:
-    """A row error (its ``row`` counts the input's rows): name the input's line or row instead."""
+def _located(rows: Rows, error: Exception, fields=None) -> ValueError:
+    """A row error (its ``row`` counts the input's rows): name the input's line or row instead, and the row's own
+    field (``fields(row, field)`` maps the scorer's ``completions[k]`` to it when given); other errors name the
+    input."""
     if isinstance(error, PreferenceDataError) and error.row is not None:
-        return ValueError(rows.describe(error))
-    return ValueError(str(error))
+        field = fields(error.row, error.field) if fields and error.field else error.field
+        return ValueError(rows.describe(PreferenceDataError(error.problem, error.row, field)))
+    return ValueError(f"{rows.source}: {error}")
+
+
+def _scored_field(kind: str, field: str) -> str:
+    """The input row's field for the scorer's ``completions[k]`` of a row of ``kind`` (see `completions_of`)."""
+    match = re.fullmatch(r"completions\[(\d+)\]", field)
+    if match is None or kind == "completions":
+        return field
+    k = int(match.group(1))
+    return "completion" if kind == "completion" else ("chosen", "rejected")[k] if k < 2 else field
 
 
 # -- handlers ------------------------------------------------------------------------------------------------------
@@ -243,7 +267,7 @@ def _score(args: argparse.Namespace) -> int:
         result = scorer.score([row["prompt"] for row in rows.rows], [c for _, c in parsed],
                               normalize=args.normalize, progress=True)
     except ValueError as error:
-        raise _located(rows, error) from error
+        raise _located(rows, error, lambda i, field: _scored_field(parsed[i][0], field)) from error
     out = []
     for b, (row, (kind, completions)) in enumerate(zip(rows.rows, parsed)):
         k = len(completions)
@@ -269,13 +293,11 @@ def _rerank(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     check_output(args.output)
     rows = read_rows(args.input, args.split)
-    for i, row in enumerate(rows.rows):
-        problem = _prompt_problem(row)
-        if problem is not None:
-            raise ValueError(f"{rows.where(i)}, field 'prompt': {problem}")
-        candidates = row.get("candidates", row.get("completions"))
-        if candidates is not None and (not isinstance(candidates, list) or not candidates):
-            raise ValueError(f"{rows.where(i)}: field 'candidates' must be a non-empty list of completions")
+    for i, row in enumerate(rows.rows):  # before the model loads: bad input fails fast
+        try:
+            _check_candidates(row, i)
+        except PreferenceDataError as error:
+            raise _located(rows, error) from None
     scorer = load_scorer(args)
     from tqdm.auto import tqdm
     from transformers import set_seed
@@ -284,13 +306,16 @@ def _rerank(args: argparse.Namespace) -> int:
     generation = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}
     out = []
     for i, row in enumerate(tqdm(rows.rows, desc="Best-of-N", unit="prompt")):
-        given = row.get("candidates", row.get("completions"))
+        given = row.get(_candidates_field(row))
         try:
             if given is not None:
                 ranked = sorted(scorer.rerank(row["prompt"], given, normalize=args.normalize), key=lambda c: c.index)
             else:
                 ranked = scorer.best_of_n([row["prompt"]], args.n, generation_config=generation,
                                           normalize=args.normalize)[0].candidates
+        except PreferenceDataError as error:  # the scorer saw one prompt: name this row and its candidate field
+            field = re.sub(r"^completions(?=\[)", _candidates_field(row), error.field or "prompt")
+            raise _located(rows, PreferenceDataError(error.problem, i, field)) from error
         except ValueError as error:
             raise ValueError(f"{rows.where(i)}: {error}") from error
         best = max(ranked, key=lambda c: c.reward)
@@ -299,6 +324,25 @@ def _rerank(args: argparse.Namespace) -> int:
     _write_jsonl(args.output, out)
     print(f"Best-of-N for {len(out)} prompts -> {args.output}", file=sys.stderr)
     return 0
+
+
+def _candidates_field(row: dict) -> str:
+    """The field of a rerank row's given candidates: ``candidates``, else ``completions``."""
+    return "completions" if row.get("candidates") is None and row.get("completions") is not None else "candidates"
+
+
+def _check_candidates(row: dict, index: int) -> None:
+    """A rerank row by the row rules: a prompt, and given candidates (when any) a non-empty list of completions."""
+    conversational = check_prompt(row.get("prompt"), index)
+    name = _candidates_field(row)
+    candidates = row.get(name)
+    if candidates is None:
+        return
+    if not isinstance(candidates, list) or not candidates:
+        raise PreferenceDataError(f"'{name}' must be a non-empty list of completions (or leave it out to sample "
+                                  "--n completions)", index, name)
+    for k, candidate in enumerate(candidates):
+        check_completion(candidate, index, f"{name}[{k}]", conversational)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -189,6 +189,34 @@ def test_dataset_errors_name_the_row_index(tokenizer):
         prepare_ranked_dataset(datasets.Dataset.from_list(rows), tokenizer)
 
 
+def test_integral_float_ranks_are_ranks(tokenizer):
+    """Arrow stores a ranks column as floats once one row has a float: 0.0 is rank 0, 0.5 stays an error."""
+    assert normalize_row({"prompt": "p", "completions": ["a", "b"], "ranks": [1.0, 0.0]}).ranks == [1, 0]
+    rows = [{"prompt": "the movie ", "completions": ["good", "bad"], "ranks": [0, 1]}] * 2
+    dataset = prepare_ranked_dataset(datasets.Dataset.from_list(rows + [{**rows[0], "ranks": [1.0, 0.0]}]), tokenizer)
+    assert dataset["ranks"] == [[0, 1], [0, 1], [1, 0]]
+    for bad in ([0.5, 1.0], [math.nan, 0.0], [math.inf, 0.0], [-1.0, 0.0]):
+        with pytest.raises(PreferenceDataError, match=r"field 'ranks\[0\]'"):
+            normalize_row({"prompt": "p", "completions": ["a", "b"], "ranks": bad}, 0)
+
+
+def test_chat_messages_need_string_role_and_content():
+    chat = {"prompt": [{"role": "user", "content": "p"}], "chosen": [{"role": "assistant", "content": ""},
+                                                                       {"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}]}
+    assert normalize_row(chat).completions[0][0]["content"] == ""  # one empty message among others is fine
+    for field, message in (("prompt", {"role": None, "content": "p"}), ("chosen", {"role": "assistant"}),
+                           ("rejected", {"role": "assistant", "content": 3})):
+        with pytest.raises(PreferenceDataError, match=rf"row 4, field '{field}': message 0"):
+            normalize_row({**chat, field: [message]}, 4)
+
+
+def test_an_empty_dataset_is_named(tokenizer):
+    empty = datasets.Dataset.from_dict({"prompt": [], "completions": [], "ranks": []})
+    with pytest.raises(PreferenceDataError, match="eval dataset is empty"):
+        prepare_ranked_dataset(empty, tokenizer, name="eval")
+
+
 def test_plain_text_tokenization_matches_trl(tokenizer):
     from trl import DPOConfig, DPOTrainer
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dpo_ext.cards import HUB_ID_PATTERN
 from dpo_ext.hub_staging import StagedFile, redact, stage_adapter_folder
 
 logger = logging.getLogger(__name__)
@@ -81,9 +82,8 @@ def check_hub_access(
     """
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.constants import is_offline_mode
-    from huggingface_hub.utils import validate_repo_id
 
-    validate_repo_id(repo_id)
+    check_repo_id(repo_id)
     if is_offline_mode():
         raise HubAccessError("HF_HUB_OFFLINE is set, so nothing can be pushed: unset it, or do a dry run")
     token = token or get_token()
@@ -201,6 +201,7 @@ def publish_folder(
 
     import dpo_ext
 
+    check_repo_id(repo_id, repo_type)  # a dry run too: it promises what a real push would do
     if dry_run is not False and dry_run is not None:
         staging_dir = Path(tempfile.mkdtemp(prefix="dpo_ext_dry_run_")) if dry_run is True else Path(dry_run)
         # No get_token() here: it may exchange an OIDC token over the network. Saved tokens start with "hf_", which
@@ -226,6 +227,29 @@ def publish_folder(
                               retry_delay=retry_delay)
     logger.info("Pushed %d files to %s: %s", len(files), repo_id, commit.commit_url)
     return PushResult(repo_id, files, commit_url=commit.commit_url)
+
+
+def check_repo_id(repo_id: str, repo_type: str = "model") -> None:
+    """Refuse a repository id the Hub would refuse: `namespace/name` (or `name`), made of letters, digits, `-`, `_`
+    and `.`, at most 96 characters, with no `--` or `..`, not starting or ending with `-` or `.`.
+
+    Raises:
+        `ValueError`: naming the id and what a valid one looks like.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    problem = None
+    if not isinstance(repo_id, str) or not HUB_ID_PATTERN.match(repo_id) or not repo_id.isascii():
+        problem = "only ASCII letters, digits, '-', '_' and '.' are allowed, with at most one '/'"
+    else:
+        try:
+            validate_repo_id(repo_id)  # the Hub's remaining rules: length, '--', '..', leading or trailing '-'/'.'
+        except HFValidationError as error:
+            problem = " ".join(str(error).split())
+    if problem:
+        raise ValueError(f"repo id {repo_id!r} is not a valid Hub {repo_type} repository id ({problem}): use "
+                         "namespace/name, e.g. 'alice/tiny-pl-dpo' (or just a name, for your own namespace)")
 
 
 def with_retries(fn: Callable, *, repo_id: str, action: str, secrets: Sequence[str], max_attempts: int,

@@ -26,7 +26,8 @@ import yaml
 from dpo_ext.cards import HUB_ID_PATTERN, plain, render_model_card
 # redact and scrub_config live with the other "safe to read or publish" helpers; hub.py and hub_datasets.py import
 # redact from here.
-from dpo_ext.safe_files import redact, scrub_config, verify_safetensors  # noqa: F401
+from dpo_ext.safe_files import read_adapter_config, redact, scrub_config, verify_safetensors  # noqa: F401
+from dpo_ext.settings import positive
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +50,32 @@ def read_training_config(
     """
     adapter_dir = Path(adapter_dir)
     if isinstance(training_config, Mapping):
-        return scrub_config(training_config, secrets)
+        return _checked_beta(scrub_config(training_config, secrets), "training_config")
     candidates = [Path(training_config)] if training_config is not None else [
         adapter_dir / "training_config.yaml", adapter_dir / "training_config.json"]
     for path in candidates:
         if path.is_file():
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON
+            try:
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON
+            except yaml.YAMLError as error:
+                mark = getattr(error, "problem_mark", None)
+                where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+                raise ValueError(f"{path} is not valid YAML or JSON ({where}{getattr(error, 'problem', None) or error})"
+                                 ": fix the file, or pass another one (`--config FILE.yaml`, or training_config=)"
+                                 ) from None
             if not isinstance(loaded, Mapping):
                 raise ValueError(f"{path}: expected a mapping of training settings, got {type(loaded).__name__}")
-            return scrub_config(loaded, secrets)
+            return _checked_beta(scrub_config(loaded, secrets), str(path))
         if training_config is not None:
             raise FileNotFoundError(f"training config {path} does not exist")
     return {}
+
+
+def _checked_beta(config: dict, source: str) -> dict:
+    """`config` with its `beta` (when it records one) checked: a finite number > 0, as in training."""
+    if config.get("beta") is not None:
+        config["beta"] = positive(f"beta in {source}", config["beta"])
+    return config
 
 
 def _pickled_args_advice() -> str:
@@ -73,15 +88,22 @@ def read_eval_results(eval_results: Mapping | str | Path | None) -> dict:
     """Evaluation metrics as a flat {name: value} dict, from a dict or a JSON file."""
     if eval_results is None:
         return {}
+    source = "eval_results"
     if not isinstance(eval_results, Mapping):
-        path = Path(eval_results)
+        path = source = Path(eval_results)
         try:
             eval_results = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ValueError(f"{path} is not valid JSON: {error}") from None
         if not isinstance(eval_results, Mapping):
             raise ValueError(f"{path}: expected a JSON object of metric names to values")
-    return plain(dict(eval_results))
+    eval_results = plain(dict(eval_results))
+    for name, value in eval_results.items():
+        # JSON readers accept NaN and Infinity; a published NaN metric misleads everyone who reads the card.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"eval result {name!r} in {source} is {value}, expected a finite number: re-run the "
+                             "evaluation, or leave that metric out")
+    return eval_results
 
 
 
@@ -124,7 +146,7 @@ def inspect_adapter(
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: pass the folder written by `trainer.save_model()` or "
                                 "`peft_model.save_pretrained()`")
-    adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
+    adapter_config = read_adapter_config(config_path)
     recorded = adapter_config.get("base_model_name_or_path")
     recorded_is_hub_id = bool(recorded) and HUB_ID_PATTERN.match(recorded) and not Path(recorded).exists()
     if base_model is None and not recorded_is_hub_id:
@@ -142,9 +164,10 @@ def inspect_adapter(
     base_model = recorded if base_model is None else base_model.rstrip("/")
     adapter_config["base_model_name_or_path"] = base_model
 
+    beta = positive("beta", beta) if beta is not None else None
     training_config = read_training_config(adapter_dir, training_config, secrets)
     recorded_beta = training_config.get("beta")
-    if beta is not None and recorded_beta is not None and not math.isclose(float(beta), float(recorded_beta)):
+    if beta is not None and recorded_beta is not None and not math.isclose(beta, recorded_beta):
         raise ValueError(f"beta mismatch: you passed beta={beta} but the training config says beta={recorded_beta}; "
                          "the implicit reward is only meaningful with the beta used in training")
     if not training_config and (adapter_dir / _PICKLED_ARGS).is_file():

@@ -156,6 +156,26 @@ def pickled_weights_error(where: str, expected: str, convert: str, pickled: str 
         f"{convert}; then load the converted weights.")
 
 
+def read_adapter_config(path: str | os.PathLike) -> dict:
+    """The JSON object in an ``adapter_config.json``; a `ValueError` naming the file when it is not one.
+
+    PEFT's own reader raises a bare `JSONDecodeError` that names no file; the scorer loader and the Hub staging code
+    both read the file through here first.
+    """
+    path = os.fspath(path)
+    with open(path, encoding="utf-8") as file:
+        text = file.read()
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): the adapter was not saved completely, or the file was "
+                         "edited by hand; save the adapter again with `save_pretrained()`, or fix the file") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object of adapter settings, got a {type(config).__name__}; save "
+                         "the adapter again with `save_pretrained()`")
+    return config
+
+
 def redact(text: str, secrets: Sequence[str | None] = ()) -> str:
     """`text` with every secret in `secrets`, and anything shaped like a Hub token, replaced by `<redacted>`."""
     for secret in secrets:

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 
-from .safe_files import pickled_weights_error, verify_safetensors
+from .safe_files import pickled_weights_error, read_adapter_config, verify_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,13 @@ def adapter_config(model_id: str, revision=None):
         return None
     from peft import PeftConfig
 
-    return PeftConfig.from_pretrained(model_id, revision=revision)
+    if _is_local(model_id):
+        read_adapter_config(os.path.join(model_id, ADAPTER_CONFIG))  # PEFT's reader names no file when it fails
+    try:
+        return PeftConfig.from_pretrained(model_id, revision=revision)
+    except json.JSONDecodeError as error:  # a Hub repo's copy (a local one was checked above)
+        raise ValueError(f"{model_id}/{ADAPTER_CONFIG} is not valid JSON ({error}): the repo's adapter config is "
+                         "damaged; ask its owner to save the adapter again, or download and fix the file") from None
 
 
 def _load_tokenizer(model_id, base_id, revision):
@@ -78,20 +84,31 @@ def _load_tokenizer(model_id, base_id, revision):
     raise ValueError(f"no tokenizer found in {model_id} or its base model {base_id}; pass tokenizer=")
 
 
-def _load_model(source, dtype, revision=None):
+def _load_model(source, dtype, revision=None, what: str = "model", hint: str = "pass another model"):
+    """``source`` loaded (a model object is returned as it is); ``what`` and ``hint`` word the not-found error."""
     if not isinstance(source, str):
         return source
     from transformers import AutoModelForCausalLM
 
     if _is_local(source):
         _check_local_model_weights(source)
+    elif os.path.exists(source) or source.startswith((".", "/", "~")) or source.count("/") > 1 \
+            or os.path.sep != "/" and os.path.sep in source:
+        # A path, not a Hub id: transformers would answer "Repo id must be in the form 'repo_name'...".
+        raise FileNotFoundError(f"{what} {source!r}: no such directory; {hint}")
     kwargs = {"dtype": dtype} if dtype is not None else {}
     try:
         # use_safetensors=True: transformers raises instead of falling back to pickled weights.
         return AutoModelForCausalLM.from_pretrained(source, revision=revision, use_safetensors=True, **kwargs)
     except OSError as error:
-        if "safetensors" not in str(error):
+        if isinstance(error, PermissionError):
             raise
+        if "safetensors" not in str(error) or "does not appear to have" not in str(error):
+            # Offline, transformers' own reason ("We couldn't connect...") adds nothing to ours.
+            problem = "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if _offline() else \
+                f"could not be loaded from the Hub ({' '.join(str(error).split())[:300]})"
+            raise FileNotFoundError(f"{what} {source!r} {problem}: download it first (`hf download {source}`, with "
+                                    f"network access), or {hint}") from error
         # Raised for a Hub repo without safetensors weights (local folders were checked above).
         expected = "model.safetensors or model.safetensors.index.json" + (" in the local cache (offline)"
                                                                            if _offline() else "")
@@ -162,6 +179,7 @@ def _load_ref_adapter(model, model_id, ref_adapter, revision):
     if _has_file(model_id, f"{ref_adapter}/{ADAPTER_CONFIG}", revision):
         _require_safe_adapter(model_id, revision, subfolder=ref_adapter)
         if _is_local(model_id):
+            read_adapter_config(os.path.join(model_id, ref_adapter, ADAPTER_CONFIG))
             model.load_adapter(os.path.join(model_id, ref_adapter), adapter_name=ref_adapter, is_trainable=False)
         else:
             model.load_adapter(model_id, adapter_name=ref_adapter, subfolder=ref_adapter, revision=revision,
@@ -169,6 +187,7 @@ def _load_ref_adapter(model, model_id, ref_adapter, revision):
         return ref_adapter
     if _is_local(ref_adapter) and os.path.isfile(os.path.join(ref_adapter, ADAPTER_CONFIG)):
         _require_safe_adapter(ref_adapter)
+        read_adapter_config(os.path.join(ref_adapter, ADAPTER_CONFIG))
         name = os.path.basename(os.path.normpath(ref_adapter))
         model.load_adapter(ref_adapter, adapter_name=name, is_trainable=False)
         return name
@@ -220,7 +239,8 @@ def load_scorer(cls, model_id_or_path: str, *, base_model=None, ref_model=None, 
                 f"{model_id_or_path} is not a PEFT adapter (no {ADAPTER_CONFIG}), so it has no built-in reference "
                 "model. Pass ref_model= (the model it was trained from), or use reference_free=True."
             )
-        model, base_id, ref_adapter = _load_model(model_id_or_path, dtype, revision), model_id_or_path, None
+        model = _load_model(model_id_or_path, dtype, revision)
+        base_id, ref_adapter = model_id_or_path, None
     else:
         from peft import PeftModel
 
@@ -228,7 +248,10 @@ def load_scorer(cls, model_id_or_path: str, *, base_model=None, ref_model=None, 
         if base_model is None and not base_id:
             raise ValueError(f"{model_id_or_path}/{ADAPTER_CONFIG} names no base model; pass base_model=")
         _require_safe_adapter(model_id_or_path, revision)  # before the base model: fail fast, nothing loaded
-        base = _load_model(base_model if base_model is not None else base_id, dtype)
+        recorded = "" if base_model is not None else f" (named by {model_id_or_path}/{ADAPTER_CONFIG})"
+        base = _load_model(base_model if base_model is not None else base_id, dtype, what=f"base model{recorded}",
+                           hint="pass the base model's local folder or Hub id with base_model= (`--base-model` on "
+                                "the command line)")
         model = PeftModel.from_pretrained(base, model_id_or_path, revision=revision, is_trainable=False)
         if ref_model is None and ref_adapter is not None:
             ref_adapter = _load_ref_adapter(model, model_id_or_path, ref_adapter, revision)
@@ -243,6 +266,8 @@ def load_scorer(cls, model_id_or_path: str, *, base_model=None, ref_model=None, 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     if ref_model is not None:
-        ref_model = _load_model(ref_model, dtype).to(device).eval()
+        ref_model = _load_model(ref_model, dtype, what="reference model",
+                                hint="pass its local folder or Hub id with ref_model= (`--ref-model`)")
+        ref_model = ref_model.to(device).eval()
     return cls(model, tokenizer, ref_model=ref_model, ref_adapter=ref_adapter, reference_free=reference_free,
                **scorer_kwargs)

@@ -458,3 +458,12 @@ def test_trainer_saves_the_training_config_that_push_publishes(tokenizer, tmp_pa
     result = push_adapter(tmp_path / "adapter", "alice/x", base_model=BASE_MODEL, dry_run=tmp_path / "staged")
     staged = yaml.safe_load((result.staging_dir / "training_config.yaml").read_text())
     assert staged["beta"] == 0.25 and "beta=0.25" in (result.staging_dir / "README.md").read_text()
+
+
+@pytest.mark.parametrize("repo_id", ["alice/a--b", "alice/name.", "alice/" + "x" * 97, "a/b/c", "alice/modèle"])
+def test_repo_id_the_hub_would_refuse_is_named(repo_id):
+    from dpo_ext.hub import check_repo_id
+
+    with pytest.raises(ValueError, match="is not a valid Hub model repository id"):
+        check_repo_id(repo_id)
+    check_repo_id("alice/tiny-pl_v1.0")

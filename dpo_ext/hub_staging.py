@@ -26,7 +26,14 @@ import yaml
 from dpo_ext.cards import HUB_ID_PATTERN, plain, render_model_card
 # redact and scrub_config live with the other "safe to read or publish" helpers; hub.py and hub_datasets.py import
 # redact from here.
-from dpo_ext.safe_files import read_adapter_config, redact, scrub_config, verify_safetensors  # noqa: F401
+from dpo_ext.safe_files import (  # noqa: F401 (redact, scrub_config: re-exported)
+    convert_adapter_hint,
+    pickled_weights_error,
+    read_adapter_config,
+    redact,
+    scrub_config,
+    verify_safetensors,
+)
 from dpo_ext.settings import positive
 
 logger = logging.getLogger(__name__)
@@ -332,13 +339,8 @@ def resolve_staging(source_dir, staging_dir, what: str) -> tuple[Path, Path]:
 def _adapter_weights(adapter_dir: Path) -> Path:
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():
-        if list(adapter_dir.glob("*.bin")) and (adapter_dir / "adapter_model.bin").is_file():
-            raise ValueError(
-                f"{adapter_dir} has adapter_model.bin but no adapter_model.safetensors; only safetensors weights are "
-                "published (pickled .bin files can run code when loaded). Re-save with "
-                "`model.save_pretrained(dir, safe_serialization=True)`, or convert: "
-                "`safetensors.torch.save_file(torch.load('adapter_model.bin', weights_only=True), "
-                "'adapter_model.safetensors')`, only on a file you trust")
+        if (adapter_dir / "adapter_model.bin").is_file():
+            raise pickled_weights_error(str(adapter_dir), weights.name, convert_adapter_hint(), "adapter_model.bin")
         raise FileNotFoundError(f"no adapter_model.safetensors in {adapter_dir}: pass the folder written by "
                                 "`trainer.save_model()` or `peft_model.save_pretrained()`")
     # A truncated or corrupt file (an interrupted save) is caught here, not by the people who download it.

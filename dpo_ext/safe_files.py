@@ -156,6 +156,12 @@ def pickled_weights_error(where: str, expected: str, convert: str, pickled: str 
         f"{convert}; then load the converted weights.")
 
 
+def convert_adapter_hint() -> str:
+    """How to turn a trusted ``adapter_model.bin`` into ``adapter_model.safetensors`` (for `pickled_weights_error`)."""
+    return ("`safetensors.torch.save_file(torch.load(\"adapter_model.bin\", weights_only=True), "
+            "\"adapter_model.safetensors\")` in that folder")
+
+
 def read_adapter_config(path: str | os.PathLike) -> dict:
     """The JSON object in an ``adapter_config.json``; a `ValueError` naming the file when it is not one.
 

@@ -5,7 +5,6 @@ torch, transformers and datasets are imported inside the handlers so that `dpo-e
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -202,12 +201,11 @@ def completions_of(row: dict, where: str) -> tuple[str, list]:
 
 def load_scorer(args: argparse.Namespace):
     from dpo_ext.scoring import ImplicitRewardScorer
-    from dpo_ext.scoring_load import adapter_config
+    from dpo_ext.scoring_load import adapter_config, offline
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    if not Path(args.model).exists() and (offline or not _HUB_ID.match(args.model)):
+    if not Path(args.model).exists() and (offline() or not _HUB_ID.match(args.model)):
         raise FileNotFoundError(f"{args.model}: no such directory" +
-                                (" (HF_HUB_OFFLINE is set, so the Hub is not searched)" if offline else ""))
+                                (" (HF_HUB_OFFLINE is set, so the Hub is not searched)" if offline() else ""))
     if adapter_config(args.model) is None and not args.ref_model and not args.reference_free:
         raise ValueError(f"{args.model} is not a PEFT adapter (it has no adapter_config.json), so it carries no "
                          "reference model: pass --ref-model (the model it was trained from) or --reference-free")

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 
-from .safe_files import pickled_weights_error, read_adapter_config, verify_safetensors
+from .safe_files import convert_adapter_hint, pickled_weights_error, read_adapter_config, verify_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +28,14 @@ def _is_local(path: str) -> bool:
     return os.path.isdir(path)
 
 
-def _offline() -> bool:
+def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def _has_file(model_id: str, filename: str, revision=None) -> bool:
     if _is_local(model_id):
         return os.path.isfile(os.path.join(model_id, filename))
-    if _offline():
+    if offline():
         try:
             from huggingface_hub import try_to_load_from_cache
 
@@ -105,13 +105,13 @@ def _load_model(source, dtype, revision=None, what: str = "model", hint: str = "
             raise
         if "safetensors" not in str(error) or "does not appear to have" not in str(error):
             # Offline, transformers' own reason ("We couldn't connect...") adds nothing to ours.
-            problem = "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if _offline() else \
+            problem = "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if offline() else \
                 f"could not be loaded from the Hub ({' '.join(str(error).split())[:300]})"
             raise FileNotFoundError(f"{what} {source!r} {problem}: download it first (`hf download {source}`, with "
                                     f"network access), or {hint}") from error
         # Raised for a Hub repo without safetensors weights (local folders were checked above).
         expected = "model.safetensors or model.safetensors.index.json" + (" in the local cache (offline)"
-                                                                           if _offline() else "")
+                                                                           if offline() else "")
         raise pickled_weights_error(source, expected, _convert_model_hint(source)) from error
 
 
@@ -157,15 +157,10 @@ def _require_safe_adapter(model_id: str, revision=None, subfolder: str = "") -> 
             return
         has_pickle = _has_file(model_id, prefix + _PICKLED_ADAPTER, revision)
     if has_pickle:
-        raise pickled_weights_error(where, ADAPTER_WEIGHTS, _convert_adapter_hint(), _PICKLED_ADAPTER)
-    offline = " in the local cache (offline)" if _offline() and not _is_local(model_id) else ""
-    raise FileNotFoundError(f"{where} has an {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}{offline}: pass the folder "
+        raise pickled_weights_error(where, ADAPTER_WEIGHTS, convert_adapter_hint(), _PICKLED_ADAPTER)
+    in_cache = " in the local cache (offline)" if offline() and not _is_local(model_id) else ""
+    raise FileNotFoundError(f"{where} has an {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}{in_cache}: pass the folder "
                             "written by `save_pretrained()`")
-
-
-def _convert_adapter_hint() -> str:
-    return (f"`safetensors.torch.save_file(torch.load(\"{_PICKLED_ADAPTER}\", weights_only=True), "
-            f"\"{ADAPTER_WEIGHTS}\")` in that folder")
 
 
 def _load_ref_adapter(model, model_id, ref_adapter, revision):

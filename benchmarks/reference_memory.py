@@ -47,9 +47,9 @@ def _score(cfg, model, ref_model, tokenizer, rows):
     import torch
     from peft import get_peft_model
 
-    from dpo_ext.data import prepare_ranked_dataset
-    from dpo_ext.forward import completion_logps
-    from dpo_ext.prefix_sharing import PackedRankedCollator
+    from dpo_ext.data.tokenize import prepare_ranked_dataset
+    from dpo_ext.modeling.batches import completion_logps
+    from dpo_ext.data.collate import PackedRankedCollator
 
     policy = get_peft_model(model, lora_config()).eval()
     device = next(policy.parameters()).device

@@ -99,7 +99,7 @@ def naive_scores(policy, reference, prompts, completions, beta=0.1):
     """Per prompt: N full rows through the policy, then through the separate reference model."""
     import torch
 
-    from dpo_ext.forward import completion_logps
+    from dpo_ext.modeling.batches import completion_logps
 
     rewards = []
     for prompt, candidates in zip(prompts, completions):
@@ -113,7 +113,7 @@ def naive_scores(policy, reference, prompts, completions, beta=0.1):
 
 
 def _scorer(spec, policy):
-    from dpo_ext.scoring import ImplicitRewardScorer
+    from dpo_ext.scoring.scorer import ImplicitRewardScorer
 
     class Tokenizer:  # token ids are given directly: the scorer only needs the pad id
         pad_token_id, eos_token_id = 0, 0
@@ -160,7 +160,7 @@ def run_child(spec) -> dict:
     policy, vocab_size = build_policy(spec)
     prompts, completions = make_tokens(spec, vocab_size)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    import dpo_ext.forward  # noqa: F401 - imports and kernel set-up are not part of either method's peak
+    import dpo_ext.modeling.batches  # noqa: F401 - imports and kernel set-up are not part of either method's peak
     import dpo_ext.scoring  # noqa: F401
 
     with torch.inference_mode():

@@ -19,7 +19,7 @@ import zipfile
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR as CHECKPOINT_PREFIX
 
-from .safe_files import WeightsFileError, verify_safetensors
+from dpo_ext.safe_files import WeightsFileError, verify_safetensors
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .settings import SettingError, as_number, check_numeric_fields, positive
+from dpo_ext.settings import SettingError, as_number, check_numeric_fields, positive
 
 LOSS_TYPES = ("plackett_luce", "preferred_ft", "unlikelihood")
 
@@ -34,7 +34,7 @@ class PLDPOConfig(TrainingArguments):
         dataset_num_proc (`int`, *optional*): processes used to tokenize the datasets.
         prefix_sharing (`bool`, defaults to `False`): process each prompt once per list of K completions (one
             packed row per list with a block attention mask); models where that is not verified exact fall back
-            to K rows with one warning (see `dpo_ext.prefix_sharing`).
+            to K rows with one warning (see `dpo_ext.modeling.support`).
     """
 
     learning_rate: float = field(default=1e-6, metadata={"help": "Initial learning rate (the DPO paper uses 1e-6)."})

@@ -18,8 +18,8 @@ import logging
 
 import torch
 
-from .forward import completion_logps
-from .model_utils import bare_model, check_tokenizer_fits, vocabulary_size
+from dpo_ext.modeling.batches import completion_logps
+from dpo_ext.modeling.models import bare_model, check_tokenizer_fits, vocabulary_size
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ rather than hours into a run inside torch (or never, training silently on garbag
 import os
 import tempfile
 
-from .model_utils import out_of_vocabulary
-from .rows import PreferenceDataError, normalize_row
+from dpo_ext.modeling.models import out_of_vocabulary
+from dpo_ext.data.rows import PreferenceDataError, normalize_row
 
 
 def unwritable_folder(folder) -> str | None:

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, Trainer, set_seed
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
 
-from .checkpoints import (
+from dpo_ext.checkpoints import (
     TRAINER_STATE,
     check_checkpoint,
     commit_staged,
@@ -20,15 +20,23 @@ from .checkpoints import (
     remove_stale_staging,
     staging_dir,
 )
-from .config import PLDPOConfig
-from .data import REF_LOGPS, RankedCollator, prepare_ranked_dataset
-from .forward import batch_token_logps
-from .logps import sequence_logps, to_grid
-from .losses import implicit_rewards, plackett_luce_loss, preferred_ft_loss, unlikelihood_loss
-from .model_utils import check_tokenizer_fits, load_tokenizer, position_limit, vocabulary_size
-from .prefix_sharing import choose_collator
-from .ranking_metrics import best_and_worst, best_and_worst_slots, kendall_tau, pairwise_accuracy, top1_accuracy
-from .reference import (
+from dpo_ext.config import PLDPOConfig
+from dpo_ext.data.rows import REF_LOGPS
+from dpo_ext.data.collate import RankedCollator
+from dpo_ext.data.tokenize import prepare_ranked_dataset
+from dpo_ext.modeling.batches import batch_token_logps
+from dpo_ext.logps import sequence_logps, to_grid
+from dpo_ext.losses import implicit_rewards, plackett_luce_loss, preferred_ft_loss, unlikelihood_loss
+from dpo_ext.modeling.models import check_tokenizer_fits, load_tokenizer, position_limit, vocabulary_size
+from dpo_ext.modeling.support import choose_collator
+from dpo_ext.ranking_metrics import (
+    best_and_worst,
+    best_and_worst_slots,
+    kendall_tau,
+    pairwise_accuracy,
+    top1_accuracy,
+)
+from dpo_ext.reference import (
     REFERENCE_RECORD,
     AdapterCopyReference,
     InitialPolicyReference,
@@ -37,7 +45,7 @@ from .reference import (
     choose_reference,
     is_peft_model,
 )
-from .setup_checks import check_output_dir, check_rows_fit, ensure_pad_token, rows_to_dataset
+from dpo_ext.setup_checks import check_output_dir, check_rows_fit, ensure_pad_token, rows_to_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +72,7 @@ class PLDPOTrainer(Trainer):
         model (`str` or `PreTrainedModel` or `PeftModel`): the policy, or a model id/path to load.
         ref_model (`PreTrainedModel`, *optional*): an explicit reference model.
         args ([`PLDPOConfig`], *optional*): training arguments.
-        data_collator (*optional*): defaults to [`~dpo_ext.data.RankedCollator`].
+        data_collator (*optional*): defaults to [`~dpo_ext.data.collate.RankedCollator`].
         train_dataset (`datasets.Dataset`): preference rows.
         eval_dataset (`datasets.Dataset` or `dict`, *optional*): preference rows for evaluation.
         processing_class (`PreTrainedTokenizerBase`, *optional*): the tokenizer (loaded from `model` if omitted).
@@ -353,7 +361,7 @@ class PLDPOTrainer(Trainer):
     def _save(self, output_dir=None, state_dict=None):
         """Save only the trained adapter (a frozen reference copy is an implementation detail, not a result), and
         record which reference it was trained against and the training settings (`training_config.json`)."""
-        from .safe_files import scrub_config
+        from dpo_ext.safe_files import scrub_config
 
         output_dir = output_dir or self.args.output_dir
         if not isinstance(self.reference, AdapterCopyReference):

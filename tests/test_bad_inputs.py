@@ -25,12 +25,12 @@ from peft import LoraConfig, get_peft_model
 from conftest import make_model, pairwise_rows, ranked_rows
 from dpo_ext import ImplicitRewardScorer, PLDPOConfig, PLDPOTrainer, push_adapter
 from dpo_ext.cli import main as cli_main
-from dpo_ext.data import prepare_ranked_dataset
-from dpo_ext.hub_datasets import push_preference_dataset
+from dpo_ext.data.tokenize import prepare_ranked_dataset
+from dpo_ext.hub.datasets import push_preference_dataset
 from dpo_ext.reference import REFERENCE_RECORD
-from dpo_ext.rows import PreferenceDataError
+from dpo_ext.data.rows import PreferenceDataError
 from dpo_ext.safe_files import WeightsFileError
-from dpo_ext.scoring import evaluate_preferences
+from dpo_ext.scoring.scorer import evaluate_preferences
 from dpo_ext.settings import SettingError
 from dpo_ext.testing import TOY_WORDS
 

@@ -9,16 +9,10 @@ import pytest
 import torch
 
 from conftest import ranked_rows
-from dpo_ext.data import (
-    ALL_TIED,
-    IDENTICAL,
-    PreferenceDataError,
-    RankedCollator,
-    normalize_row,
-    prepare_ranked_dataset,
-    tokenize_ranked,
-)
-from dpo_ext.prefix_sharing import PackedRankedCollator
+from dpo_ext.data.rows import ALL_TIED, IDENTICAL, PreferenceDataError, normalize_row
+from dpo_ext.data.collate import RankedCollator
+from dpo_ext.data.tokenize import prepare_ranked_dataset, tokenize_ranked
+from dpo_ext.data.collate import PackedRankedCollator
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} <eos> {% endfor %}"

@@ -257,7 +257,7 @@ def test_folder_card_and_config_must_agree(adapter, tmp_path):
 
 
 def test_training_config_sources(adapter, tmp_path):
-    from dpo_ext.hub_staging import read_training_config
+    from dpo_ext.hub.staging import read_training_config
 
     folder = adapter[0]
     assert read_training_config(folder)["num_completions"] == 4  # from training_config.json
@@ -272,8 +272,8 @@ def test_training_config_sources(adapter, tmp_path):
 
 
 def test_method_named_from_the_training_config(adapter):
-    from dpo_ext.cards import describe_method
-    from dpo_ext.hub_staging import build_model_card
+    from dpo_ext.hub.cards import describe_method
+    from dpo_ext.hub.staging import build_model_card
 
     assert describe_method({"loss_type": "plackett_luce", "num_completions": 4}) == ("Plackett-Luce DPO",
                                                                                      "plackett_luce", 4)
@@ -311,7 +311,7 @@ def test_cli_push_dry_run_then_push(adapter, hub, tmp_path, capsys, monkeypatch)
     assert hub.files("alice/cli") == staged
 
     hub.fail("POST", "/api/repos/create", [500] * 4)
-    monkeypatch.setattr("dpo_ext.hub.time.sleep", lambda seconds: None)  # the CLI uses the default delays
+    monkeypatch.setattr("dpo_ext.hub.publish.time.sleep", lambda seconds: None)  # the CLI uses the default delays
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith("dpo-ext push: error: could not push to alice/cli")
@@ -462,7 +462,7 @@ def test_trainer_saves_the_training_config_that_push_publishes(tokenizer, tmp_pa
 
 @pytest.mark.parametrize("repo_id", ["alice/a--b", "alice/name.", "alice/" + "x" * 97, "a/b/c", "alice/modèle"])
 def test_repo_id_the_hub_would_refuse_is_named(repo_id):
-    from dpo_ext.hub import check_repo_id
+    from dpo_ext.hub.publish import check_repo_id
 
     with pytest.raises(ValueError, match="is not a valid Hub model repository id"):
         check_repo_id(repo_id)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dpo_ext.metrics import METRIC_NAMES, metric_path
-from dpo_ext.scoring_eval import ranking_metrics_from_rewards
+from dpo_ext.scoring.evaluation import ranking_metrics_from_rewards
 
 
 @pytest.fixture

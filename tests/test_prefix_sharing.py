@@ -10,13 +10,15 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from conftest import make_model, ranked_rows
-from dpo_ext import PLDPOConfig, PLDPOTrainer, prefix_sharing
-from dpo_ext.data import RankedCollator
-from dpo_ext.forward import batch_token_logps, completion_logps
+from dpo_ext import PLDPOConfig, PLDPOTrainer
+from dpo_ext.modeling import support as prefix_sharing
+from dpo_ext.data.collate import RankedCollator
+from dpo_ext.modeling.batches import batch_token_logps, completion_logps
 from dpo_ext.logps import to_grid
 from dpo_ext.losses import plackett_luce_loss
-from dpo_ext.prefix_sharing import (PackedRankedCollator, block_attention_mask, choose_collator,
-                                    prefix_sharing_unsupported)
+from dpo_ext.data.collate import PackedRankedCollator
+from dpo_ext.modeling.batches import block_attention_mask
+from dpo_ext.modeling.support import choose_collator, prefix_sharing_unsupported
 
 LORA = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
 
@@ -184,11 +186,11 @@ def test_precomputed_reference_column_is_the_same_packed(tokenizer, tmp_path):
 def test_unsupported_model_falls_back_with_one_warning(tokenizer, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(prefix_sharing, "VERIFIED_MODEL_TYPES", frozenset({"llama"}))
     data = datasets.Dataset.from_list(ranked_rows(4, k=3, seed=8))
-    with caplog.at_level(logging.WARNING, logger="dpo_ext.prefix_sharing"):
+    with caplog.at_level(logging.WARNING, logger="dpo_ext.modeling.support"):
         trainer = PLDPOTrainer(make_model(tokenizer), args=_trainer_args(tmp_path, prefix_sharing=True, max_steps=1),
                                train_dataset=data, processing_class=tokenizer, peft_config=LoraConfig(**LORA))
         trainer.train()
-    warnings = [r for r in caplog.records if r.name == "dpo_ext.prefix_sharing"]
+    warnings = [r for r in caplog.records if r.name == "dpo_ext.modeling.support"]
     assert len(warnings) == 1 and "model type 'gpt2'" in warnings[0].getMessage()
     assert type(trainer.data_collator) is RankedCollator
 

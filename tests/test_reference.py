@@ -9,8 +9,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from conftest import make_model, ranked_rows
 from dpo_ext import PLDPOConfig, PLDPOTrainer, ReferenceError
-from dpo_ext.data import RankedCollator, prepare_ranked_dataset
-from dpo_ext.forward import completion_logps
+from dpo_ext.data.collate import RankedCollator
+from dpo_ext.data.tokenize import prepare_ranked_dataset
+from dpo_ext.modeling.batches import completion_logps
 
 LORA = dict(r=4, target_modules=["c_attn"], lora_dropout=0.0, task_type="CAUSAL_LM")
 

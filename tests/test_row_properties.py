@@ -1,4 +1,4 @@
-"""Properties of the row rules (`dpo_ext.rows.normalize_row`), for any input hypothesis can think of."""
+"""Properties of the row rules (`dpo_ext.data.rows.normalize_row`), for any input hypothesis can think of."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from dpo_ext.rows import IDENTICAL, PreferenceDataError, dense_ranks, normalize_row
+from dpo_ext.data.rows import IDENTICAL, PreferenceDataError, dense_ranks, normalize_row
 
 FAST = settings(max_examples=100, deadline=None)  # per test: a global profile would change other modules' tests
 

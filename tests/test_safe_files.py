@@ -13,9 +13,9 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 
 from conftest import make_model
-from dpo_ext import scoring_load
+from dpo_ext.scoring import loading as scoring_load
 from dpo_ext.safe_files import WeightsFileError, scrub_config, verify_safetensors
-from dpo_ext.scoring import ImplicitRewardScorer
+from dpo_ext.scoring.scorer import ImplicitRewardScorer
 
 TENSORS = {"a.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b.bias": torch.ones(5, dtype=torch.bfloat16),
            "empty": torch.zeros(0)}

@@ -10,11 +10,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from conftest import make_model, ranked_rows
-from dpo_ext import scoring_batches
-from dpo_ext.data import RankedCollator, tokenize_ranked
-from dpo_ext.forward import completion_logps
+from dpo_ext.modeling import prompt_cache as scoring_batches
+from dpo_ext.data.collate import RankedCollator
+from dpo_ext.data.tokenize import tokenize_ranked
+from dpo_ext.modeling.batches import completion_logps
 from dpo_ext.reference import ReferenceError
-from dpo_ext.scoring import ImplicitRewardScorer, evaluate_preferences, prefix_sharing_problem
+from dpo_ext.scoring.scorer import ImplicitRewardScorer, evaluate_preferences, prefix_sharing_problem
 
 PROMPTS = ["the movie was", "i saw it and", "they liked the", "we hated"]
 COMPLETIONS = [[" good fun", " bad", " very very boring plot", " fine"], [" great"],

@@ -10,8 +10,8 @@ from peft import LoraConfig, get_peft_model
 
 from conftest import make_model
 from dpo_ext.cli import main
-from dpo_ext.data import PreferenceDataError
-from dpo_ext.scoring import ImplicitRewardScorer, evaluate_preferences
+from dpo_ext.data.rows import PreferenceDataError
+from dpo_ext.scoring.scorer import ImplicitRewardScorer, evaluate_preferences
 
 ROWS = [
     {"prompt": "the movie was", "completion": " good fun"},
@@ -174,7 +174,7 @@ def test_help_lists_the_commands_without_importing_torch():
 
 @pytest.mark.parametrize("command", ["score", "rerank", "eval"])
 def test_an_output_directory_is_refused_before_the_model_loads(saved, tmp_path, capsys, monkeypatch, command):
-    import dpo_ext.scoring_cli as scoring_cli
+    import dpo_ext.cli.score as scoring_cli
 
     def no_model(args):
         raise AssertionError("the model was loaded before the output path was checked")

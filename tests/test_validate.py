@@ -7,8 +7,8 @@ import datasets
 import pytest
 
 from dpo_ext.cli import main
-from dpo_ext.data import prepare_ranked_dataset
-from dpo_ext.validation import validate_rows
+from dpo_ext.data.tokenize import prepare_ranked_dataset
+from dpo_ext.data.validation import validate_rows
 
 ROWS = [
     {"prompt": "the movie", "chosen": "good", "rejected": "bad"},

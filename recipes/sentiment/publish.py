@@ -23,7 +23,7 @@ def check_access(hub_args) -> None:
     """Fail at start-up, not after training, when the token cannot write to the target namespace."""
     if hub_args.hub_dry_run:
         return
-    from dpo_ext.hub import check_hub_access
+    from dpo_ext.hub.publish import check_hub_access
 
     check_hub_access(f"{hub_args.hub_model_id}-sft")
 
@@ -38,7 +38,7 @@ def _card_inputs(out: Path, run_dir: Path):
 
 def write_cards(out: Path, runs: dict, hub_args, log) -> None:
     """Write README.md (the model card) and plots/ into every adapter folder, as they would be published."""
-    from dpo_ext.hub_staging import build_model_card
+    from dpo_ext.hub.staging import build_model_card
 
     prefix = repo_prefix(hub_args)
     for name in runs:
@@ -58,13 +58,13 @@ def write_cards(out: Path, runs: dict, hub_args, log) -> None:
 
 def push_all(out: Path, runs: dict, hub_args, log) -> None:
     """Publish the SFT base model, then every adapter with its card, results and plots (or stage them: dry run)."""
-    from dpo_ext.hub import publish_folder, push_adapter
+    from dpo_ext.hub.publish import publish_folder, push_adapter
 
     prefix = hub_args.hub_model_id
     dry_run = out / "hub_dry_run" if hub_args.hub_dry_run else False
 
     def stage_sft(staging_dir: Path, repo_id: str, secrets) -> list:
-        from dpo_ext.hub_staging import list_folder
+        from dpo_ext.hub.staging import list_folder
 
         staging_dir.mkdir(parents=True, exist_ok=True)
         for name in SFT_FILES:

@@ -2,7 +2,7 @@
 
 The implicit reward of a completion y of a prompt x is ``r(x, y) = beta * log pi(y|x) / pi_ref(y|x)``, with
 ``log pi(y|x)`` the summed log-prob of the completion's tokens, tokenized exactly as the trainer tokenizes them
-(`dpo_ext.data.tokenize_ranked`), so scores of training rows equal the trainer's logged ``rewards/chosen``.
+(`dpo_ext.data.tokenize.tokenize_ranked`), so scores of training rows equal the trainer's logged ``rewards/chosen``.
 
 The reference comes from the same weights where it can (no second copy of the model):
 
@@ -10,7 +10,7 @@ The reference comes from the same weights where it can (no second copy of the mo
 - ``ref_adapter="ref"``: a named adapter of the same PeftModel (TRL's frozen copy when it re-trained an adapter);
 - ``ref_model=...``: a separate model.
 
-Speed: the prompt shared by a prompt's N completions is processed once per model (`dpo_ext.scoring_batches`), and
+Speed: the prompt shared by a prompt's N completions is processed once per model (`dpo_ext.modeling.prompt_cache`), and
 with ``mixed_adapter_batches`` the policy and the adapters-off reference run in one forward. Results equal the naive
 computation (one ``prompt + completion`` row per completion, a separate reference model) to float tolerance.
 """
@@ -21,15 +21,22 @@ import math
 
 import torch
 
-from .data import tokenize_ranked
-from .losses import implicit_rewards
-from .model_utils import check_tokenizer_fits, load_tokenizer, out_of_vocabulary, position_limit, vocabulary_size
-from .reference import ReferenceError, bias_is_trained, check_reference_model, is_peft_model
-from .rows import PreferenceDataError, check_prompt, is_blank as _is_empty, is_messages as _is_messages
-from .scoring_batches import Group, Runner, score_groups
-from .scoring_models import active_adapter, eval_mode, prefix_sharing_problem
-from .scoring_results import BestOfN, ScoredCandidate, ScoreResult, candidates_of
-from .settings import as_number, positive
+from dpo_ext.data.tokenize import tokenize_ranked
+from dpo_ext.losses import implicit_rewards
+from dpo_ext.modeling.models import (
+    check_tokenizer_fits,
+    load_tokenizer,
+    out_of_vocabulary,
+    position_limit,
+    vocabulary_size,
+)
+from dpo_ext.reference import ReferenceError, bias_is_trained, check_reference_model, is_peft_model
+from dpo_ext.data.rows import PreferenceDataError, check_prompt, is_blank as _is_empty, is_messages as _is_messages
+from dpo_ext.modeling.prompt_cache import Group, Runner, score_groups
+from dpo_ext.modeling.models import active_adapter, eval_mode
+from dpo_ext.modeling.support import prefix_sharing_problem
+from dpo_ext.scoring.results import BestOfN, ScoredCandidate, ScoreResult, candidates_of
+from dpo_ext.settings import as_number, positive
 
 __all__ = ["ImplicitRewardScorer", "ScoreResult", "ScoredCandidate", "BestOfN", "evaluate_preferences",
            "prefix_sharing_problem"]
@@ -345,7 +352,7 @@ class ImplicitRewardScorer:
             sampler_tokenizer (*optional*): the sampler's tokenizer when it differs from the scorer's; samples are
                 then decoded and scored as text. Otherwise the sampled token ids themselves are scored.
         """
-        from .scoring_generate import sample_completions
+        from dpo_ext.scoring.sampling import sample_completions
 
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
@@ -363,14 +370,14 @@ class ImplicitRewardScorer:
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str, **kwargs) -> "ImplicitRewardScorer":
-        """Load a scorer from a local directory or Hub repo id; see `dpo_ext.scoring_load.load_scorer`."""
-        from .scoring_load import load_scorer
+        """Load a scorer from a local directory or Hub repo id; see `dpo_ext.scoring.loading.load_scorer`."""
+        from dpo_ext.scoring.loading import load_scorer
 
         return load_scorer(cls, model_id_or_path, **kwargs)
 
 
 def evaluate_preferences(scorer, dataset, **kwargs) -> dict:
-    """Preference accuracy of the implicit reward; see `dpo_ext.scoring_eval.evaluate_preferences`."""
-    from .scoring_eval import evaluate_preferences as _evaluate
+    """Preference accuracy of the implicit reward; see `dpo_ext.scoring.evaluation.evaluate_preferences`."""
+    from dpo_ext.scoring.evaluation import evaluate_preferences as _evaluate
 
     return _evaluate(scorer, dataset, **kwargs)

@@ -12,11 +12,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dpo_ext.cards import render_dataset_card
-from dpo_ext.hub import PushResult, publish_folder
-from dpo_ext.hub_staging import StagedFile, list_folder, redact, resolve_staging
-from dpo_ext.jsonl import iter_jsonl
-from dpo_ext.rows import PreferenceDataError, normalize_row
+from dpo_ext.hub.cards import render_dataset_card
+from dpo_ext.hub.publish import PushResult, publish_folder
+from dpo_ext.hub.staging import StagedFile, list_folder, resolve_staging
+from dpo_ext.safe_files import redact
+from dpo_ext.data.jsonl import iter_jsonl
+from dpo_ext.data.rows import PreferenceDataError, normalize_row
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class DataFile:
 def inspect_data_file(path: str | Path) -> DataFile:
     """Read a JSONL or Parquet file of preference rows: its kind, row count, columns and ranked list sizes.
 
-    Every row must pass the trainer's row rules (`dpo_ext.rows.normalize_row`), so that nothing is published that
+    Every row must pass the trainer's row rules (`dpo_ext.data.rows.normalize_row`), so that nothing is published that
     training would refuse. A ranked row's list is best first unless the row has ``ranks`` or ``scores``.
 
     Raises:
@@ -128,7 +129,7 @@ def stage_preference_dataset(data_dir: str | Path, staging_dir: str | Path, *, r
         staging_dir (`str` or `Path`): a new or empty folder outside `data_dir`.
         repo_id (`str`): the dataset repository, named in the card.
         secrets (`Sequence[str]`): strings that must not appear in the card.
-        card_kwargs: passed to `dpo_ext.cards.render_dataset_card` (`license`, `pretty_name`, `description`,
+        card_kwargs: passed to `dpo_ext.hub.cards.render_dataset_card` (`license`, `pretty_name`, `description`,
             `source_model`, `reward_model`, `generation`).
 
     Returns:
@@ -181,7 +182,7 @@ def push_preference_dataset(
     Args:
         data_dir (`str` or `Path`): folder of `*.jsonl` / `*.parquet` files, ranked or pairwise.
         repo_id (`str`): `namespace/name` of the dataset repository.
-        card_kwargs: passed to `dpo_ext.cards.render_dataset_card` (`license`, `pretty_name`, `description`,
+        card_kwargs: passed to `dpo_ext.hub.cards.render_dataset_card` (`license`, `pretty_name`, `description`,
             `source_model`, `reward_model`, `generation`: a dict of sampling settings).
 
     Returns:

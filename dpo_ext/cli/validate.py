@@ -1,6 +1,6 @@
 """`dpo-ext validate`: check preference data against the trainer's row rules before a run, every problem at once.
 
-The rules and their code are the trainer's (`dpo_ext.validation`); this module reads the data and prints.
+The rules and their code are the trainer's (`dpo_ext.data.validation`); this module reads the data and prints.
 """
 
 import argparse
@@ -29,15 +29,15 @@ def register(subparsers) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from dpo_ext.scoring_cli import read_rows
-    from dpo_ext.validation import validate_rows
+    from dpo_ext.cli.score import read_rows
+    from dpo_ext.data.validation import validate_rows
 
     if args.max_length is not None and args.max_length < 2:
         raise ValueError(f"--max-length must be at least 2, got {args.max_length}")
     rows = read_rows(args.data, args.split)
     tokenizer = None
     if args.tokenizer:
-        from dpo_ext.model_utils import load_tokenizer
+        from dpo_ext.modeling.models import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer, "--tokenizer")
     report = validate_rows(rows.rows, tokenizer, args.max_length)

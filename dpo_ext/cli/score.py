@@ -9,14 +9,8 @@ import re
 import sys
 from pathlib import Path
 
-from dpo_ext.jsonl import iter_jsonl
-from dpo_ext.rows import (  # no torch: --help stays fast
-    PreferenceDataError,
-    check_completion,
-    check_prompt,
-    is_blank,
-    is_messages,
-)
+from dpo_ext.data.jsonl import iter_jsonl
+from dpo_ext.data.rows import PreferenceDataError, check_completion, check_prompt, is_blank, is_messages
 from dpo_ext.setup_checks import unwritable_folder
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -157,7 +151,7 @@ def _read_json(path: Path) -> Rows:
 
 
 def _prompt_problem(row: dict) -> str | None:
-    """What is wrong with a row's prompt by the trainer's rules (`dpo_ext.rows.check_prompt`), or `None`."""
+    """What is wrong with a row's prompt by the trainer's rules (`dpo_ext.data.rows.check_prompt`), or `None`."""
     try:
         check_prompt(row.get("prompt"))
     except PreferenceDataError as error:
@@ -200,8 +194,8 @@ def completions_of(row: dict, where: str) -> tuple[str, list]:
 # -- model ---------------------------------------------------------------------------------------------------------
 
 def load_scorer(args: argparse.Namespace):
-    from dpo_ext.scoring import ImplicitRewardScorer
-    from dpo_ext.scoring_load import adapter_config, offline
+    from dpo_ext.scoring.scorer import ImplicitRewardScorer
+    from dpo_ext.scoring.loading import adapter_config, offline
 
     if not Path(args.model).exists() and (offline() or not _HUB_ID.match(args.model)):
         raise FileNotFoundError(f"{args.model}: no such directory" +
@@ -344,8 +338,8 @@ def _check_candidates(row: dict, index: int) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from dpo_ext.data import normalize_row
-    from dpo_ext.scoring import evaluate_preferences
+    from dpo_ext.data.rows import normalize_row
+    from dpo_ext.scoring.scorer import evaluate_preferences
 
     check_output(args.output)
     rows = read_rows(args.input, args.split)

@@ -1,5 +1,8 @@
-"""What a policy is underneath its wrappers, and what its forward accepts."""
+"""What a model is underneath its wrappers, what its forward accepts, and its state while scoring (eval mode, which
+adapter is active).
+"""
 
+import contextlib
 import inspect
 
 
@@ -58,3 +61,42 @@ def out_of_vocabulary(ids, vocab_size: int | None):
         return None
     low, high = min(ids), max(ids)
     return low if low < 0 else high if high >= vocab_size else None
+
+
+def compute_dtype(model):
+    """The floating dtype the model computes in (its input embeddings'), float32 for integer (quantized) weights."""
+    import torch  # not at module level: the CLI reads this module and must start without torch
+
+    embeddings = bare_model(model).get_input_embeddings()
+    dtype = embeddings.weight.dtype if embeddings is not None else next(model.parameters()).dtype
+    return dtype if dtype.is_floating_point else torch.float32
+
+
+@contextlib.contextmanager
+def eval_mode(*models):
+    """Put models (None entries skipped) in eval mode for a while, then back in the mode each was in."""
+    states = [(m, m.training) for m in models if m is not None]
+    for m, _ in states:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, training in states:
+            m.train(training)
+
+
+@contextlib.contextmanager
+def active_adapter(model, name):
+    """Make adapter ``name`` the active one for a while, leaving every parameter's requires_grad as it was."""
+    previous = model.active_adapter
+    if name is None or name == previous:
+        yield
+        return
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.set_adapter(name, inference_mode=True)
+    try:
+        yield
+    finally:
+        model.set_adapter(previous, inference_mode=True)
+        for p in trainable:
+            p.requires_grad_(True)

@@ -18,8 +18,8 @@ from collections import Counter
 
 import torch
 
-from .data import PreferenceDataError, normalize_row, summarize_counts
-from .ranking_metrics import best_and_worst, kendall_tau, pairwise_accuracy, top1_accuracy
+from dpo_ext.data.rows import PreferenceDataError, normalize_row, summarize_counts
+from dpo_ext.ranking_metrics import best_and_worst, kendall_tau, pairwise_accuracy, top1_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def evaluate_preferences(scorer, dataset, *, beta=None, normalize="sum", referen
 
     Args:
         scorer ([`ImplicitRewardScorer`]): the model to evaluate.
-        dataset: rows in any format `dpo_ext.data.normalize_row` accepts (pairwise, ranked, scored; text or chat):
+        dataset: rows in any format `dpo_ext.data.rows.normalize_row` accepts (pairwise, ranked, scored; text or chat):
             a `datasets.Dataset` or any iterable of dicts.
         beta, normalize, reference_free: as in `ImplicitRewardScorer.score`.
         progress (`bool`): show a progress bar.

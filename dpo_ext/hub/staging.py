@@ -23,10 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from dpo_ext.cards import HUB_ID_PATTERN, plain, render_model_card
-# redact and scrub_config live with the other "safe to read or publish" helpers; hub.py and hub_datasets.py import
-# redact from here.
-from dpo_ext.safe_files import (  # noqa: F401 (redact, scrub_config: re-exported)
+from dpo_ext.hub.cards import HUB_ID_PATTERN, plain, render_model_card
+from dpo_ext.safe_files import (
     convert_adapter_hint,
     pickled_weights_error,
     read_adapter_config,

@@ -10,9 +10,9 @@ import sys
 
 # Modules that add subcommands, in the order they appear in --help.
 _COMMAND_MODULES = (
-    "dpo_ext.scoring_cli",
-    "dpo_ext.validate_cli",
-    "dpo_ext.hub_cli",
+    "dpo_ext.cli.score",
+    "dpo_ext.cli.validate",
+    "dpo_ext.cli.hub",
 )
 
 

@@ -190,7 +190,7 @@ def render_dataset_card(
     reward_model: str | None = None,
     generation: Mapping | None = None,
 ):
-    """Render the card of a preference dataset. Pure: see `dpo_ext.hub_datasets.stage_preference_dataset`.
+    """Render the card of a preference dataset. Pure: see `dpo_ext.hub.datasets.stage_preference_dataset`.
 
     Args:
         repo_id (`str`): the dataset repository, named in the loading sample.

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 
-from .safe_files import convert_adapter_hint, pickled_weights_error, read_adapter_config, verify_safetensors
+from dpo_ext.safe_files import convert_adapter_hint, pickled_weights_error, read_adapter_config, verify_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def _load_ref_adapter(model, model_id, ref_adapter, revision):
 
 def _refuse_unrecoverable_reference(model_id) -> None:
     """An adapter trained against a frozen copy of its *starting* adapter cannot be scored against the base model."""
-    from .reference import REFERENCE_RECORD
+    from dpo_ext.reference import REFERENCE_RECORD
 
     record_path = os.path.join(model_id, REFERENCE_RECORD)
     if not (_is_local(model_id) and os.path.isfile(record_path)):

@@ -1,14 +1,14 @@
 """What training would make of a preference dataset, found without training: the report of `dpo-ext validate`.
 
-It applies the trainer's rules with the trainer's code (`dpo_ext.rows.normalize_row` on every row, then
-`dpo_ext.data.tokenize_ranked` when a tokenizer is given) and, unlike `prepare_ranked_dataset`, which stops at the
+It applies the trainer's rules with the trainer's code (`dpo_ext.data.rows.normalize_row` on every row, then
+`dpo_ext.data.tokenize.tokenize_ranked` when a tokenizer is given) and, unlike `prepare_ranked_dataset`, which stops at the
 first invalid row, it goes on to the end so that every invalid row is reported at once (the first problem of each).
 """
 
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .rows import NO_PREFERENCE_REASONS, PreferenceDataError, normalize_row, summarize_counts
+from dpo_ext.data.rows import NO_PREFERENCE_REASONS, PreferenceDataError, normalize_row, summarize_counts
 
 
 @dataclass
@@ -88,7 +88,7 @@ def validate_rows(rows: list[dict], tokenizer=None, max_length: int | None = Non
             normalized = normalize_row(row, index)
             ids = (normalized.prompt, normalized.completions) if normalized.tokenized else None
             if ids is None and tokenizer is not None:
-                from .data import tokenize_ranked  # torch comes with it: only when tokenizing
+                from dpo_ext.data.tokenize import tokenize_ranked  # torch comes with it: only when tokenizing
 
                 ids = tokenize_ranked(normalized.prompt, normalized.completions, tokenizer)
         except PreferenceDataError as error:

@@ -24,9 +24,9 @@ import inspect
 
 import torch
 
-from .data import pad_rows
-from .model_utils import accepts_logits_to_keep, bare_model
-from .logps import picked_position_logps
+from dpo_ext.data.collate import pad_rows
+from dpo_ext.modeling.models import accepts_logits_to_keep, bare_model
+from dpo_ext.logps import picked_position_logps
 
 
 @dataclass

@@ -56,7 +56,7 @@ def _add_common(parser: argparse.ArgumentParser, repo_type: str) -> None:
 
 
 def _push_adapter(args: argparse.Namespace) -> int:
-    from dpo_ext.hub import push_adapter
+    from dpo_ext.hub.publish import push_adapter
 
     # Leave out what was not given, so the library defaults (datasets from the training config...) apply.
     optional = {"datasets": args.datasets, "commit_message": args.commit_message}
@@ -66,7 +66,7 @@ def _push_adapter(args: argparse.Namespace) -> int:
 
 
 def _push_dataset(args: argparse.Namespace) -> int:
-    from dpo_ext.hub_datasets import push_preference_dataset
+    from dpo_ext.hub.datasets import push_preference_dataset
 
     kwargs = {"commit_message": args.commit_message} if args.commit_message else {}
     return _run(push_preference_dataset, args, args.data_dir, license=args.license, source_model=args.source_model,
@@ -74,7 +74,7 @@ def _push_dataset(args: argparse.Namespace) -> int:
 
 
 def _run(push, args: argparse.Namespace, source: Path, **kwargs) -> int:
-    from dpo_ext.hub import HubUploadError
+    from dpo_ext.hub.publish import HubUploadError
 
     try:
         result = push(source, args.repo_id, token=args.token, private=args.private,

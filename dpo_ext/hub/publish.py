@@ -20,8 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpo_ext.cards import HUB_ID_PATTERN
-from dpo_ext.hub_staging import StagedFile, redact, stage_adapter_folder
+from dpo_ext.hub.cards import HUB_ID_PATTERN
+from dpo_ext.hub.staging import StagedFile, stage_adapter_folder
+from dpo_ext.safe_files import redact
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def push_adapter(
         commit_message (`str`): message of the commit.
         max_attempts (`int`), retry_delay (`float`): attempts on transient errors and the first delay in seconds
             (it doubles each time).
-        card_kwargs: passed to `dpo_ext.cards.render_model_card` (`datasets`, `license`, `eval_dataset`,
+        card_kwargs: passed to `dpo_ext.hub.cards.render_model_card` (`datasets`, `license`, `eval_dataset`,
             `eval_split`, `num_completions`).
 
     Returns:

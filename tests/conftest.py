@@ -1,7 +1,8 @@
-"""Everything the tests need is built here, offline: a word-level tokenizer trained in memory and tiny GPT-2s."""
+"""pytest fixtures shared by every test file: offline settings, a word-level tokenizer trained in memory, and the
+loopback Hub (`tests/hub_server.py`). Plain helpers are in `fixtures.py`."""
 
+import logging
 import os
-import random
 
 import pytest
 import torch
@@ -10,8 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(2)
 
-from dpo_ext.testing import TOY_WORDS as WORDS
-from dpo_ext.testing import tiny_model, tiny_tokenizer
+from dpo_ext.testing import tiny_tokenizer
+from fixtures import READ_TOKEN, TOKEN
+from hub_server import FakeHub
 
 
 @pytest.fixture(autouse=True)
@@ -25,29 +27,20 @@ def tokenizer():
     return tiny_tokenizer()
 
 
-def make_model(tokenizer, seed=0, n_layer=2, n_embd=32):
-    return tiny_model(tokenizer, seed=seed, n_layer=n_layer, n_embd=n_embd)
+@pytest.fixture
+def hub(tmp_path, monkeypatch, caplog):
+    """The fake Hub, with huggingface_hub pointed at it and no token available unless a test passes one."""
+    from huggingface_hub import constants
 
-
-def sentence(rng, n):
-    return " ".join(rng.choice(WORDS) for _ in range(n))
-
-
-def ranked_rows(n_rows=8, k=4, seed=0, variable_k=False):
-    """Ranked rows with a learnable pattern: completions with more 'good' words rank higher."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n_rows):
-        kk = rng.randint(2, k) if variable_k else k
-        completions = [" ".join(["good"] * (kk - j) + [rng.choice(WORDS)]) for j in range(kk)]
-        order = list(range(kk))
-        rng.shuffle(order)
-        rows.append({"prompt": sentence(rng, 3) + " ", "completions": [completions[j] for j in order],
-                     "ranks": order})
-    return rows
-
-
-def pairwise_rows(n_rows=8, seed=0):
-    rng = random.Random(seed)
-    return [{"prompt": sentence(rng, 3) + " ", "chosen": "good great " + sentence(rng, 2),
-             "rejected": "bad awful " + sentence(rng, 3)} for _ in range(n_rows)]
+    with FakeHub(users={TOKEN: FakeHub.user("alice", orgs=("team",)),
+                        READ_TOKEN: FakeHub.user("alice", role="read")}) as server:
+        # The environment sets HF_HUB_OFFLINE=1 so nothing reaches the real Hub; this server is loopback only.
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)  # where the client fetches agent-harnesses
+        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
+        for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+            monkeypatch.delenv(variable, raising=False)
+        caplog.set_level(logging.DEBUG)
+        caplog.set_level(logging.DEBUG, logger="huggingface_hub")
+        yield server

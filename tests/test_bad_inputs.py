@@ -22,7 +22,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from conftest import make_model, pairwise_rows, ranked_rows
+from fixtures import make_model, pairwise_rows, ranked_rows
 from dpo_ext import ImplicitRewardScorer, PLDPOConfig, PLDPOTrainer, push_adapter
 from dpo_ext.cli import main as cli_main
 from dpo_ext.data.tokenize import prepare_ranked_dataset

@@ -174,7 +174,7 @@ def test_an_explicit_corrupt_checkpoint_raises_a_clear_error(tokenizer, referenc
     import datasets
     from peft import LoraConfig
 
-    from conftest import make_model, ranked_rows
+    from fixtures import make_model, ranked_rows
     from dpo_ext import PLDPOConfig, PLDPOTrainer
 
     run_dir = tmp_path / "run"
@@ -203,7 +203,7 @@ def test_same_checkpoints_and_bookkeeping_as_the_plain_trainer(tokenizer, tmp_pa
     from peft import LoraConfig
     from transformers import Trainer
 
-    from conftest import make_model, ranked_rows
+    from fixtures import make_model, ranked_rows
     from dpo_ext import PLDPOConfig, PLDPOTrainer
 
     class PlainCheckpoints(PLDPOTrainer):

@@ -8,7 +8,7 @@ import datasets
 import pytest
 import torch
 
-from conftest import ranked_rows
+from fixtures import ranked_rows
 from dpo_ext.data.rows import ALL_TIED, IDENTICAL, PreferenceDataError, normalize_row
 from dpo_ext.data.collate import RankedCollator
 from dpo_ext.data.tokenize import prepare_ranked_dataset, tokenize_ranked

@@ -3,7 +3,6 @@ Hub of `tests/hub_server.py` on 127.0.0.1 (the Hugging Face Hub cannot be reache
 
 import hashlib
 import json
-import logging
 import struct
 import traceback
 import zlib
@@ -12,11 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fixtures import READ_TOKEN, TOKEN
 from hub_server import FakeHub
 
-# Deliberately not shaped like a real "hf_..." token: redaction must rely on knowing the token, not on its format.
-TOKEN = "dpo-ext-test-secret-7f3a9c"
-READ_TOKEN = "dpo-ext-read-only-secret-91bd"
 BASE_MODEL = "dpo-ext-tests/tiny-gpt2"
 EVAL = {"ground_truth_reward": 0.8125, "kl": 1.5, "preference_accuracy": 0.75, "win_rate": 0.625}
 TRAINING_ARGS = {"beta": 0.1, "loss_type": "plackett_luce", "num_completions": 4, "learning_rate": 5e-6, "seed": 7,
@@ -74,25 +71,6 @@ def adapter(tmp_path_factory):
     plot = tmp_path_factory.mktemp("plots") / "reward_curve.png"
     plot.write_bytes(png_bytes())
     return folder, tokenizer_files, plot
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch, caplog):
-    """The fake Hub, with huggingface_hub pointed at it and no token available unless a test passes one."""
-    from huggingface_hub import constants
-
-    with FakeHub(users={TOKEN: FakeHub.user("alice", orgs=("team",)),
-                        READ_TOKEN: FakeHub.user("alice", role="read")}) as server:
-        # The environment sets HF_HUB_OFFLINE=1 so nothing reaches the real Hub; this server is loopback only.
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)  # where the client fetches agent-harnesses
-        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
-        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
-        for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-            monkeypatch.delenv(variable, raising=False)
-        caplog.set_level(logging.DEBUG)
-        caplog.set_level(logging.DEBUG, logger="huggingface_hub")
-        yield server
 
 
 def snapshot(folder: Path) -> dict:
@@ -434,7 +412,7 @@ def test_trainer_saves_the_training_config_that_push_publishes(tokenizer, tmp_pa
     import datasets
     from peft import LoraConfig
 
-    from conftest import make_model, ranked_rows
+    from fixtures import make_model, ranked_rows
     from dpo_ext import PLDPOConfig, PLDPOTrainer, push_adapter
 
     secret = "hf_trainertokenabcdef"

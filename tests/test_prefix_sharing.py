@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from conftest import make_model, ranked_rows
+from fixtures import make_model, ranked_rows
 from dpo_ext import PLDPOConfig, PLDPOTrainer
 from dpo_ext.modeling import support as prefix_sharing
 from dpo_ext.data.collate import RankedCollator

@@ -20,7 +20,7 @@ sys.path.insert(0, str(RECIPE))
 import best_of_n  # noqa: E402
 import preference_data  # noqa: E402
 import recipe_config  # noqa: E402
-from test_hub import TOKEN, hub  # noqa: E402,F401  (the loopback Hub fixture)
+from fixtures import TOKEN  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "eval_results.json", "training_config.json",

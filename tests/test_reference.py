@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from conftest import make_model, ranked_rows
+from fixtures import make_model, ranked_rows
 from dpo_ext import PLDPOConfig, PLDPOTrainer, ReferenceError
 from dpo_ext.data.collate import RankedCollator
 from dpo_ext.data.tokenize import prepare_ranked_dataset

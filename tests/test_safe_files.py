@@ -12,7 +12,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 
-from conftest import make_model
+from fixtures import make_model
 from dpo_ext.scoring import loading as scoring_load
 from dpo_ext.safe_files import WeightsFileError, scrub_config, verify_safetensors
 from dpo_ext.scoring.scorer import ImplicitRewardScorer

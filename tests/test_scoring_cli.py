@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from conftest import make_model
+from fixtures import make_model
 from dpo_ext.cli import main
 from dpo_ext.data.rows import PreferenceDataError
 from dpo_ext.scoring.scorer import ImplicitRewardScorer, evaluate_preferences

@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from conftest import make_model, pairwise_rows, ranked_rows
+from fixtures import make_model, pairwise_rows, ranked_rows
 from dpo_ext import PLDPOConfig, PLDPOTrainer
 
 LORA = dict(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")

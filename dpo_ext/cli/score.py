@@ -11,9 +11,9 @@ from pathlib import Path
 
 from dpo_ext.data.jsonl import iter_jsonl
 from dpo_ext.data.rows import PreferenceDataError, check_completion, check_prompt, is_blank, is_messages
+from dpo_ext.hub.ids import looks_like_hub_id, offline
 from dpo_ext.setup_checks import unwritable_folder
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def register(subparsers) -> None:
@@ -116,7 +116,7 @@ def read_rows(source: str, split: str = "train") -> Rows:
         if isinstance(dataset, datasets.DatasetDict):
             dataset = dataset[split]
         return Rows(source, list(dataset))
-    if not _HUB_ID.match(source) or source.startswith((".", "/")):
+    if not looks_like_hub_id(source):
         raise FileNotFoundError(f"{source}: no such file, and not a Hub dataset id")
     import datasets
 
@@ -195,9 +195,9 @@ def completions_of(row: dict, where: str) -> tuple[str, list]:
 
 def load_scorer(args: argparse.Namespace):
     from dpo_ext.scoring.scorer import ImplicitRewardScorer
-    from dpo_ext.scoring.loading import adapter_config, offline
+    from dpo_ext.scoring.loading import adapter_config
 
-    if not Path(args.model).exists() and (offline() or not _HUB_ID.match(args.model)):
+    if not Path(args.model).exists() and (offline() or not looks_like_hub_id(args.model)):
         raise FileNotFoundError(f"{args.model}: no such directory" +
                                 (" (HF_HUB_OFFLINE is set, so the Hub is not searched)" if offline() else ""))
     if adapter_config(args.model) is None and not args.ref_model and not args.reference_free:

@@ -12,8 +12,9 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from dpo_ext.hub.ids import HUB_ID_PATTERN
+
 # A Hub id ("name" or "namespace/name"); anything else (a local path, a URL) is not metadata the Hub can link.
-HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _METRIC_NAMES = {
     "ground_truth_reward": "Ground-truth reward",
     "kl": "KL divergence to the reference",

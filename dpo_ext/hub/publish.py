@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpo_ext.hub.cards import HUB_ID_PATTERN
+from dpo_ext.hub.ids import HUB_ID_PATTERN, offline
 from dpo_ext.hub.staging import StagedFile, stage_adapter_folder
 from dpo_ext.safe_files import redact
 
@@ -82,10 +82,9 @@ def check_hub_access(
         `HubAccessError`: offline mode, no token, a rejected token, or no write access to the namespace.
     """
     from huggingface_hub import HfApi, get_token
-    from huggingface_hub.constants import is_offline_mode
 
     check_repo_id(repo_id)
-    if is_offline_mode():
+    if offline():
         raise HubAccessError("HF_HUB_OFFLINE is set, so nothing can be pushed: unset it, or do a dry run")
     token = token or get_token()
     if not token:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from dpo_ext.hub.cards import HUB_ID_PATTERN, plain, render_model_card
+from dpo_ext.hub.cards import plain, render_model_card
+from dpo_ext.hub.ids import looks_like_hub_id
 from dpo_ext.safe_files import (
     convert_adapter_hint,
     pickled_weights_error,
@@ -153,7 +154,7 @@ def inspect_adapter(
                                 "`peft_model.save_pretrained()`")
     adapter_config = read_adapter_config(config_path)
     recorded = adapter_config.get("base_model_name_or_path")
-    recorded_is_hub_id = bool(recorded) and HUB_ID_PATTERN.match(recorded) and not Path(recorded).exists()
+    recorded_is_hub_id = bool(recorded) and looks_like_hub_id(recorded) and not Path(recorded).exists()
     if base_model is None and not recorded_is_hub_id:
         raise ValueError(f"{config_path} records base_model_name_or_path={recorded!r}, which is not a Hub model id: "
                          "pass base_model='namespace/name' (the Hub id of the model the adapter was trained on)")

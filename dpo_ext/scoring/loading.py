@@ -13,6 +13,7 @@ import json
 import logging
 import os
 
+from dpo_ext.hub.ids import looks_like_hub_id, offline
 from dpo_ext.safe_files import convert_adapter_hint, pickled_weights_error, read_adapter_config, verify_safetensors
 
 logger = logging.getLogger(__name__)
@@ -26,10 +27,6 @@ _PICKLED_MODEL_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 def _is_local(path: str) -> bool:
     return os.path.isdir(path)
-
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def _has_file(model_id: str, filename: str, revision=None) -> bool:
@@ -92,8 +89,7 @@ def _load_model(source, dtype, revision=None, what: str = "model", hint: str = "
 
     if _is_local(source):
         _check_local_model_weights(source)
-    elif os.path.exists(source) or source.startswith((".", "/", "~")) or source.count("/") > 1 \
-            or os.path.sep != "/" and os.path.sep in source:
+    elif os.path.exists(source) or not looks_like_hub_id(source):
         # A path, not a Hub id: transformers would answer "Repo id must be in the form 'repo_name'...".
         raise FileNotFoundError(f"{what} {source!r}: no such directory; {hint}")
     kwargs = {"dtype": dtype} if dtype is not None else {}

@@ -1,0 +1,39 @@
+"""Helpers the tests share (imported as `fixtures`; pytest fixtures themselves are in conftest.py): tiny models,
+preference rows with a learnable pattern, and the tokens of the loopback Hub."""
+
+import random
+
+from dpo_ext.testing import TOY_WORDS as WORDS
+from dpo_ext.testing import tiny_model
+
+# Deliberately not shaped like a real "hf_..." token: redaction must rely on knowing the token, not on its format.
+TOKEN = "dpo-ext-test-secret-7f3a9c"
+READ_TOKEN = "dpo-ext-read-only-secret-91bd"
+
+
+def make_model(tokenizer, seed=0, n_layer=2, n_embd=32):
+    return tiny_model(tokenizer, seed=seed, n_layer=n_layer, n_embd=n_embd)
+
+
+def sentence(rng, n):
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def ranked_rows(n_rows=8, k=4, seed=0, variable_k=False):
+    """Ranked rows with a learnable pattern: completions with more 'good' words rank higher."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n_rows):
+        kk = rng.randint(2, k) if variable_k else k
+        completions = [" ".join(["good"] * (kk - j) + [rng.choice(WORDS)]) for j in range(kk)]
+        order = list(range(kk))
+        rng.shuffle(order)
+        rows.append({"prompt": sentence(rng, 3) + " ", "completions": [completions[j] for j in order],
+                     "ranks": order})
+    return rows
+
+
+def pairwise_rows(n_rows=8, seed=0):
+    rng = random.Random(seed)
+    return [{"prompt": sentence(rng, 3) + " ", "chosen": "good great " + sentence(rng, 2),
+             "rejected": "bad awful " + sentence(rng, 3)} for _ in range(n_rows)]

@@ -12,7 +12,8 @@ endpoints that `HfApi.whoami`, `create_repo` and `upload_folder` call (huggingfa
     POST /api/{models,datasets}/{namespace}/{name}/commit/{revision}
 
 Every file is answered as a "regular" (inline base64) upload, so the commit's NDJSON body carries the content and
-no LFS or Xet storage is involved. Requests are recorded for assertions; failures can be injected per endpoint.
+no LFS or Xet storage is involved. Requests are recorded for assertions; failures (an HTTP status, or `DROP`: the
+connection is closed without an answer) can be injected per endpoint.
 
 Usage:
 
@@ -54,6 +55,8 @@ class Commit:
 class FakeHub:
     """In-memory Hub: `users` maps a token to the JSON that `/api/whoami-v2` returns for it."""
 
+    DROP = 0  # as an injected status: close the connection without answering (a dropped connection)
+
     def __init__(self, users: dict | None = None):
         self.users = dict(users or {})
         self.requests: list[Request] = []
@@ -94,7 +97,8 @@ class FakeHub:
         }
 
     def fail(self, method: str, path: str, statuses: list[int], message: str = "injected failure") -> None:
-        """Answer the next `len(statuses)` requests to `method path` (exact path) with these statuses."""
+        """Answer the next `len(statuses)` requests to `method path` (exact path) with these statuses (`DROP`: no
+        answer at all)."""
         self._failures[(method, path)] = [(status, message) for status in statuses]
 
     def files(self, repo_id: str, repo_type: str = "model") -> dict:
@@ -182,6 +186,9 @@ def _make_handler(hub: FakeHub):
         def _serve(self) -> None:
             body = self._read_body()
             status, payload = hub.handle(self.command, self.path.split("?")[0], self.headers.get("Authorization"), body)
+            if status == FakeHub.DROP:
+                self.close_connection = True
+                return
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

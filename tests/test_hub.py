@@ -162,6 +162,17 @@ def test_transient_errors_are_retried(adapter, hub, caplog):
     assert_no_token(caplog.text)
 
 
+def test_dropped_connections_are_retried(adapter, hub, caplog):
+    """A connection closed without an answer is a transport error of huggingface_hub's HTTP library, not an HTTP
+    status: it must be retried like a 503, not reported as a refused upload."""
+    hub.fail("GET", "/api/whoami-v2", [FakeHub.DROP])
+    hub.fail("POST", "/api/repos/create", [FakeHub.DROP])
+    result = push(adapter, hub)
+    assert len(hub.calls("GET", "/api/whoami-v2")) == 2 and len(hub.calls("POST", "/api/repos/create")) == 2
+    assert len(hub.commits) == 1 and result.commit_url
+    assert caplog.text.count("retrying") == 2
+
+
 def test_persistent_errors_give_a_clear_error_and_rerunning_works(adapter, hub, caplog):
     from dpo_ext import HubUploadError
 
@@ -235,7 +246,7 @@ def test_folder_card_and_config_must_agree(adapter, tmp_path):
 
 
 def test_training_config_sources(adapter, tmp_path):
-    from dpo_ext.hub.staging import read_training_config
+    from dpo_ext.hub.training_files import read_training_config
 
     folder = adapter[0]
     assert read_training_config(folder)["num_completions"] == 4  # from training_config.json
@@ -251,7 +262,7 @@ def test_training_config_sources(adapter, tmp_path):
 
 def test_method_named_from_the_training_config(adapter):
     from dpo_ext.hub.cards import describe_method
-    from dpo_ext.hub.staging import build_model_card
+    from dpo_ext.hub.adapters import build_model_card
 
     assert describe_method({"loss_type": "plackett_luce", "num_completions": 4}) == ("Plackett-Luce DPO",
                                                                                      "plackett_luce", 4)
@@ -328,7 +339,7 @@ def test_push_preference_dataset_with_card(hub, tmp_path, capsys):
     assert main(["push-dataset", str(data), "--repo-id", "alice/prefs", "--dry-run", str(tmp_path / "dry")]) == 0
     assert "ranked/train.jsonl" in capsys.readouterr().out
 
-    (data / "broken.jsonl").write_text('{"prompt": "x", "completions": ["a", "b"]}\n{"prompt": "y"}\n')
+    (data / "broken.jsonl").write_text('{"prompt": "x", "completions": ["a", "b"], "ranks": [0, 1]}\n{"prompt": "y"}\n')
     with pytest.raises(ValueError, match=r"broken.jsonl, line 2: ranked row without completions"):
         push_preference_dataset(data, "alice/prefs", dry_run=tmp_path / "dry2")
 
@@ -341,7 +352,8 @@ def test_parquet_preference_data(tmp_path):
 
     data = tmp_path / "generated"
     data.mkdir()
-    rows = [{"prompt": "p", "completions": ["a", "b", "c"]}, {"prompt": "q", "completions": ["a", "b"]}]
+    rows = [{"prompt": "p", "completions": ["a", "b", "c"], "scores": [0.5, 0.25, 0.0]},
+            {"prompt": "q", "completions": ["a", "b"], "scores": [1.0, 0.0]}]
     pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), data / "train.parquet")
     result = push_preference_dataset(data, "alice/prefs", dry_run=tmp_path / "dry")
     assert {f.path for f in result.files} == {"README.md", "ranked/train.parquet"}
@@ -350,6 +362,45 @@ def test_parquet_preference_data(tmp_path):
     (data / "more.jsonl").write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(ValueError, match="mixes JSONL and Parquet"):
         push_preference_dataset(data, "alice/prefs", dry_run=tmp_path / "dry2")
+
+
+@pytest.mark.parametrize("row, accepted", [
+    ({"prompt": [{"role": "user", "content": "Hi"}], "completions": [[{"role": "assistant", "content": "Hello"}],
+                                                                     [{"role": "assistant", "content": "Go"}]],
+      "ranks": [0, 1]}, True),
+    ({"prompt": "p", "completions": ["a", "a"], "scores": [1, 1]}, True),  # no preference: dropped, not refused
+    ({"prompt": "p", "completions": ["a", "b"]}, False),  # a list without its ranking
+    ({"prompt": "p", "responses": ["a", "b"], "ranks": [0, 1]}, False),  # not a column the trainer reads
+    ({"prompt": "p", "completions": ["a", "b"], "ranks": [0, 1], "ref_logps": [-1.0, float("nan")]}, False),
+], ids=["chat", "identical", "no-ranking", "responses", "nan-ref-logps"])
+def test_published_rows_are_exactly_the_rows_training_accepts(tmp_path, row, accepted):
+    """One definition of a valid row: the publisher accepts a row exactly when `normalize_row` does."""
+    from dpo_ext import normalize_row, push_preference_dataset
+
+    data = tmp_path / "generated"
+    data.mkdir()
+    (data / "train.jsonl").write_text(json.dumps(row) + "\n")
+
+    def accepts(call) -> bool:
+        try:
+            call()
+        except ValueError:
+            return False
+        return True
+
+    assert accepts(lambda: normalize_row(row)) == accepted
+    assert accepts(lambda: push_preference_dataset(data, "alice/prefs", dry_run=tmp_path / "dry")) == accepted
+
+
+def test_ranked_row_without_ranking_names_the_field(tmp_path):
+    from dpo_ext import push_preference_dataset
+
+    data = tmp_path / "generated"
+    data.mkdir()
+    (data / "train.jsonl").write_text(json.dumps({"prompt": "p", "completions": ["a", "b"]}) + "\n")
+    with pytest.raises(ValueError, match=r"train.jsonl, line 1, field 'ranks': missing .*'scores'.*training would "
+                                         r"refuse this row"):
+        push_preference_dataset(data, "alice/prefs", dry_run=tmp_path / "dry")
 
 
 class CreatesMarker:

@@ -3,7 +3,8 @@
 A card is rendered from a Jinja template in `model_cards/` through `huggingface_hub.ModelCard.from_template` /
 `DatasetCard.from_template`. Its YAML metadata carries a `model-index` built from `huggingface_hub.EvalResult`s, so
 evaluation results show on the Hub page (TRL's own card has none). Rendering only: no files are read here except
-the templates (reading an adapter folder is `dpo_ext/hub_staging.py`, publishing `dpo_ext/hub.py`).
+the templates (reading an adapter folder is `dpo_ext.hub.adapter_folder`, staging and publishing
+`dpo_ext.hub.adapters` and `dpo_ext.hub.datasets`).
 """
 
 import importlib.metadata
@@ -12,9 +13,9 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from dpo_ext.hub.ids import HUB_ID_PATTERN
+from dpo_ext.data.rows import CHOSEN, COMPLETIONS, PROMPT, RANKS, REJECTED, SCORES
+from dpo_ext.hub.ids import looks_like_hub_id
 
-# A Hub id ("name" or "namespace/name"); anything else (a local path, a URL) is not metadata the Hub can link.
 _METRIC_NAMES = {
     "ground_truth_reward": "Ground-truth reward",
     "kl": "KL divergence to the reference",
@@ -28,6 +29,15 @@ _HYPERPARAMETERS = (
 )
 _BASELINES = {"preferred_ft": "Preferred-FT (fine-tuning on the best completion)",
               "unlikelihood": "unlikelihood training (best completion up, worst down)"}
+_METHOD_NOTES = {
+    "Plackett-Luce DPO": "Plackett-Luce DPO generalises DPO from one chosen/rejected pair to a ranking of K "
+                         "completions: the loss is the negative log-likelihood of the observed ranking under a "
+                         "Plackett-Luce model whose scores are the implicit rewards (Rafailov et al., 2023, appendix "
+                         "A.3). With K = 2 it is DPO.",
+    "DPO": None,
+}
+_BASELINE_NOTE = ("This is a baseline, not a preference-optimisation method: it is not trained through the implicit "
+                  "reward, which is reported below for comparison only.")
 _LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias")
 _LIBRARIES = ("trl", "peft", "transformers", "torch", "huggingface_hub")
 
@@ -41,17 +51,6 @@ def template_path(name: str) -> Path:
         if (folder / name).is_file():
             return folder / name
     raise FileNotFoundError(f"card template {name!r} not found in dpo_ext/model_cards or the repository's model_cards/")
-
-
-def plain(value):
-    """numpy / torch scalars -> Python numbers, so that YAML and JSON can write them."""
-    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
-        return value.item()
-    if isinstance(value, Mapping):
-        return {str(key): plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(item) for item in value]
-    return value
 
 
 def describe_method(training_config: Mapping, num_completions: int | None = None) -> tuple[str, str | None, int | None]:
@@ -119,7 +118,8 @@ def render_model_card(
     num_completions: int | None = None,
     includes_tokenizer: bool = True,
 ):
-    """Render the card of an aligned adapter. Pure: no files are read; see [`build_model_card`] for that.
+    """Render the card of an aligned adapter. Pure: no files are read; see
+    `dpo_ext.hub.adapters.build_model_card` for that.
 
     Args:
         repo_id (`str`): where the adapter is published (`namespace/name`); used in the code samples.
@@ -147,37 +147,37 @@ def render_model_card(
     tags = ["dpo", "trl", "peft", "lora", "dpo_ext"] + (["plackett-luce"] if method == "Plackett-Luce DPO" else [])
     card_data = ModelCardData(
         base_model=base_model, library_name="peft", license=license, pipeline_tag="text-generation", tags=tags,
-        datasets=[d for d in datasets if HUB_ID_PATTERN.match(d)] or None, model_name=model_name,
+        # Only Hub ids: anything else (a local path, a URL) is not metadata the Hub can link.
+        datasets=[d for d in datasets if looks_like_hub_id(d)] or None, model_name=model_name,
         eval_results=eval_results_to_card(eval_results, eval_dataset or "custom", eval_split) or None,
     )
-    versions, versions_source = library_versions(training_config)
-    # max_steps = -1 is the Trainer's "not set": leave it out rather than print a nonsensical value.
-    hyperparameters = [(key, training_config[key]) for key in _HYPERPARAMETERS if training_config.get(key) is not None
-                       and not (key == "max_steps" and training_config[key] < 0)]
-    bias = adapter_config.get("bias", "none")
-    method_note = {
-        "Plackett-Luce DPO": "Plackett-Luce DPO generalises DPO from one chosen/rejected pair to a ranking of K "
-                             "completions: the loss is the negative log-likelihood of the observed ranking under a "
-                             "Plackett-Luce model whose scores are the implicit rewards (Rafailov et al., 2023, "
-                             "appendix A.3). With K = 2 it is DPO.",
-        "DPO": None,
-    }.get(method, "This is a baseline, not a preference-optimisation method: it is not trained through the implicit "
-                  "reward, which is reported below for comparison only.")
     return _tidy(ModelCard, ModelCard.from_template(
         card_data,
         template_path=str(template_path("adapter_card.md")),
         repo_id=repo_id, model_name=model_name, base_model=base_model, beta=beta, method=method,
-        method_note=method_note, loss_type=loss_type, num_completions=k, datasets=list(datasets),
-        base_model_url=f"https://huggingface.co/{base_model}",
+        method_note=_METHOD_NOTES.get(method, _BASELINE_NOTE), loss_type=loss_type, num_completions=k,
+        datasets=list(datasets), base_model_url=f"https://huggingface.co/{base_model}",
         eval_rows=[(_METRIC_NAMES.get(key, key), _format(value)) for key, value in eval_results.items()],
         eval_dataset=eval_dataset if eval_results else None, eval_split=eval_split,
         plots=[{"path": p, "stem": Path(p).stem.replace("_", " ")} for p in plots],
-        seed=training_config.get("seed"), hyperparameters=[(k_, _format(v)) for k_, v in hyperparameters],
-        lora=[(key, _format(adapter_config[key])) for key in _LORA_FIELDS if adapter_config.get(key) is not None],
-        has_training_config=bool(training_config), versions=versions, versions_source=versions_source,
-        bias_note=bias if bias not in (None, "none") else None,
         tokenizer_repo=repo_id if includes_tokenizer else base_model,
+        **_training_sections(training_config, adapter_config),
     ))
+
+
+def _training_sections(training_config: Mapping, adapter_config: Mapping) -> dict:
+    """The template variables of the card's "How it was trained" section (and its bias note)."""
+    # max_steps = -1 is the Trainer's "not set": leave it out rather than print a nonsensical value.
+    hyperparameters = [(key, _format(value)) for key in _HYPERPARAMETERS
+                       if (value := training_config.get(key)) is not None and not (key == "max_steps" and value < 0)]
+    versions, versions_source = library_versions(training_config)
+    bias = adapter_config.get("bias", "none")
+    return {
+        "seed": training_config.get("seed"), "hyperparameters": hyperparameters,
+        "lora": [(key, _format(adapter_config[key])) for key in _LORA_FIELDS if adapter_config.get(key) is not None],
+        "has_training_config": bool(training_config), "versions": versions, "versions_source": versions_source,
+        "bias_note": bias if bias not in (None, "none") else None,
+    }
 
 
 def render_dataset_card(
@@ -196,8 +196,8 @@ def render_dataset_card(
     Args:
         repo_id (`str`): the dataset repository, named in the loading sample.
         files (`Sequence[Mapping]`): one entry per data file with keys `config` ("ranked" or "pairwise"), `split`,
-            `path` (inside the repository), `format` ("JSONL" or "Parquet"), `rows`, `list_sizes` (ranked only),
-            `ranked_field` and `columns`.
+            `path` (inside the repository), `format` ("JSONL" or "Parquet"), `rows`, `list_sizes` (ranked only)
+            and `columns`.
         license (`str`): license id for the metadata.
         pretty_name (`str`, *optional*): title; defaults to the repository name.
         description (`str`, *optional*): free text placed under the title.
@@ -213,7 +213,7 @@ def render_dataset_card(
     for file in files:
         configs.setdefault(file["config"], {}).setdefault(file["split"], []).append(file["path"])
     ranked = [f for f in files if f["config"] == "ranked"]
-    known = {"prompt", "chosen", "rejected", *(f.get("ranked_field") for f in ranked)}
+    described = {PROMPT, CHOSEN, REJECTED, COMPLETIONS, RANKS, SCORES}  # the template explains these columns
     rows = sum(int(f["rows"]) for f in files)
     sizes = sorted({size for f in ranked for size in f.get("list_sizes", ())})
     pretty_name = pretty_name or repo_id.split("/")[-1]
@@ -233,9 +233,8 @@ def render_dataset_card(
         repo_id=repo_id, pretty_name=pretty_name, description=description, source_model=source_model,
         reward_model=reward_model, files=list(files), configs=list(configs), has_ranked=bool(ranked),
         has_pairwise=any(f["config"] == "pairwise" for f in files),
-        ranked_field=ranked[0]["ranked_field"] if ranked else None,
         list_sizes=" or ".join(map(str, sizes)) or "K",
-        extra_columns=sorted({c for f in files for c in f.get("columns", ()) if c not in known}),
+        extra_columns=sorted({c for f in files for c in f.get("columns", ()) if c not in described}),
         generation=[(key, _format(value)) for key, value in (generation or {}).items()],
     ))
 

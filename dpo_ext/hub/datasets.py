@@ -1,28 +1,27 @@
 """Publish generated preference data (ranked lists and pairs) as a Hub dataset with a card.
 
 A data folder holds JSONL or Parquet files, all of one format (`datasets` reads one format per repository). Each
-file is either *ranked* (`prompt` plus a best-first list `completions`, or `responses`) or *pairwise* (`prompt`,
-`chosen`, `rejected`); the kind is read from the columns. Files are published as `ranked/<file>` and
-`pairwise/<file>`, one dataset config per kind, and the split is taken from the file name (`train.jsonl` -> train,
-`test.parquet` -> test; anything else -> train).
+file is either *ranked* (`prompt`, `completions` and `ranks` or `scores`) or *pairwise* (`prompt`, `chosen`,
+`rejected`); the kind is read from the columns. A row is valid exactly when the trainer accepts it
+(`dpo_ext.data.rows.normalize_row`). Files are published as `ranked/<file>` and `pairwise/<file>`, one dataset
+config per kind, and the split is taken from the file name (`train.jsonl` -> train, `test.parquet` -> test; anything
+else -> train).
 """
 
-import logging
-import shutil
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+from dpo_ext.data.jsonl import iter_jsonl
+from dpo_ext.data.rows import CHOSEN, COMPLETIONS, PROMPT, REJECTED, PreferenceDataError, normalize_row
 from dpo_ext.hub.cards import render_dataset_card
 from dpo_ext.hub.publish import PushResult, publish_folder
-from dpo_ext.hub.staging import StagedFile, list_folder, resolve_staging
-from dpo_ext.safe_files import redact
-from dpo_ext.data.jsonl import iter_jsonl
-from dpo_ext.data.rows import PreferenceDataError, normalize_row
+from dpo_ext.hub.staging import StagedFile, copy_file, files_under, list_folder, resolve_staging, write_card
 
-logger = logging.getLogger(__name__)
-
-_PAIRWISE = ("prompt", "chosen", "rejected")
-_RANKED_FIELDS = ("completions", "responses")
+_PAIRWISE = (PROMPT, CHOSEN, REJECTED)
+_RANKED = (PROMPT, COMPLETIONS)
 _SPLITS = {"train", "test", "validation", "valid", "eval", "dev"}
 _FORMATS = {".jsonl": "JSONL", ".parquet": "Parquet"}
 
@@ -31,10 +30,9 @@ _FORMATS = {".jsonl": "JSONL", ".parquet": "Parquet"}
 class DataFile:
     source: Path
     kind: str  # "ranked" or "pairwise"
-    rows: int
     columns: list[str]
-    ranked_field: str | None = None
-    list_sizes: set[int] = field(default_factory=set)
+    rows: int = 0
+    list_sizes: set[int] = field(default_factory=set)  # K, before identical completions are collapsed
 
     @property
     def split(self) -> str:
@@ -44,18 +42,37 @@ class DataFile:
     def path_in_repo(self) -> str:
         return f"{self.kind}/{self.source.name}"
 
+    def card_entry(self) -> dict:
+        """This file as `dpo_ext.hub.cards.render_dataset_card` describes it."""
+        return {"config": self.kind, "split": self.split, "path": self.path_in_repo,
+                "format": _FORMATS[self.source.suffix], "rows": self.rows, "columns": self.columns,
+                "list_sizes": sorted(self.list_sizes)}
+
 
 def inspect_data_file(path: str | Path) -> DataFile:
     """Read a JSONL or Parquet file of preference rows: its kind, row count, columns and ranked list sizes.
 
-    Every row must pass the trainer's row rules (`dpo_ext.data.rows.normalize_row`), so that nothing is published that
-    training would refuse. A ranked row's list is best first unless the row has ``ranks`` or ``scores``.
+    Every row must pass the trainer's row rules (`dpo_ext.data.rows.normalize_row`), so that nothing is published
+    that training would refuse, and be of the file's kind (that of its first row).
 
     Raises:
         `ValueError`: naming the file (and line, or Parquet row, and field) when rows are neither ranked nor
             pairwise, or are malformed.
     """
     path = Path(path)
+    data = None
+    with closing(_located_rows(path)) as rows:  # closes the JSONL file when a bad row stops the loop
+        for where, row in rows:
+            data = data or _kind(path, list(row))
+            _check_row(data, row, f"{path}, {where}")
+            data.rows += 1
+    if data is None:
+        raise ValueError(f"{path} has no rows")
+    return data
+
+
+def _located_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """(where, row) for each row of a JSONL (``line N``) or Parquet (``row N``) file."""
     if path.suffix == ".parquet":
         import pyarrow
         import pyarrow.parquet
@@ -65,58 +82,34 @@ def inspect_data_file(path: str | Path) -> DataFile:
         except pyarrow.ArrowException as error:
             raise ValueError(f"{path}: not a readable Parquet file ({error}); write it again, e.g. with "
                              "`Dataset.to_parquet`") from None
-        columns = list(table.schema.names)
-        located = ((f"row {index}", row) for index, row in enumerate(table.to_pylist()))
-    else:
-        columns = None
-        file = path.open(encoding="utf-8")
-        located = ((f"line {number}", row) for number, row in iter_jsonl(path, file))
-    data, rows = (_kind(path, columns) if columns is not None else None), 0
-    try:
-        for where, row in located:
-            data = data or _kind(path, list(row))
-            _check_row(data, row, f"{path}, {where}")
-            rows += 1
-    finally:
-        if columns is None:
-            file.close()
-    if data is None:
-        raise ValueError(f"{path} has no rows")
-    data.rows = rows
-    return data
-
-
-def _check_row(data: DataFile, row: dict, where: str) -> None:
-    """One row of a data file by the trainer's row rules; ``where`` names the file and line (or row)."""
-    expected = _PAIRWISE if data.kind == "pairwise" else ("prompt", data.ranked_field)
-    if missing := [key for key in expected if key not in row]:
-        raise ValueError(f"{where}: {data.kind} row without {', '.join(missing)}")
-    if data.ranked_field:
-        if not isinstance(row[data.ranked_field], list) or len(row[data.ranked_field]) < 2:
-            raise ValueError(f"{where}: {data.ranked_field!r} must be a list of at least 2 completions, best first")
-        data.list_sizes.add(len(row[data.ranked_field]))
-        completions = row[data.ranked_field]
-        row = {**row, "completions": completions, "responses": None}
-        if row.get("ranks") is None and row.get("scores") is None:  # the list itself is the ranking, best first
-            row["ranks"] = list(range(len(completions)))
-    try:
-        normalize_row(row)
-    except PreferenceDataError as error:
-        field = error.field or ""
-        if data.ranked_field and field.startswith("completions"):
-            field = data.ranked_field + field[len("completions"):]
-        raise ValueError(f"{where}{f', field {field!r}' if field else ''}: {error.problem} (training would refuse "
-                         "this row: fix or drop it before publishing)") from None
+        yield from ((f"row {index}", row) for index, row in enumerate(table.to_pylist()))
+        return
+    with path.open(encoding="utf-8") as file:
+        yield from ((f"line {number}", row) for number, row in iter_jsonl(path, file))
 
 
 def _kind(path: Path, columns: list[str]) -> DataFile:
     if all(key in columns for key in _PAIRWISE):
-        return DataFile(path, "pairwise", 0, columns)
-    ranked_field = next((f for f in _RANKED_FIELDS if f in columns), None)
-    if "prompt" in columns and ranked_field:
-        return DataFile(path, "ranked", 0, columns, ranked_field)
+        return DataFile(path, "pairwise", columns)
+    if all(key in columns for key in _RANKED):
+        return DataFile(path, "ranked", columns)
     raise ValueError(f"{path}: cannot tell whether rows are ranked (prompt, completions) or pairwise (prompt, chosen, "
                      f"rejected); columns found: {', '.join(columns)}")
+
+
+def _check_row(data: DataFile, row: dict, where: str) -> None:
+    """One row of a data file by the trainer's row rules; ``where`` names the file and line (or row)."""
+    # One kind per file: it becomes one dataset config, whose rows must share their columns.
+    if missing := [key for key in (_PAIRWISE if data.kind == "pairwise" else _RANKED) if key not in row]:
+        raise ValueError(f"{where}: {data.kind} row without {', '.join(missing)}")
+    try:
+        normalize_row(row)
+    except PreferenceDataError as error:
+        field = f", field {error.field!r}" if error.field else ""
+        raise ValueError(f"{where}{field}: {error.problem} (training would refuse this row: fix or drop it before "
+                         "publishing)") from None
+    if data.kind == "ranked":
+        data.list_sizes.add(len(row[COMPLETIONS]))
 
 
 def stage_preference_dataset(data_dir: str | Path, staging_dir: str | Path, *, repo_id: str, secrets=(),
@@ -136,7 +129,17 @@ def stage_preference_dataset(data_dir: str | Path, staging_dir: str | Path, *, r
         `list[StagedFile]`: the staged files, sorted by path.
     """
     data_dir, staging_dir = resolve_staging(data_dir, staging_dir, "data")
-    sources = sorted(p for p in data_dir.rglob("*") if p.is_file() and p.suffix in _FORMATS)
+    files = _data_files(data_dir)
+    card = render_dataset_card(repo_id=repo_id, files=[data.card_entry() for data in files], **card_kwargs)
+    for data in files:
+        copy_file(staging_dir, data.source, data.path_in_repo)
+    write_card(staging_dir, card, secrets)
+    return list_folder(staging_dir)
+
+
+def _data_files(data_dir: Path) -> list[DataFile]:
+    """Every data file under `data_dir`, inspected; refuses a folder that could not be published as one dataset."""
+    sources = [path for path in files_under(data_dir) if path.suffix in _FORMATS]
     if not sources:
         raise FileNotFoundError(f"no .jsonl or .parquet files in {data_dir}")
     if len({path.suffix for path in sources}) > 1:
@@ -150,15 +153,7 @@ def stage_preference_dataset(data_dir: str | Path, staging_dir: str | Path, *, r
             raise ValueError(f"{seen[data.path_in_repo]} and {data.source} would both be published as "
                              f"{data.path_in_repo}: rename one of them")
         seen[data.path_in_repo] = data.source
-    card = render_dataset_card(repo_id=repo_id, files=[
-        {"config": d.kind, "split": d.split, "path": d.path_in_repo, "format": _FORMATS[d.source.suffix],
-         "rows": d.rows, "columns": d.columns, "ranked_field": d.ranked_field, "list_sizes": sorted(d.list_sizes)}
-        for d in files], **card_kwargs)
-    for data in files:
-        (staging_dir / data.kind).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(data.source, staging_dir / data.path_in_repo)
-    (staging_dir / "README.md").write_text(redact(str(card), secrets), encoding="utf-8")
-    return list_folder(staging_dir)
+    return files
 
 
 def push_preference_dataset(
@@ -188,9 +183,7 @@ def push_preference_dataset(
     Returns:
         `PushResult`.
     """
-    def stage(staging_dir: Path, full_repo_id: str, secrets) -> list[StagedFile]:
-        return stage_preference_dataset(data_dir, staging_dir, repo_id=full_repo_id, secrets=secrets, **card_kwargs)
-
+    stage = partial(stage_preference_dataset, data_dir, **card_kwargs)
     return publish_folder(stage, repo_id, repo_type="dataset", token=token, private=private, dry_run=dry_run,
                           endpoint=endpoint, commit_message=commit_message, max_attempts=max_attempts,
                           retry_delay=retry_delay)

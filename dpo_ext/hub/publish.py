@@ -1,9 +1,10 @@
-"""Publish aligned adapters to the Hugging Face Hub.
+"""Uploading to the Hugging Face Hub: the token check, the repository id check, and `publish_folder`, which
+adapters (`dpo_ext.hub.adapters`) and preference data (`dpo_ext.hub.datasets`) are both published through.
 
-`push_adapter` checks the token first (so a missing or read-only token fails before any work), stages the exact
-folder to upload in a temporary directory (see `dpo_ext/hub_staging.py`; the user's folder is only read), then
-creates the repository and uploads the folder in one `upload_folder` commit. Transient HTTP failures (429, 5xx,
-dropped connections) are retried with exponential backoff; the token is masked in every message we produce.
+`publish_folder` checks the token first (so a missing or read-only token fails before any work), stages the exact
+folder to upload in a temporary directory (the user's folder is only read), then creates the repository and
+uploads the folder in one `upload_folder` commit. Transient HTTP failures (429, 5xx, dropped connections) are
+retried with exponential backoff; the token is masked in every message we produce.
 
 Flow with huggingface_hub 2.4 (checked against its source): `GET /api/whoami-v2` (ours), `POST /api/repos/create`,
 `POST /api/validate-yaml` (the README card), `POST /api/{models,datasets}/{repo}/preupload/main`,
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dpo_ext.hub.ids import HUB_ID_PATTERN, offline
-from dpo_ext.hub.staging import StagedFile, stage_adapter_folder
+from dpo_ext.hub.staging import StagedFile
 from dpo_ext.safe_files import redact
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,12 @@ def check_hub_access(
     api = HfApi(endpoint=endpoint)
     who = with_retries(lambda: api.whoami(token=token), repo_id=repo_id, action="check the token for",
                        secrets=[token], max_attempts=max_attempts, retry_delay=retry_delay)
+    return _writable_repo_id(who, repo_id)
+
+
+def _writable_repo_id(who: Mapping, repo_id: str) -> str:
+    """The full id of `repo_id` (`namespace/name`) when the token that `whoami` described as `who` can write to
+    it; a `HubAccessError` saying what is missing otherwise."""
     user = who.get("name", "")
     namespace, _, name = repo_id.rpartition("/")
     namespace = namespace or user
@@ -122,69 +129,8 @@ def _fine_grained_can_write(fine_grained: Mapping, namespace: str, repo_id: str)
     return False
 
 
-def push_adapter(
-    adapter_dir: str | Path,
-    repo_id: str,
-    *,
-    token: str | None = None,
-    private: bool = False,
-    dry_run: bool | str | Path = False,
-    eval_results: Mapping | str | Path | None = None,
-    training_config: Mapping | str | Path | None = None,
-    plots: Sequence[str | Path] = (),
-    base_model: str | None = None,
-    beta: float | None = None,
-    endpoint: str | None = None,
-    commit_message: str = "Upload aligned adapter with dpo_ext",
-    max_attempts: int = 4,
-    retry_delay: float = 2.0,
-    **card_kwargs,
-) -> PushResult:
-    """Publish a trained adapter with its card, training config, evaluation results and plots, in one commit.
-
-    Args:
-        adapter_dir (`str` or `Path`): the folder written by `trainer.save_model()` / `peft_model.save_pretrained()`.
-        repo_id (`str`): `namespace/name` (or `name`, for the token owner's namespace).
-        token (`str`, *optional*): defaults to `HF_TOKEN` or the token saved by `hf auth login`.
-        private (`bool`): create the repository as private (no effect on an existing one); otherwise the
-            namespace's default visibility applies.
-        dry_run (`bool`, `str` or `Path`): a folder path to stage into without touching the network (`True`: a new
-            temporary folder). The staged folder is exactly what a real push sends.
-        eval_results (`dict` or path to JSON, *optional*): metric name -> value (ground-truth reward, KL,
-            preference accuracy, win rate, ...); numeric ones go to the card's `model-index`.
-        training_config (`dict` or path to YAML/JSON, *optional*): defaults to `training_config.yaml` or
-            `training_config.json` in `adapter_dir`. `training_args.bin` is never read (it is a pickle).
-        plots (`Sequence`): PNG files to publish under `plots/` and embed in the card.
-        base_model (`str`, *optional*), beta (`float`, *optional*): must agree with `adapter_config.json` and the
-            training config; required when those do not record them.
-        endpoint (`str`, *optional*): Hub URL; defaults to `HF_ENDPOINT` or https://huggingface.co.
-        commit_message (`str`): message of the commit.
-        max_attempts (`int`), retry_delay (`float`): attempts on transient errors and the first delay in seconds
-            (it doubles each time).
-        card_kwargs: passed to `dpo_ext.hub.cards.render_model_card` (`datasets`, `license`, `eval_dataset`,
-            `eval_split`, `num_completions`).
-
-    Returns:
-        `PushResult`: the repository, the files with their sizes, and the commit URL (`None` for a dry run).
-
-    Raises:
-        `HubAccessError`: before anything else, when the token is missing or cannot write to `repo_id`.
-        `ValueError` / `FileNotFoundError`: the folder is not publishable (only `.bin` weights, truncated or corrupt
-            safetensors, beta unknown), or `base_model` / `beta` disagree with it.
-        `HubUploadError`: the Hub refused the upload or kept failing; the local folder is unchanged, re-run to retry.
-    """
-    def stage(staging_dir: Path, full_repo_id: str, secrets: Sequence[str]) -> list[StagedFile]:
-        return stage_adapter_folder(
-            adapter_dir, staging_dir, repo_id=full_repo_id, base_model=base_model, beta=beta,
-            training_config=training_config, eval_results=eval_results, plots=plots, secrets=secrets, **card_kwargs)
-
-    return publish_folder(stage, repo_id, repo_type="model", token=token, private=private, dry_run=dry_run,
-                          endpoint=endpoint, commit_message=commit_message, max_attempts=max_attempts,
-                          retry_delay=retry_delay)
-
-
 def publish_folder(
-    stage: Callable[[Path, str, Sequence[str]], list[StagedFile]],
+    stage: Callable[..., list[StagedFile]],
     repo_id: str,
     *,
     repo_type: str,
@@ -196,7 +142,13 @@ def publish_folder(
     max_attempts: int,
     retry_delay: float,
 ) -> PushResult:
-    """Shared by adapters and datasets: check access, `stage(staging_dir, repo_id, secrets)`, create, upload."""
+    """Check access, `stage(staging_dir, repo_id=..., secrets=...)`, then create the repository and upload the staged
+    folder in one commit (a dry run only stages, into `dry_run`, and touches no network).
+
+    `stage` writes into the new, empty `staging_dir` exactly what the repository `repo_id` (the full id, once
+    access is checked) gets, keeping every string of `secrets` (the token) out of it, and returns
+    `dpo_ext.hub.staging.list_folder(staging_dir)`. The other arguments are those of `dpo_ext.push_adapter`.
+    """
     from huggingface_hub import HfApi, get_token
 
     import dpo_ext
@@ -207,7 +159,7 @@ def publish_folder(
         # No get_token() here: it may exchange an OIDC token over the network. Saved tokens start with "hf_", which
         # `redact` masks anyway.
         secrets = [token, os.environ.get("HF_TOKEN")]
-        files = stage(staging_dir, repo_id, secrets)
+        files = stage(staging_dir, repo_id=repo_id, secrets=secrets)
         logger.info("Dry run: staged %d files for %s in %s", len(files), repo_id, staging_dir)
         return PushResult(repo_id, files, staging_dir=staging_dir.resolve())
 
@@ -215,7 +167,7 @@ def publish_folder(
     repo_id = check_hub_access(repo_id, token, endpoint=endpoint, max_attempts=max_attempts, retry_delay=retry_delay)
     with tempfile.TemporaryDirectory(prefix="dpo_ext_push_") as tmp:
         staging_dir = Path(tmp) / "upload"
-        files = stage(staging_dir, repo_id, [token])
+        files = stage(staging_dir, repo_id=repo_id, secrets=[token])
         api = HfApi(endpoint=endpoint, token=token, library_name="dpo_ext", library_version=dpo_ext.__version__)
 
         def upload():
@@ -281,14 +233,16 @@ def with_retries(fn: Callable, *, repo_id: str, action: str, secrets: Sequence[s
 
 def _classify(error: Exception) -> tuple[int | None, bool]:
     """(HTTP status or None, whether retrying can help)."""
-    import httpx2
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    # huggingface_hub's public alias of the HTTP library it uses (httpx2 in 2.x), kept stable across its releases:
+    # its transport errors (dropped connection, timeout) are the ones worth retrying.
+    from huggingface_hub.utils import httpx
 
     if isinstance(error, OfflineModeIsEnabled):
         return None, False
     if isinstance(error, HfHubHTTPError) and error.response is not None:
         return error.response.status_code, error.response.status_code in _TRANSIENT_STATUSES
-    return None, isinstance(error, (httpx2.TransportError, ConnectionError, TimeoutError))
+    return None, isinstance(error, (httpx.TransportError, ConnectionError, TimeoutError))
 
 
 def _describe(error: Exception) -> str:

@@ -38,7 +38,7 @@ def _card_inputs(out: Path, run_dir: Path):
 
 def write_cards(out: Path, runs: dict, hub_args, log) -> None:
     """Write README.md (the model card) and plots/ into every adapter folder, as they would be published."""
-    from dpo_ext.hub.staging import build_model_card
+    from dpo_ext.hub.adapters import build_model_card
 
     prefix = repo_prefix(hub_args)
     for name in runs:
@@ -58,7 +58,8 @@ def write_cards(out: Path, runs: dict, hub_args, log) -> None:
 
 def push_all(out: Path, runs: dict, hub_args, log) -> None:
     """Publish the SFT base model, then every adapter with its card, results and plots (or stage them: dry run)."""
-    from dpo_ext.hub.publish import publish_folder, push_adapter
+    from dpo_ext.hub.adapters import push_adapter
+    from dpo_ext.hub.publish import publish_folder
 
     prefix = hub_args.hub_model_id
     dry_run = out / "hub_dry_run" if hub_args.hub_dry_run else False

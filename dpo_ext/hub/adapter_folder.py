@@ -1,0 +1,125 @@
+"""What a trained adapter folder says about itself (base model, DPO beta, training settings, tokenizer files,
+weights), checked for agreement with what the caller passed. Only reads: nothing is unpickled (see
+`dpo_ext.hub.training_files`) and the weights are verified in full (`dpo_ext.safe_files.verify_safetensors`), so a
+truncated file is never published.
+"""
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dpo_ext.hub.ids import looks_like_hub_id
+from dpo_ext.hub.training_files import PICKLED_ARGS, pickled_args_advice, read_training_config
+from dpo_ext.safe_files import convert_adapter_hint, pickled_weights_error, read_adapter_config, verify_safetensors
+from dpo_ext.settings import positive
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja", "chat_template.json",
+)
+
+
+@dataclass
+class AdapterInfo:
+    """What a published adapter folder says about itself, checked for agreement with what the caller passed."""
+
+    adapter_config: dict  # as it will be published: `base_model_name_or_path` is the Hub id
+    base_model: str
+    beta: float
+    training_config: dict
+    tokenizer_files: list[str]  # names, in `TOKENIZER_FILES` order, of those the folder has
+
+
+def inspect_adapter(
+    adapter_dir: str | Path,
+    *,
+    base_model: str | None = None,
+    beta: float | None = None,
+    training_config: Mapping | str | Path | None = None,
+    secrets: Sequence[str] = (),
+) -> AdapterInfo:
+    """Read `adapter_config.json` and the training config of `adapter_dir`, and check that they agree with the
+    `base_model` and `beta` the caller passed (either may be left out: then the folder's value is used).
+
+    A `base_model_name_or_path` that is a local path (training from a downloaded copy) is replaced by `base_model`
+    in the published config, so that `AutoPeftModelForCausalLM.from_pretrained(repo_id)` finds the base model.
+
+    Raises:
+        `FileNotFoundError`: no `adapter_config.json`.
+        `ValueError`: base model or beta disagree with the folder, or are unknown.
+    """
+    adapter_dir = Path(adapter_dir)
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: pass the folder written by `trainer.save_model()` or "
+                                "`peft_model.save_pretrained()`")
+    adapter_config = read_adapter_config(config_path)
+    base_model = _base_model(config_path, adapter_config.get("base_model_name_or_path"), base_model)
+    adapter_config["base_model_name_or_path"] = base_model
+    beta = positive("beta", beta) if beta is not None else None
+    training_config = read_training_config(adapter_dir, training_config, secrets)
+    beta = _training_beta(adapter_dir, beta, training_config)
+    tokenizer_files = [name for name in TOKENIZER_FILES if (adapter_dir / name).is_file()]
+    return AdapterInfo(adapter_config, base_model, beta, training_config, tokenizer_files)
+
+
+def _base_model(config_path: Path, recorded: str | None, base_model: str | None) -> str:
+    """The Hub id to publish as the base model: `base_model` when given (it must match a recorded Hub id), else the
+    recorded one, which must then be a Hub id."""
+    recorded_is_hub_id = bool(recorded) and looks_like_hub_id(recorded) and not Path(recorded).exists()
+    if base_model is None:
+        if not recorded_is_hub_id:
+            raise ValueError(f"{config_path} records base_model_name_or_path={recorded!r}, which is not a Hub model "
+                             "id: pass base_model='namespace/name' (the Hub id of the model the adapter was trained "
+                             "on)")
+        return recorded
+    passed, base_model = base_model, base_model.rstrip("/")
+    if recorded_is_hub_id and base_model != recorded:
+        raise ValueError(f"base model mismatch: you passed base_model={passed!r} but {config_path} says "
+                         f"base_model_name_or_path={recorded!r}; the card must name the model the adapter was trained "
+                         "on: drop base_model or correct it")
+    # A local copy cannot be checked against a Hub id; its folder name usually matches the model name.
+    if recorded and not recorded_is_hub_id and Path(recorded).name != base_model.split("/")[-1]:
+        logger.info("%s was trained on the local model %s; publishing it as an adapter for %s", config_path.parent,
+                    recorded, base_model)
+    return base_model
+
+
+def _training_beta(adapter_dir: Path, beta: float | None, training_config: dict) -> float:
+    """The DPO beta of the run: `beta` (already checked) when given, which must match a recorded one, else the
+    training config's."""
+    recorded = training_config.get("beta")
+    if beta is not None and recorded is not None and not math.isclose(beta, recorded):
+        raise ValueError(f"beta mismatch: you passed beta={beta} but the training config says beta={recorded}; "
+                         "the implicit reward is only meaningful with the beta used in training")
+    if not training_config and (adapter_dir / PICKLED_ARGS).is_file():
+        if beta is None:
+            raise ValueError(f"beta is unknown: {adapter_dir} has no training_config.yaml or training_config.json, "
+                             f"and {pickled_args_advice()}")
+        logger.warning("%s has no training_config.yaml or training_config.json, and %s. The card will show no "
+                       "training settings.", adapter_dir, pickled_args_advice())
+    if beta is None and recorded is None:
+        raise ValueError(f"beta is unknown: the training config of {adapter_dir} records none; pass beta=... "
+                         "(the value used in training)")
+    return float(beta if beta is not None else recorded)
+
+
+def adapter_weights(adapter_dir: Path) -> Path:
+    """`adapter_model.safetensors` of `adapter_dir`, verified in full.
+
+    Raises:
+        `FileNotFoundError`: no weights; `ValueError`: only pickled (`.bin`) weights, or a truncated or corrupt file.
+    """
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        if (adapter_dir / "adapter_model.bin").is_file():
+            raise pickled_weights_error(str(adapter_dir), weights.name, convert_adapter_hint(), "adapter_model.bin")
+        raise FileNotFoundError(f"no adapter_model.safetensors in {adapter_dir}: pass the folder written by "
+                                "`trainer.save_model()` or `peft_model.save_pretrained()`")
+    # A truncated or corrupt file (an interrupted save) is caught here, not by the people who download it.
+    verify_safetensors(weights)
+    return weights

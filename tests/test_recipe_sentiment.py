@@ -4,7 +4,9 @@ The end-to-end test runs the recipe as `make demo` does (a subprocess, offline),
 and checks that every cached stage is skipped.
 """
 
+import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -25,20 +27,81 @@ from fixtures import TOKEN  # noqa: E402
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "eval_results.json", "training_config.json",
                  "tokenizer.json")
+RECIPE_CLASSES = (recipe_config.RecipeModelArguments, recipe_config.RecipeDataArguments,
+                  recipe_config.RecipeRunArguments)
 
 
-def embedded_defaults() -> dict:
-    values = {}
-    for cls in recipe_config.ARGUMENT_CLASSES:
-        values.update({k: v for k, v in vars(cls()).items()})
-    return values
+def field_names(classes) -> set:
+    return {f.name for cls in classes for f in dataclasses.fields(cls)}
 
 
-def test_default_yaml_is_the_embedded_default():
+def test_default_yaml_spells_out_every_recipe_field_at_its_default():
+    """default.yaml is what every run starts from; the recipe dataclasses' own defaults (used by code that builds
+    them directly) must not drift from it."""
     config = yaml.safe_load((RECIPE / "configs" / "default.yaml").read_text())
-    defaults = embedded_defaults()
-    defaults.pop("output_dir")  # given on the command line
-    assert config == defaults
+    for cls in RECIPE_CLASSES:
+        defaults = vars(cls())
+        assert {k: config[k] for k in defaults} == defaults, cls.__name__
+
+
+def test_default_run_trains_with_the_settings_it_always_had(tmp_path):
+    """The default run's effective trainer settings, written out by hand: those behind the README's results."""
+    import train_methods
+
+    args = recipe_config.parse_args(["--output_dir", str(tmp_path)])
+    runs = {run["name"]: run for run in train_methods.plan_runs(args)}
+    assert list(runs) == ["dpo_beta0.1", "trl_dpo_beta0.1", "pl_dpo_beta0.1", "preferred_ft", "unlikelihood_alpha0.5"]
+    expected = {"learning_rate": 2e-3, "optim": "adamw_torch", "warmup_steps": 5, "per_device_train_batch_size": 32,
+                "gradient_accumulation_steps": 1, "num_train_epochs": 1.0, "seed": 0, "beta": 0.1, "max_length": 64,
+                "save_strategy": "no", "report_to": [], "bf16": False, "activation_checkpointing": False,
+                "use_cpu": True, "logging_steps": 10, "disable_tqdm": False, "push_to_hub": False}
+    losses = {"dpo_beta0.1": "plackett_luce", "pl_dpo_beta0.1": "plackett_luce", "preferred_ft": "preferred_ft",
+              "unlikelihood_alpha0.5": "unlikelihood"}
+    for name, loss_type in losses.items():
+        config = train_methods.run_config(args.training, runs[name], tmp_path / "trainer_output" / name)
+        assert {k: getattr(config, k) for k in expected} == expected, name
+        assert config.output_dir == str(tmp_path / "trainer_output" / name)
+        assert (config.loss_type, config.reference, config.prefix_sharing) == (loss_type, "auto", False)
+    assert config.unlikelihood_alpha == 0.5
+    dpo = train_methods.trl_dpo_config(train_methods.run_config(args.training, runs["trl_dpo_beta0.1"], tmp_path))
+    assert {k: getattr(dpo, k) for k in expected} == expected and dpo.loss_type == ["sigmoid"]
+    assert dpo.remove_unused_columns  # TRL's default, not PLDPOConfig's
+
+
+def test_lora_comes_from_trl_model_config():
+    import train_methods
+    from dpo_ext.testing import tiny_model, tiny_tokenizer
+
+    args = recipe_config.parse_args([])
+    lora = train_methods.lora_config(args.model, tiny_model(tiny_tokenizer()))
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout, lora.bias, lora.fan_in_fan_out) == (16, 32, 0.0, "none", True)
+    assert set(lora.target_modules) == {"c_attn", "c_proj", "c_fc"}
+
+
+def test_trainer_only_yaml_keys_reach_the_trainer_configs(tmp_path):
+    import train_methods
+
+    config = tmp_path / "c.yaml"
+    config.write_text("prefix_sharing: true\nreference: disabled_adapters\nprecompute_ref_log_probs: true\n"
+                      "weight_decay: 0.25\nlearning_rate: 1.0e-4\n")
+    args = recipe_config.parse_args(["--config", str(config), "--beta", "0.3"])
+    run = {"name": "x", "method": "trl_dpo", "beta": args.training.beta}
+    ours = train_methods.run_config(args.training, run, tmp_path)
+    assert (ours.prefix_sharing, ours.reference, ours.precompute_ref_log_probs) == (True, "disabled_adapters", True)
+    dpo = train_methods.trl_dpo_config(ours)
+    assert (dpo.weight_decay, dpo.learning_rate, dpo.beta, dpo.precompute_ref_log_probs) == (0.25, 1e-4, 0.3, True)
+    assert args.training.per_device_train_batch_size == 32  # untouched keys keep default.yaml's values
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--use_peft", "false"], "use_peft"),
+    (["--quick", "--max_length", "41"], "context_length"),
+    (["--methods", "dpo", "ppo"], "Unknown methods"),
+    (["--push_to_hub"], "hub_model_id"),
+])
+def test_settings_the_recipe_cannot_run_are_refused(argv, message):
+    with pytest.raises(ValueError, match=message):
+        recipe_config.parse_args(argv)
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "quick.yaml", "paper_gpt2_large.yaml"])
@@ -47,8 +110,23 @@ def test_config_starts_with_its_command_and_parses(name):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and "recipes/sentiment/run.py" in first
     assert name in first or (name == "quick.yaml" and "--quick" in first)
-    unknown = set(yaml.safe_load(path.read_text())) - set(embedded_defaults())
+    unknown = set(yaml.safe_load(path.read_text())) - field_names(recipe_config.argument_classes())
     assert not unknown, f"{name} sets fields the recipe does not have: {unknown}"
+    # The paper config asks for bf16 on GPUs; on a CPU-only machine transformers refuses that unless use_cpu.
+    args = recipe_config.parse_args(["--config", str(path), "--use_cpu", "true"])
+    for key, value in yaml.safe_load(path.read_text()).items():
+        if key not in ("use_cpu", "report_to"):  # report_to "none" is parsed into []
+            group = next(g for g in args if hasattr(g, key))
+            assert getattr(group, key) == value or str(getattr(group, key)) == str(value), key
+
+
+def test_help_lists_recipe_and_trainer_fields():
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, str(RECIPE / "run.py"), "--help"], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for flag in ("--quick", "--prefix_sharing", "--reference", "--lora_r", "--eval_every_steps", "--hub_dry_run"):
+        assert flag in result.stdout, flag
 
 
 def test_accelerate_configs_start_with_their_command():
@@ -67,9 +145,9 @@ def test_split_is_disjoint_and_growing_one_part_moves_no_other():
     import imdb_data
 
     reviews = [{"text": f"review {i}", "label": i % 2} for i in range(1000)]
-    small = recipe_config.DataArguments(sft_reviews=300, classifier_reviews=200, preference_prompts=100,
+    small = recipe_config.RecipeDataArguments(sft_reviews=300, classifier_reviews=200, preference_prompts=100,
                                         eval_prompts=50, best_of_n_prompts=20)
-    big = recipe_config.DataArguments(**{**vars(small), "preference_prompts": 300})
+    big = recipe_config.RecipeDataArguments(**{**vars(small), "preference_prompts": 300})
     a, b = imdb_data.split_reviews(reviews, small, seed=0), imdb_data.split_reviews(reviews, big, seed=0)
     texts = [r["text"] for part in a.values() for r in part]
     assert len(texts) == len(set(texts)) == 300 + 200 + 170
@@ -88,7 +166,7 @@ def test_clean_strips_html_breaks():
 def test_stage_skips_a_done_folder_and_flags_changed_settings(tmp_path, caplog):
     import logging
 
-    import run
+    import stage_cache
 
     built = []
 
@@ -99,19 +177,24 @@ def test_stage_skips_a_done_folder_and_flags_changed_settings(tmp_path, caplog):
     def load(folder):
         return (folder / "x.json").read_text()
 
-    assert run.stage(1, "demo", tmp_path / "s", build, load, settings={"lr": 1, "seed": 0}) == "1"
+    assert stage_cache.stage(1, "demo", tmp_path / "s", build, load, settings={"lr": 1, "seed": 0}) == "1"
     with caplog.at_level(logging.WARNING, logger="sentiment"):
-        assert run.stage(1, "demo", tmp_path / "s", build, load, settings={"lr": 2, "seed": 0}) == "1"
+        assert stage_cache.stage(1, "demo", tmp_path / "s", build, load, settings={"lr": 2, "seed": 0}) == "1"
     assert len(built) == 1
     assert "lr: 1 -> 2" in caplog.text and "seed" not in caplog.text
 
 
 def test_every_setting_is_checked_by_some_stage_or_deliberately_not():
-    import run
+    import stage_cache
 
-    fields = {k for cls in recipe_config.ARGUMENT_CLASSES[:4] for k in cls.__dataclass_fields__}
-    staged = {k for keys in run.STAGE_SETTINGS.values() for k in keys}
-    assert staged <= fields and set(run.NOT_SETTINGS) <= fields
+    fields = field_names(recipe_config.argument_classes())
+    staged = {k for keys in stage_cache.STAGE_SETTINGS.values() for k in keys}
+    assert staged <= fields and set(stage_cache.NOT_SETTINGS) <= fields
+    everything = stage_cache.all_settings(recipe_config.parse_args([]))
+    train = stage_cache.stage_settings(everything, "train")
+    assert train["learning_rate"] == 0.002 and train["lora_r"] == 16 and train["prefix_sharing"] is False
+    assert not set(train) & set(stage_cache.NOT_SETTINGS)
+    assert everything == json.loads(json.dumps(everything))  # what the marker records compares equal after a reload
 
 
 def test_pairwise_rows_best_worst_and_adjacent():
@@ -162,42 +245,58 @@ def test_fresh_adapter_has_zero_kl_and_zero_implicit_reward():
     from dpo_ext.testing import tiny_model, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
-    lora = recipe_config.LoraArguments(lora_r=4, lora_alpha=8)
-    model = get_peft_model(tiny_model(tokenizer), train_methods.lora_config(lora))
+    base = tiny_model(tokenizer)
+    model_args = recipe_config.parse_args(["--lora_r", "4", "--lora_alpha", "8"]).model
+    model = get_peft_model(base, train_methods.lora_config(model_args, base))
     prompts = [tokenizer("the movie was")["input_ids"], tokenizer("i liked it")["input_ids"]]
     point = evaluation.evaluate_policy(model, tokenizer, lambda texts: [0.5] * len(texts), prompts,
                                        samples_per_prompt=3, max_new_tokens=5, seed=0)
     assert point["kl"] == 0.0 and point["num_samples"] == 6 and point["reward"] == 0.5
-    completions = [c for row in generation.sample(model, prompts, 2, 5, tokenizer.eos_token_id,
-                                                  tokenizer.pad_token_id, seed=1) for c in row]
-    rewards = generation.implicit_rewards(model, [p for p in prompts for _ in range(2)], completions, 0.1,
-                                          tokenizer.pad_token_id)
-    assert torch.equal(rewards, torch.zeros(4))
+    samples = generation.sample(model, prompts, 2, 5, tokenizer.eos_token_id, tokenizer.pad_token_id, seed=1)
+    rewards = best_of_n.implicit_rewards(model, tokenizer, prompts, samples, 0.1)
+    assert torch.equal(rewards, torch.zeros(2, 2))
 
 
-def test_sequence_logps_match_a_manual_sum():
-    """Right padding and the prompt/completion boundary: compare with log-softmax summed by hand, row by row."""
-    import generation
+def test_kl_log_ratios_match_a_manual_sum():
+    """Completions of different lengths (one a single token) and the prompt/completion boundary: compare the
+    scorer-based log-ratios with log-softmax summed by hand, policy minus adapters-disabled reference, row by row."""
+    import evaluation
+    from peft import LoraConfig, get_peft_model
+
     from dpo_ext.testing import tiny_model, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
-    model = tiny_model(tokenizer).eval()
+    torch.manual_seed(0)
+    # init_lora_weights=False: B is random too, so the adapter changes the model (policy != reference).
+    model = get_peft_model(tiny_model(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"],
+                                                             fan_in_fan_out=True, init_lora_weights=False)).eval()
     prompts = [tokenizer("the movie")["input_ids"], tokenizer("i really liked")["input_ids"]]
-    completions = [tokenizer(" was good and fun")["input_ids"], tokenizer(" it")["input_ids"]]
-    got = generation.sequence_logps(model, prompts, completions, tokenizer.pad_token_id)
-    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+    completions = [[tokenizer(" was good and fun")["input_ids"], tokenizer(" it")["input_ids"]],
+                   [tokenizer(" the movie was good")["input_ids"], tokenizer(" fun")["input_ids"][:1]]]
+    got = evaluation.log_ratios(model, tokenizer, prompts, completions)  # (P, S)
+
+    def manual(prompt, completion):
         ids = torch.tensor([prompt + completion])
         with torch.no_grad():
             logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)  # (T-1, V)
-        expected = sum(logps[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(completion))
-        assert got[row].item() == pytest.approx(expected, abs=1e-4)
+        return sum(logps[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(completion))
+
+    for p, (prompt, row) in enumerate(zip(prompts, completions)):
+        for s, completion in enumerate(row):
+            policy = manual(prompt, completion)
+            with model.disable_adapter():
+                reference = manual(prompt, completion)
+            assert abs(policy - reference) > 1e-3  # the adapter matters, so the test can tell them apart
+            assert got[p, s].item() == pytest.approx(policy - reference, abs=1e-4)
 
 
-def run_recipe(out: Path, tmp_path: Path, *extra: str, check: bool = True):
+def run_recipe(out: Path, tmp_path: Path, *extra: str, config: Path | None = None, check: bool = True):
+    """Run the recipe at test size (``--quick``, or ``config``) as `make demo` runs it: a subprocess, offline."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), TOKENIZERS_PARALLELISM="false",
                MPLCONFIGDIR=str(tmp_path / "mpl"))
+    size = ["--quick"] if config is None else ["--config", str(config)]
     result = subprocess.run(
-        [sys.executable, str(RECIPE / "run.py"), "--quick", "--output_dir", str(out), *extra],
+        [sys.executable, str(RECIPE / "run.py"), *size, "--output_dir", str(out), *extra],
         env=env, capture_output=True, text=True, timeout=600,
     )
     if check:
@@ -213,10 +312,43 @@ def test_push_to_hub_fails_before_any_stage_when_offline(tmp_path):
     assert not (out / "data").exists()
 
 
+def check_runs_report_their_own_results(out: Path, results: dict, settings: dict) -> None:
+    """Each run's numbers in results.json and results.md are its eval_results.json's; its final evaluation closes
+    its frontier; its step count and training_config.json show the YAML settings reached its trainer."""
+    rows = {"pairwise": len(preference_data.read_jsonl(out / "preferences" / "pairwise.jsonl")),
+            "ranked": len(preference_data.read_jsonl(out / "preferences" / "ranked.jsonl"))}
+    table = (out / "results.md").read_text()
+    lora = {k: settings[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
+    for name, run in results["runs"].items():
+        folder = out / "adapters" / name
+        eval_results = json.loads((folder / "eval_results.json").read_text())
+        assert run == {k: v for k, v in eval_results.items() if k != "examples"}, name
+        last = run["checkpoints"][-1]
+        assert (last["step"], last["reward"], last["kl"]) == (run["train_steps"], run["ground_truth_reward"],
+                                                              run["kl"]), name
+        assert (f"| {name} | " in table and f"| {run['ground_truth_reward']:.3f} +- {run['ground_truth_reward_sem']:.3f}"
+                f" | {run['kl']:.2f} +- {run['kl_sem']:.2f} | {run['train_steps']} |" in table), name
+        data_rows = rows["ranked" if run["method"] == "pl_dpo" else "pairwise"]
+        assert run["train_steps"] == math.ceil(data_rows / settings["per_device_train_batch_size"]), name
+        config = json.loads((folder / "training_config.json").read_text())
+        for key in ("learning_rate", "per_device_train_batch_size", "num_train_epochs", "warmup_steps", "seed",
+                    "max_length", "optim"):
+            assert config[key] == settings[key], (name, key)
+        assert config["beta"] == run["beta"] and config["lora"] == lora, name
+        if config["trainer"] == "PLDPOTrainer":  # trainer-only keys of the YAML
+            assert (config["prefix_sharing"], config["reference"]) == (True, "disabled_adapters"), name
+
+
 def test_quick_run_end_to_end_and_cached_rerun(tmp_path, hub, monkeypatch, capsys):
     # ~25 s on 2 free cores (quick run ~16 s, cached re-run ~8 s), so not marked slow.
     out = tmp_path / "sentiment"
-    run_recipe(out, tmp_path)
+    # The quick config plus trainer-only keys, to show every PLDPOConfig field is a YAML key that reaches the trainer.
+    config = tmp_path / "quick_prefix_sharing.yaml"
+    config.write_text((RECIPE / "configs" / "quick.yaml").read_text()
+                      + "prefix_sharing: true\nreference: disabled_adapters\n")
+    settings = {**yaml.safe_load((RECIPE / "configs" / "default.yaml").read_text()),
+                **yaml.safe_load(config.read_text())}
+    run_recipe(out, tmp_path, config=config)
 
     results = json.loads((out / "results.json").read_text())
     methods = {r["method"] for r in results["runs"].values()}
@@ -225,9 +357,13 @@ def test_quick_run_end_to_end_and_cached_rerun(tmp_path, hub, monkeypatch, capsy
         assert isinstance(run["ground_truth_reward"], float) and 0.0 <= run["ground_truth_reward"] <= 1.0, name
         assert isinstance(run["kl"], float), name
         assert run["checkpoints"] and all({"step", "reward", "kl"} <= set(p) for p in run["checkpoints"]), name
+    check_runs_report_their_own_results(out, results, settings)
     assert 0.5 < results["reward_model"]["held_out_accuracy"] <= 1.0
+    assert results["reward_model"] == json.loads((out / "reward" / "metrics.json").read_text())
     assert set(results["best_of_n"]["picks"]) >= {"ground_truth", "random", "implicit_dpo_beta0.1",
                                                    "implicit_pl_dpo_beta0.1"}
+    oracle, chance = results["best_of_n"]["picks"]["ground_truth"], results["best_of_n"]["picks"]["random"]
+    assert oracle[0] == chance[0] and oracle == sorted(oracle) and oracle[-1] > chance[-1]  # N=1 is a random pick
     for plot in ("frontier.png", "best_of_n.png"):
         assert (out / plot).read_bytes()[:8] == PNG_MAGIC, plot
     assert "| run | method |" in (out / "results.md").read_text()
@@ -245,12 +381,12 @@ def test_quick_run_end_to_end_and_cached_rerun(tmp_path, hub, monkeypatch, capsy
     weights = out / "adapters" / "pl_dpo_beta0.1" / "adapter_model.safetensors"
     before = weights.stat().st_mtime_ns
     # The re-run also stages the Hub upload (dry run: no network), which needs only the finished folders.
-    result = run_recipe(out, tmp_path, "--push_to_hub", "--hub_model_id", "my-org/imdb", "--hub_dry_run")
+    result = run_recipe(out, tmp_path, "--push_to_hub", "--hub_model_id", "my-org/imdb", "--hub_dry_run", config=config)
     log = result.stdout + result.stderr
     for index, name in [(1, "data"), (2, "tokenizer"), (3, "SFT policy"), (4, "ground-truth reward"),
                         (5, "preference data"), (7, "Best-of-N")]:
         assert f"[{index}/8] {name}: cached" in log, name
-    assert "running" not in log
+    assert "running" not in log and "other settings" not in log
     assert weights.stat().st_mtime_ns == before
     assert json.loads((out / "results.json").read_text())["runs"].keys() == results["runs"].keys()
     staged = out / "hub_dry_run"

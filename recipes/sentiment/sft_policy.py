@@ -12,15 +12,15 @@ from pathlib import Path
 import torch
 
 
-def build_tiny(model_args, tokenizer):
+def build_tiny(recipe_model_args, tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
         vocab_size=len(tokenizer),
-        n_positions=model_args.context_length,
-        n_embd=model_args.tiny_n_embd,
-        n_layer=model_args.tiny_n_layer,
-        n_head=model_args.tiny_n_head,
+        n_positions=recipe_model_args.context_length,
+        n_embd=recipe_model_args.tiny_n_embd,
+        n_layer=recipe_model_args.tiny_n_layer,
+        n_head=recipe_model_args.tiny_n_head,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
@@ -32,25 +32,25 @@ def build_tiny(model_args, tokenizer):
     return GPT2LMHeadModel(config)
 
 
-def train_tiny(out_dir: Path, model_args, training_args, tokenizer, texts: list[str], log) -> None:
+def train_tiny(out_dir: Path, args, tokenizer, texts: list[str], log) -> None:
     """Next-token training on review beginnings; AdamW, linear warm-up then cosine decay, one progress bar."""
     from tqdm.auto import tqdm
 
-    torch.manual_seed(training_args.seed)
-    model = build_tiny(model_args, tokenizer)
-    context = model_args.context_length
+    torch.manual_seed(args.training.seed)
+    model = build_tiny(args.recipe_model, tokenizer)
+    context = args.recipe_model.context_length
     encoded = tokenizer(texts, truncation=True, max_length=context, padding="max_length", return_tensors="pt")
     input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]  # (N, T)
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     num_params = sum(p.numel() for p in model.parameters())
-    batch_size = training_args.sft_batch_size
+    batch_size = args.run.sft_batch_size
     steps_per_epoch = math.ceil(len(texts) / batch_size)
-    total_steps = max(1, int(steps_per_epoch * training_args.sft_epochs))
+    total_steps = max(1, int(steps_per_epoch * args.run.sft_epochs))
     warmup = max(1, total_steps // 20)
     log(f"SFT: tiny GPT-2 with {num_params / 1e6:.2f}M parameters, {len(texts)} reviews x {context} tokens, "
         f"{total_steps} steps of {batch_size}")
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=training_args.sft_learning_rate, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.run.sft_learning_rate, weight_decay=0.01)
 
     def lr_factor(step):
         if step < warmup:
@@ -58,7 +58,7 @@ def train_tiny(out_dir: Path, model_args, training_args, tokenizer, texts: list[
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    generator = torch.Generator().manual_seed(training_args.seed)
+    generator = torch.Generator().manual_seed(args.training.seed)
     model.train()
     start, order, losses = time.time(), torch.empty(0, dtype=torch.long), []
     progress = tqdm(range(total_steps), desc="SFT", mininterval=2)
@@ -82,29 +82,30 @@ def train_tiny(out_dir: Path, model_args, training_args, tokenizer, texts: list[
     tokenizer.save_pretrained(out_dir)
 
 
-def train_hub_model(out_dir: Path, model_args, training_args, tokenizer, texts: list[str], log) -> None:
+def train_hub_model(out_dir: Path, args, tokenizer, texts: list[str], log) -> None:
     """Paper scale: fine-tune ``model_name_or_path`` on the reviews with `trl.SFTTrainer` (GPU, needs the Hub)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    log(f"SFT: fine-tuning {model_args.model_name_or_path} on {len(texts)} reviews")
-    args = SFTConfig(
+    log(f"SFT: fine-tuning {args.model.model_name_or_path} on {len(texts)} reviews")
+    training = args.training
+    config = SFTConfig(
         output_dir=str(out_dir / "trainer"),
-        num_train_epochs=training_args.sft_epochs,
-        learning_rate=training_args.sft_learning_rate,
-        per_device_train_batch_size=training_args.sft_batch_size,
-        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-        max_length=model_args.context_length,
-        bf16=training_args.bf16,
-        gradient_checkpointing=training_args.gradient_checkpointing,
-        use_cpu=training_args.use_cpu,
-        seed=training_args.seed,
+        num_train_epochs=args.run.sft_epochs,
+        learning_rate=args.run.sft_learning_rate,
+        per_device_train_batch_size=args.run.sft_batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        max_length=args.recipe_model.context_length,
+        bf16=training.bf16,
+        activation_checkpointing=training.activation_checkpointing,
+        use_cpu=training.use_cpu,
+        seed=training.seed,
         report_to="none",
         save_strategy="no",
     )
     trainer = SFTTrainer(
-        model=model_args.model_name_or_path,
-        args=args,
+        model=args.model.model_name_or_path,
+        args=config,
         train_dataset=Dataset.from_dict({"text": texts}),
         processing_class=tokenizer,
     )

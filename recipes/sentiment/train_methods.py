@@ -16,27 +16,33 @@ Every run writes a ready-to-publish folder: adapter weights and config, tokenize
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import fields, replace
 from pathlib import Path
 
 import evaluation
 
-PAIRWISE_LOSSES = {"dpo": "plackett_luce", "preferred_ft": "preferred_ft", "unlikelihood": "unlikelihood"}
-# Arguments copied from the trainer config into training_config.json (what a model card shows).
+LOSS_TYPES = {"dpo": "plackett_luce", "pl_dpo": "plackett_luce", "preferred_ft": "preferred_ft",
+              "unlikelihood": "unlikelihood"}
+# Trainer settings copied into training_config.json (what a model card shows).
 _RECORDED = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
     "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "max_length", "bf16", "seed", "beta",
-    "loss_type", "unlikelihood_alpha", "num_generations", "max_completion_length",
+    "loss_type", "unlikelihood_alpha", "num_generations", "max_completion_length", "reference", "prefix_sharing",
+    "precompute_ref_log_probs",
 )
+# Fields trl.DPOConfig shares with PLDPOConfig, meaning the same thing in both.
+_DPO_SHARED = ("beta", "max_length", "precompute_ref_log_probs", "precompute_ref_batch_size", "disable_dropout",
+               "dataset_num_proc")
 
 
-def plan_runs(training_args) -> list[dict]:
+def plan_runs(args) -> list[dict]:
     """One dict per run: ``name``, ``method``, ``beta`` and (unlikelihood) ``alpha``; the sweep widens them."""
-    betas = training_args.sweep_betas if training_args.sweep else [training_args.beta]
-    alphas = training_args.sweep_unlikelihood_alphas if training_args.sweep else [training_args.unlikelihood_alpha]
-    methods = list(training_args.methods)
-    if training_args.sweep and training_args.rl_method not in methods:
-        methods.append(training_args.rl_method)
+    run_args, training_args = args.run, args.training
+    betas = run_args.sweep_betas if run_args.sweep else [training_args.beta]
+    alphas = run_args.sweep_unlikelihood_alphas if run_args.sweep else [training_args.unlikelihood_alpha]
+    methods = list(run_args.methods)
+    if run_args.sweep and run_args.rl_method not in methods:
+        methods.append(run_args.rl_method)
     runs = []
     for method in methods:
         if method in ("dpo", "trl_dpo", "pl_dpo"):
@@ -48,78 +54,81 @@ def plan_runs(training_args) -> list[dict]:
             runs.append({"name": "preferred_ft", "method": method, "beta": training_args.beta})
         else:  # RL baselines
             runs.append({"name": f"{method}_beta{training_args.beta:g}", "method": method, "beta": training_args.beta,
-                         "max_steps": training_args.rl_max_steps})
+                         "max_steps": run_args.rl_max_steps})
     return runs
 
 
-def common_trainer_kwargs(trainer_dir: Path, training_args, max_length: int) -> dict:
-    return {
-        "output_dir": str(trainer_dir),
-        "per_device_train_batch_size": training_args.per_device_train_batch_size,
-        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
-        "learning_rate": training_args.learning_rate,
-        "num_train_epochs": training_args.num_train_epochs,
-        "optim": training_args.optim,
-        "warmup_steps": training_args.warmup_steps,
-        "max_length": max_length,
-        "bf16": training_args.bf16,
-        "gradient_checkpointing": training_args.gradient_checkpointing,
-        "use_cpu": training_args.use_cpu,
-        "logging_steps": training_args.logging_steps,
-        "save_strategy": "no",
-        "report_to": "none",
-        "seed": training_args.seed,
-        "disable_tqdm": False,
-    }
+def run_config(training_args, run: dict, trainer_dir: Path):
+    """The run's `PLDPOConfig`: the parsed one with the run's own output folder, beta, loss and alpha.
+
+    ``push_to_hub`` is switched off for the trainer: the recipe publishes every folder itself, once all are done.
+    """
+    loss_type = LOSS_TYPES.get(run["method"], training_args.loss_type)  # TRL runs: unused
+    return replace(training_args, output_dir=str(trainer_dir), push_to_hub=False, beta=run["beta"],
+                   loss_type=loss_type, unlikelihood_alpha=run.get("alpha", training_args.unlikelihood_alpha))
 
 
-def make_trainer(run, model, tokenizer, prefs, kwargs, peft_config, callbacks, reward):
-    """The one place a run's method becomes a trainer. Switch point: every dpo_ext method goes through PLDPOTrainer."""
+def trl_config(config_class, training_args, **overrides):
+    """A TRL trainer config with ``training_args``'s values for every `transformers.TrainingArguments` field, then
+    ``overrides``. ``remove_unused_columns`` is left at the TRL default: PLDPOConfig's value is about its own columns.
+    """
+    from transformers import TrainingArguments
+
+    generic = {f.name: getattr(training_args, f.name) for f in fields(TrainingArguments)
+               if f.init and f.name != "remove_unused_columns"}
+    return config_class(**{**generic, **overrides})
+
+
+def trl_dpo_config(config):
+    """The ``trl_dpo`` run's `trl.DPOConfig`: ``config``'s (its `PLDPOConfig`'s) values, sigmoid loss."""
+    from trl import DPOConfig
+
+    return trl_config(DPOConfig, config, **{name: getattr(config, name) for name in _DPO_SHARED}, loss_type=["sigmoid"])
+
+
+def make_trainer(run, model, tokenizer, prefs, config, peft_config, callbacks, reward):
+    """The one place a run's method becomes a trainer. Switch point: every dpo_ext method goes through PLDPOTrainer.
+
+    ``config`` is the run's `PLDPOConfig` (`run_config`); TRL's trainers get their own config built from it.
+    """
     from datasets import Dataset
 
     method = run["method"]
     pairwise = Dataset.from_list(prefs["pairwise"])
     if method == "trl_dpo":
-        from trl import DPOConfig, DPOTrainer
+        from trl import DPOTrainer
 
-        args = DPOConfig(**kwargs, beta=run["beta"], loss_type=["sigmoid"])
-        return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=pairwise, processing_class=tokenizer,
-                          peft_config=peft_config, callbacks=callbacks)
+        return DPOTrainer(model=model, ref_model=None, args=trl_dpo_config(config), train_dataset=pairwise,
+                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     if method in ("rloo", "grpo"):
         import rl_baseline
 
-        return rl_baseline.make_trainer(method, run, model, tokenizer, prefs, kwargs, peft_config, callbacks, reward)
-    from dpo_ext import PLDPOConfig, PLDPOTrainer
+        return rl_baseline.make_trainer(method, run, model, tokenizer, prefs, config, peft_config, callbacks, reward)
+    from dpo_ext import PLDPOTrainer
 
-    if method == "pl_dpo":
-        data, loss_type = Dataset.from_list(prefs["ranked"]), "plackett_luce"
-    else:
-        data, loss_type = pairwise, PAIRWISE_LOSSES[method]
-    args = PLDPOConfig(**kwargs, beta=run["beta"], loss_type=loss_type, unlikelihood_alpha=run.get("alpha", 1.0))
-    return PLDPOTrainer(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tokenizer,
+    data = Dataset.from_list(prefs["ranked"]) if method == "pl_dpo" else pairwise
+    return PLDPOTrainer(model=model, ref_model=None, args=config, train_dataset=data, processing_class=tokenizer,
                         peft_config=peft_config, callbacks=callbacks)
 
 
-def lora_config(lora_args):
-    from peft import LoraConfig
+def lora_config(model_args, model):
+    """`trl.get_peft_config` of the parsed `trl.ModelConfig` (bias "none": disabling the adapter then gives back the
+    reference exactly), with ``fan_in_fan_out`` matching ``model``: GPT-2's Conv1D layers store weights transposed
+    (PEFT would correct it itself, with a warning)."""
+    from transformers.pytorch_utils import Conv1D
+    from trl import get_peft_config
 
-    return LoraConfig(
-        r=lora_args.lora_r,
-        lora_alpha=lora_args.lora_alpha,
-        lora_dropout=lora_args.lora_dropout,
-        target_modules=list(lora_args.lora_target_modules),
-        fan_in_fan_out=True,  # GPT-2's Conv1D layers store weights transposed
-        bias="none",  # with bias, disabling the adapter would not give back the reference
-        task_type="CAUSAL_LM",
-    )
+    config = get_peft_config(model_args)
+    config.fan_in_fan_out = any(isinstance(module, Conv1D) for module in model.modules())
+    return config
 
 
-def load_adapter(sft_dir: Path, adapter_dir: Path, training_args):
+def load_adapter(sft_dir: Path, adapter_dir: Path, use_cpu: bool):
     from peft import PeftModel
 
     import sft_policy
 
-    model = PeftModel.from_pretrained(sft_policy.load(sft_dir, training_args.use_cpu), str(adapter_dir))
+    model = PeftModel.from_pretrained(sft_policy.load(sft_dir, use_cpu), str(adapter_dir))
     return model.eval()
 
 
@@ -127,15 +136,14 @@ def train_run(run, run_dir: Path, sft_dir: Path, tokenizer, prefs, reward, eval_
     """Train one run, evaluate it, and write its publishable folder. Returns the content of eval_results.json."""
     import sft_policy
 
-    model_args, lora_args, data_args, training_args = args
     model = sft_policy.load(sft_dir)
     curve = []
-    callback = evaluation.make_callback(tokenizer, reward, eval_prompts, training_args, data_args, curve)
+    callback = evaluation.make_callback(tokenizer, reward, eval_prompts, args, curve)
     # The trainer's own output (logs) stays out of the publishable folder.
-    trainer_dir = run_dir.parent.parent / "trainer_output" / run_dir.name
-    kwargs = common_trainer_kwargs(trainer_dir, training_args, model_args.context_length)
+    config = run_config(args.training, run, run_dir.parent.parent / "trainer_output" / run_dir.name)
     start = time.time()
-    trainer = make_trainer({**run, "max_new_tokens": data_args.max_new_tokens}, model, tokenizer, prefs, kwargs, lora_config(lora_args), [callback], reward)
+    trainer = make_trainer({**run, "max_new_tokens": args.data.max_new_tokens}, model, tokenizer, prefs, config,
+                           lora_config(args.model, model), [callback], reward)
     trainer.train()
     seconds = time.time() - start
     trainer.save_model(str(run_dir))
@@ -145,17 +153,13 @@ def train_run(run, run_dir: Path, sft_dir: Path, tokenizer, prefs, reward, eval_
     # Evaluate the adapter as saved, on a fresh copy of the SFT model: checks the saved folder, and works whatever
     # sharding (FSDP, ZeRO-3) the trainer used.
     final = evaluation.evaluate_policy(
-        load_adapter(sft_dir, run_dir, training_args), tokenizer, reward, eval_prompts,
-        training_args.eval_samples_per_prompt, data_args.max_new_tokens, seed=training_args.seed + 1,
+        load_adapter(sft_dir, run_dir, args.training.use_cpu), tokenizer, reward, eval_prompts,
+        args.run.eval_samples_per_prompt, args.data.max_new_tokens, seed=args.training.seed + 1,
     )
     step = trainer.state.global_step
     if not curve or curve[-1]["step"] != step:
         curve.append({"step": step, **{k: v for k, v in final.items() if k != "examples"}})
-    config = {k: v for k, v in trainer.args.to_dict().items() if k in _RECORDED}
-    config.update({"datasets": ["stanfordnlp/imdb"], "method": run["method"], "run_name": run["name"], "trainer": type(trainer).__name__,
-                   "num_completions": data_args.num_completions if run["method"] == "pl_dpo" else 2,
-                   "lora": asdict(lora_args), "train_seconds": round(seconds, 1)})
-    (run_dir / "training_config.json").write_text(json.dumps(config, indent=2, default=str))
+    write_training_config(run_dir, trainer, run, args, seconds)
     results = {
         "ground_truth_reward": final["reward"],
         "ground_truth_reward_sem": final["reward_sem"],
@@ -173,3 +177,16 @@ def train_run(run, run_dir: Path, sft_dir: Path, tokenizer, prefs, reward, eval_
     (run_dir / "eval_results.json").write_text(json.dumps(results, indent=2))
     log(f"{run['name']}: reward {final['reward']:.3f}, KL {final['kl']:.2f} after {step} steps ({seconds:.0f}s)")
     return results
+
+
+def write_training_config(run_dir: Path, trainer, run: dict, args, seconds: float) -> None:
+    """training_config.json: the trainer's own settings (as it used them), the LoRA settings and the run."""
+    config = {k: v for k, v in trainer.args.to_dict().items() if k in _RECORDED}
+    if run["method"] != "unlikelihood":
+        config.pop("unlikelihood_alpha", None)  # unused by every other loss
+    lora = {name: getattr(args.model, name) for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
+    config.update({"datasets": ["stanfordnlp/imdb"], "method": run["method"], "run_name": run["name"],
+                   "trainer": type(trainer).__name__,
+                   "num_completions": args.data.num_completions if run["method"] == "pl_dpo" else 2,
+                   "lora": lora, "train_seconds": round(seconds, 1)})
+    (run_dir / "training_config.json").write_text(json.dumps(config, indent=2, default=str))

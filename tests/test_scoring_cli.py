@@ -67,15 +67,27 @@ def test_score_writes_rewards_equal_to_the_library(saved, tmp_path):
 
 
 def test_rerank_samples_or_reranks_and_keeps_the_best(saved, tmp_path):
+    from transformers import set_seed
+
     rows = [{"prompt": "the movie was"}, {"prompt": "i saw", "candidates": [" good", " bad", " fine fun"]}]
     out = tmp_path / "best.jsonl"
     assert main(["rerank", str(saved / "adapter"), "-i", _jsonl(tmp_path / "p.jsonl", rows), "-o", str(out),
-                 "--n", "3", "--max-new-tokens", "4"]) == 0
+                 "--n", "3", "--max-new-tokens", "4", "--seed", "3"]) == 0
     sampled, given = _read(out)
-    assert len(sampled["candidates"]) == len(sampled["rewards"]) == 3
-    assert sampled["best_reward"] == max(sampled["rewards"])
-    assert given["candidates"] == rows[1]["candidates"]  # input order kept
-    assert given["best"] == given["candidates"][given["rewards"].index(max(given["rewards"]))]
+    # the same samples and rewards as the Python API gives with the same seed, and the best is the API's best
+    scorer = ImplicitRewardScorer.from_pretrained(str(saved / "adapter"), device="cpu")
+    set_seed(3)
+    expected = scorer.best_of_n(["the movie was"], 3, generation_config={"max_new_tokens": 4})[0]
+    assert sampled["candidates"] == [c.completion for c in expected.candidates]
+    assert sampled["rewards"] == pytest.approx([c.reward for c in expected.candidates], abs=1e-6)
+    assert (sampled["best"], sampled["best_reward"]) == (expected.best.completion,
+                                                         pytest.approx(expected.best.reward, abs=1e-6))
+    # given candidates: input order kept, rewards as scored independently, best = the highest of those
+    rewards = scorer.score(["i saw"], [rows[1]["candidates"]]).rewards[0]
+    assert given["candidates"] == rows[1]["candidates"]
+    assert given["rewards"] == pytest.approx(rewards.tolist(), abs=1e-6)
+    assert len(set(rewards.tolist())) == 3  # no tie, so the best is unambiguous
+    assert given["best"] == rows[1]["candidates"][int(rewards.argmax())]
 
 
 def test_eval_prints_and_writes_preference_accuracy(saved, tmp_path, capsys):
@@ -83,8 +95,21 @@ def test_eval_prints_and_writes_preference_accuracy(saved, tmp_path, capsys):
     assert main(["eval", str(saved / "adapter"), "-i", _jsonl(tmp_path / "pairs.jsonl", PAIRS), "-o", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
-    assert printed["num_rows"] == 3 and 0.0 <= printed["accuracy"] <= 1.0
-    assert printed["accuracy"] * 3 == pytest.approx(round(printed["accuracy"] * 3))
+    scorer = ImplicitRewardScorer.from_pretrained(str(saved / "adapter"), device="cpu")
+    rewards = scorer.score([r["prompt"] for r in PAIRS], [[r["chosen"], r["rejected"]] for r in PAIRS]).rewards
+    assert printed["num_rows"] == 3
+    assert printed["accuracy"] == pytest.approx(float((rewards[:, 0] > rewards[:, 1]).float().mean()))
+    assert printed["rewards/margins"] == pytest.approx(float((rewards[:, 0] - rewards[:, 1]).mean()), abs=1e-6)
+
+
+def test_eval_accuracy_of_pairs_and_their_swaps_is_one_half(saved, tmp_path, capsys):
+    """Each pair and its swap (chosen <-> rejected) get opposite answers unless their rewards tie, and a tie counts
+    as wrong: with no tie, exactly 3 of these 6 rows are right (accuracy 0.5) and the margins cancel (mean 0)."""
+    swapped = [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in PAIRS]
+    assert main(["eval", str(saved / "adapter"), "-i", _jsonl(tmp_path / "both.jsonl", PAIRS + swapped)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["num_rows"], printed["accuracy"]) == (6, 0.5)
+    assert printed["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("rows, message", [
@@ -174,12 +199,10 @@ def test_help_lists_the_commands_without_importing_torch():
 
 @pytest.mark.parametrize("command", ["score", "rerank", "eval"])
 def test_an_output_directory_is_refused_before_the_model_loads(saved, tmp_path, capsys, monkeypatch, command):
-    import dpo_ext.cli.score as scoring_cli
-
-    def no_model(args):
+    def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the output path was checked")
 
-    monkeypatch.setattr(scoring_cli, "load_scorer", no_model)
+    monkeypatch.setattr(ImplicitRewardScorer, "from_pretrained", no_model)
     out_dir = tmp_path / "results"
     out_dir.mkdir()
     pairs = _jsonl(tmp_path / "pairs.jsonl", PAIRS)

@@ -1,16 +1,21 @@
 """The ``dpo-ext`` command.
 
-Each subcommand lives in its own module, which exposes ``register(subparsers)``; heavy imports (torch, trl) happen
-inside the subcommand's handler, so ``dpo-ext --help`` stays fast.
+Each command family lives in its own module, which exposes ``register(subparsers)``; what they share (arguments,
+reading rows, writing outputs) is in `dpo_ext.cli.common`. Heavy imports (torch, transformers, datasets) happen
+inside the handlers, so ``dpo-ext --help`` stays fast.
 """
 
 import argparse
 import importlib
 import sys
 
+from dpo_ext.cli.common import report_error
+
 # Modules that add subcommands, in the order they appear in --help.
 _COMMAND_MODULES = (
     "dpo_ext.cli.score",
+    "dpo_ext.cli.rerank",
+    "dpo_ext.cli.evaluate",
     "dpo_ext.cli.validate",
     "dpo_ext.cli.hub",
 )
@@ -32,9 +37,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError, PermissionError) as error:
-        # Input problems are the user's to fix: one clear line, no traceback.
-        print(f"dpo-ext {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, PermissionError) as error:  # input problems: the user's to fix
+        report_error(args.command, error)
         return 2
 
 

@@ -2,8 +2,9 @@
 Hugging Face Hub. The Hub client is imported inside the handlers so that `dpo-ext --help` stays fast."""
 
 import argparse
-import sys
 from pathlib import Path
+
+from dpo_ext.cli.common import report_error
 
 _TOKEN_HELP = ("Hugging Face token (default: HF_TOKEN, else the token saved by `hf auth login`; prefer those, "
                "a token typed on the command line stays in the shell history)")
@@ -79,9 +80,8 @@ def _run(push, args: argparse.Namespace, source: Path, **kwargs) -> int:
     try:
         result = push(source, args.repo_id, token=args.token, private=args.private,
                       dry_run=args.dry_run if args.dry_run is not None else False, endpoint=args.endpoint, **kwargs)
-    except HubUploadError as error:
-        # Access and input errors are reported by `dpo_ext.cli.main`; upload failures are ours to word.
-        print(f"dpo-ext {args.command}: error: {error}", file=sys.stderr)
+    except HubUploadError as error:  # access and input errors exit 2 from `dpo_ext.cli.main`; a failed upload, 1
+        report_error(args.command, error)
         return 1
     print(result.summary())
     return 0

@@ -6,6 +6,8 @@ The rules and their code are the trainer's (`dpo_ext.data.validation`); this mod
 import argparse
 import json
 
+from dpo_ext.cli.common import read_rows
+
 
 def register(subparsers) -> None:
     validate = subparsers.add_parser(
@@ -29,7 +31,6 @@ def register(subparsers) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from dpo_ext.cli.score import read_rows
     from dpo_ext.data.validation import validate_rows
 
     if args.max_length is not None and args.max_length < 2:

@@ -1,8 +1,9 @@
 """THE row format: preference rows -> validated, normalised, tokenized and collated examples. The one set of row
 rules that the trainer, the scorer, the CLI and `dpo-ext validate` share.
 
-Modules: `rows` (one row's rules: `normalize_row`), `tokenize` (`tokenize_ranked`, `prepare_ranked_dataset`),
-`collate` (plain and packed batches), `validation` (`validate_rows`), `jsonl` (reading JSON Lines files).
+Modules: `rows` (one row's rules: `normalize_row`; one prompt with completions to score: `check_scored`), `messages`
+(what a chat message is), `tokenize` (`tokenize_ranked`, `prepare_ranked_dataset`), `collate` (plain and packed
+batches), `validation` (`validate_rows`, the counts of what the rules drop), `jsonl` (reading JSON Lines files).
 
 Accepted row formats (all rows of a dataset share one format; K may vary from row to row):
 
@@ -13,6 +14,10 @@ Accepted row formats (all rows of a dataset share one format; K may vary from ro
 
 Prompts and completions are strings, or (conversational form) lists of ``{"role", "content"}`` messages rendered
 with the tokenizer's chat template. A precomputed ``ref_logps`` column (K floats per row) is kept.
+
+Completions to score (`ImplicitRewardScorer`, `dpo-ext score` and `rerank`; `check_scored`) follow the same rules but
+need no ranking: one or more per prompt, and a chat prompt's completion may be plain text (the assistant's message).
+A row to score gives ``completion``, ``completions`` or ``chosen``/``rejected`` (`completion_fields`).
 
 The rules (`normalize_row` applies them to one row; every caller goes through it):
 

@@ -1,22 +1,26 @@
-"""The row rules of `dpo_ext.data` (its docstring states them), applied to one row: `normalize_row`.
+"""The row rules of `dpo_ext.data` (its docstring states them), applied to one row: `normalize_row`; and the same
+rules for one prompt with completions to score: `check_scored`.
 
-Everything that reads preference rows (the trainer's `prepare_ranked_dataset`, the scorer's evaluation, the CLI and
-`dpo-ext validate`) goes through this module, so that a row means the same thing everywhere.
+Everything that reads preference rows or prompts to score (the trainer's `prepare_ranked_dataset`, the scorer and its
+evaluation, the CLI and `dpo-ext validate`) goes through this module, so that a row means the same thing everywhere.
+Errors are `PreferenceDataError`s that carry where (row, field, completion) as attributes: callers that name rows
+their own way (file lines, the row's own field names) read those, never the message.
 """
 
 import hashlib
 import json
 import math
-from collections import Counter
 from dataclasses import dataclass
 from numbers import Integral, Real
 
+from dpo_ext.data.messages import assistant_message, is_blank, is_messages, messages_problem
+
 PROMPT, COMPLETIONS, RANKS, SCORES, CHOSEN, REJECTED = "prompt", "completions", "ranks", "scores", "chosen", "rejected"
+COMPLETION = "completion"  # a row to score (`dpo-ext score`) may give a single completion
 PROMPT_IDS, COMPLETION_IDS, REF_LOGPS, ROW_INDEX = "prompt_ids", "completion_ids", "ref_logps", "row_index"
 
 # Why a valid row carries no preference (keys of the logged and reported counts)
 IDENTICAL, ALL_TIED = "identical_completions", "all_tied"
-NO_PREFERENCE_REASONS = {IDENTICAL: "whose completions are all identical", ALL_TIED: "whose completions are all tied"}
 
 EMPTY_PROMPT = ("empty prompt: every completion is scored given at least one prompt token, so give a prompt (to "
                 "score without one, use the tokenizer's BOS token text as the prompt)")
@@ -30,78 +34,50 @@ class PreferenceDataError(ValueError):
         dataset (`str` or `None`): the dataset's name (``"train"``, ``"eval"``...), when known.
         row (`int` or `None`): the row's position in its dataset (or, from the scorer, the prompt's position).
         field (`str` or `None`): ``"prompt"``, ``"completions[2]"``, ``"ref_logps[0]"``...
+        completion (`int` or `None`): the completion's position in its row, when the problem is one completion's,
+            so that a caller can name it by its own field (``chosen``, ``candidates[1]``...).
+        unit (`str`): what ``row`` counts: ``"row"`` (rows of a dataset) or ``"prompt"`` (the prompts given to the
+            scorer, whose errors read ``"prompt 1, completion 0: ..."``).
 
     The message starts with where: ``"eval dataset, row 2, field 'chosen': empty completion"``.
     """
 
     def __init__(self, problem: str, row: int | None = None, field: str | None = None, dataset: str | None = None,
-                 where: str | None = None):
-        self.problem, self.row, self.field, self.dataset, self._where = problem, row, field, dataset, where
+                 completion: int | None = None, unit: str = "row"):
+        self.problem, self.row, self.field, self.dataset = problem, row, field, dataset
+        self.completion, self.unit = completion, unit
         super().__init__(problem)
 
-    @classmethod
-    def at_prompt(cls, problem: str, prompt: int, completion: int | None = None) -> "PreferenceDataError":
-        """An error about a scorer's input, named as the scorer counts: ``prompt i[, completion k]``."""
-        field = PROMPT if completion is None else f"{COMPLETIONS}[{completion}]"
-        where = f"prompt {prompt}" + ("" if completion is None else f", completion {completion}")
-        return cls(problem, prompt, field, where=where)
-
-    def located(self, row: int | None = None, dataset: str | None = None) -> "PreferenceDataError":
-        """The same problem at ``row`` (when given) of ``dataset`` (when given)."""
+    def located(self, row: int | None = None, dataset: str | None = None,
+                unit: str | None = None) -> "PreferenceDataError":
+        """The same problem at ``row`` of ``dataset``, counted in ``unit`` (each left as it is when not given)."""
         return PreferenceDataError(self.problem, self.row if row is None else row, self.field,
-                                   dataset or self.dataset, self._where if row is None else None)
+                                   dataset or self.dataset, self.completion, unit or self.unit)
 
     def __str__(self) -> str:
         parts = [f"{self.dataset} dataset"] if self.dataset else []
-        if self._where:
-            parts.append(self._where)
+        if self.unit == "prompt":  # the scorer's arguments have no field names: say which prompt and completion
+            parts += [f"prompt {self.row}"] if self.row is not None else []
+            parts += [f"completion {self.completion}"] if self.completion is not None else []
         else:
             parts += [f"row {self.row}"] if self.row is not None else []
             parts += [f"field '{self.field}'"] if self.field else []
         return f"{', '.join(parts)}: {self.problem}" if parts else self.problem
 
     def __reduce__(self):  # datasets.map(num_proc=...) sends errors between processes by pickling them
-        return type(self), (self.problem, self.row, self.field, self.dataset, self._where)
+        return type(self), (self.problem, self.row, self.field, self.dataset, self.completion, self.unit)
 
 
-def _fail(index, field, problem):
-    raise PreferenceDataError(problem, index, field)
+def _fail(index, field, problem, completion=None):
+    raise PreferenceDataError(problem, index, field, completion=completion)
 
 
-def _message_problem(message) -> str | None:
-    """What makes ``message`` not a chat message (a dict whose ``role`` and ``content`` are strings), or `None`.
-
-    A `datasets.Dataset` fills a key that some message lacks with None, so a key's presence is not enough.
-    """
-    if not isinstance(message, dict):
-        return f"expected a {{'role', 'content'}} message, got {type(message).__name__}"
-    for key in ("role", "content"):
-        if not isinstance(message.get(key), str):
-            got = "missing" if message.get(key) is None else f"got {type(message[key]).__name__}"
-            return f"a chat message needs a string '{key}' ({got})"
-    return None
-
-
-def is_messages(value) -> bool:
-    return isinstance(value, list) and len(value) > 0 and all(_message_problem(m) is None for m in value)
-
-
-def _check_messages(value, index, field) -> None:
+def _check_messages(value, index, field, completion=None) -> None:
     """Name the first bad message of a list of chat messages: the field (``prompt``, ``chosen``, ``completions[2]``)
     and, in the problem, the message's position in it."""
-    if isinstance(value, list):
-        for i, message in enumerate(value):
-            problem = _message_problem(message)
-            if problem is not None:
-                _fail(index, field, f"message {i}: {problem}; every message must be {{'role', 'content'}} with "
-                                    "string values")
-
-
-def is_blank(value) -> bool:
-    """A whitespace-only string, or chat messages whose contents are all whitespace."""
-    if isinstance(value, str):
-        return not value.strip()
-    return is_messages(value) and all(not str(m["content"]).strip() for m in value)
+    problem = messages_problem(value) if isinstance(value, list) else None
+    if problem is not None:
+        _fail(index, field, problem, completion)
 
 
 def check_prompt(prompt, index: int | None = None) -> bool:
@@ -119,19 +95,53 @@ def check_prompt(prompt, index: int | None = None) -> bool:
     return isinstance(prompt, list)
 
 
-def check_completion(value, index: int | None, field: str, conversational: bool) -> None:
-    """Raise `PreferenceDataError` for a completion that is not text (or, for a chat prompt, messages) or is empty."""
+def check_completion(value, index: int | None, field: str, conversational: bool, completion: int | None = None,
+                     allow_empty: bool = False) -> None:
+    """Raise `PreferenceDataError` for a completion that is not text (or, for a chat prompt, messages) or, unless
+    ``allow_empty``, is empty. ``completion`` is its position in the row."""
+    if value is None:
+        _fail(index, field, "missing (a row with one of 'chosen'/'rejected' needs both)" if field in (CHOSEN, REJECTED)
+              else "missing", completion)
     if conversational:
-        _check_messages(value, index, field)
+        _check_messages(value, index, field, completion)
         if not is_messages(value):
-            _fail(index, field, "expected a list of {'role', 'content'} messages like the prompt's")
-        if is_blank(value):
-            _fail(index, field, "the completion's messages are all empty")
+            _fail(index, field, "expected a list of {'role', 'content'} messages like the prompt's", completion)
+        if is_blank(value) and not allow_empty:
+            _fail(index, field, "the completion's messages are all empty", completion)
     else:
         if not isinstance(value, str):
-            _fail(index, field, f"expected a string, got {type(value).__name__}")
-        if not value.strip():
-            _fail(index, field, "empty completion")
+            _fail(index, field, f"expected a string, got {type(value).__name__}", completion)
+        if not value.strip() and not allow_empty:
+            _fail(index, field, "empty completion", completion)
+
+
+def check_scored(prompt, completions, index: int | None = None, field: str = COMPLETIONS,
+                 allow_empty: bool = False) -> list:
+    """The row rules for one prompt and the completions to score with it, as `ImplicitRewardScorer` takes them (and
+    `dpo-ext score` and `dpo-ext rerank` rows): the prompt as in `normalize_row`, and a non-empty list of completions
+    (one is enough: nothing is ranked), each as in `normalize_row`, except that a chat prompt's completion may be plain
+    text, taken as the assistant's message.
+
+    Args:
+        field (`str`): the name of the list, for errors (``completions[k]``, or ``candidates[k]``...).
+        allow_empty (`bool`): accept empty completions (a sampled completion may end at once).
+
+    Returns:
+        `list`: the completions, a chat prompt's text completions made into assistant messages.
+
+    Raises:
+        `PreferenceDataError`: naming the field (``prompt``, the list, or one completion with its position).
+    """
+    conversational = check_prompt(prompt, index)
+    if not isinstance(completions, (list, tuple)):
+        _fail(index, field, f"'{field}' must be a non-empty list of completions, got {type(completions).__name__}")
+    if not completions:
+        _fail(index, field, f"empty list of completions ('{field}' must be a non-empty list)")
+    if conversational:
+        completions = [assistant_message(c) if isinstance(c, str) else c for c in completions]
+    for k, completion in enumerate(completions):
+        check_completion(completion, index, f"{field}[{k}]", conversational, k, allow_empty)
+    return list(completions)
 
 
 def _is_token_ids(value) -> bool:
@@ -243,12 +253,37 @@ def _normalize_tokenized(row: dict, index) -> NormalizedRow:
         _fail(index, COMPLETION_IDS, "needs a list of at least 2 completions (lists of token ids) to rank")
     for k, completion in enumerate(completions):
         if not _is_token_ids(completion) or not completion:
-            _fail(index, f"{COMPLETION_IDS}[{k}]", "expected a non-empty list of token ids (non-negative integers)")
+            _fail(index, f"{COMPLETION_IDS}[{k}]", "expected a non-empty list of token ids (non-negative integers)", k)
     if row.get(RANKS) is None:
         _fail(index, RANKS, "missing (tokenized rows need 'ranks', 0 = best)")
     ranks = _ranking(row[RANKS], RANKS, len(completions), index)
     return _collapse(list(prompt), [list(c) for c in completions], ranks,
                      _ref_logps(row, index, len(completions)), tokenized=True)
+
+
+_FORMATS = {COMPLETIONS: (COMPLETIONS,), CHOSEN: (CHOSEN, REJECTED), COMPLETION: (COMPLETION,)}
+_FORMAT_NAMES = {COMPLETIONS: "'completions'", CHOSEN: "'chosen'/'rejected'", COMPLETION: "'completion'"}
+
+
+def completion_fields(row: dict, index: int | None = None, single: bool = False) -> tuple[str, ...]:
+    """The fields of ``row`` that hold its completions: ``("completions",)`` (a list), ``("chosen", "rejected")`` or,
+    for a row to score (``single``), ``("completion",)``. A field holding `None` counts as absent (a
+    `datasets.Dataset` gives every row every column).
+
+    Raises:
+        `PreferenceDataError`: for a row with none of them, or with more than one.
+    """
+    formats = (COMPLETIONS, CHOSEN, COMPLETION) if single else (COMPLETIONS, CHOSEN)
+    present = [name for name in formats if any(row.get(field) is not None for field in _FORMATS[name])]
+    if len(present) > 1:
+        _fail(index, COMPLETIONS, f"row has both {' and '.join(_FORMAT_NAMES[name] for name in present)}; keep one "
+                                  "format")
+    if not present and single:
+        raise PreferenceDataError("no 'completion', 'completions' or 'chosen'/'rejected' field (fields present: "
+                                  f"{', '.join(sorted(row)) or 'none'})", index)
+    if not present:
+        _fail(index, COMPLETIONS, "missing (expected 'completions' with 'ranks' or 'scores', or 'chosen'/'rejected')")
+    return _FORMATS[present[0]]
 
 
 def normalize_row(row: dict, index: int | None = None) -> NormalizedRow:
@@ -267,19 +302,11 @@ def normalize_row(row: dict, index: int | None = None) -> NormalizedRow:
         return _normalize_tokenized(row, index)
     prompt = row.get(PROMPT)
     conversational = check_prompt(prompt, index)
-
-    has_pair = row.get(CHOSEN) is not None or row.get(REJECTED) is not None
-    has_list = row.get(COMPLETIONS) is not None
-    if has_pair and has_list:
-        _fail(index, COMPLETIONS, "row has both 'completions' and 'chosen'/'rejected'; keep one format")
-    if has_pair:
-        for field in (CHOSEN, REJECTED):
-            if row.get(field) is None:
-                _fail(index, field, "missing (pairwise rows need both 'chosen' and 'rejected')")
-            check_completion(row[field], index, field, conversational)
+    fields = completion_fields(row, index)
+    if fields == (CHOSEN, REJECTED):
+        for k, field in enumerate(fields):
+            check_completion(row.get(field), index, field, conversational, k)
         return _collapse(prompt, [row[CHOSEN], row[REJECTED]], [0, 1], _ref_logps(row, index, 2))
-    if not has_list:
-        _fail(index, COMPLETIONS, "missing (expected 'completions' with 'ranks' or 'scores', or 'chosen'/'rejected')")
 
     completions = row[COMPLETIONS]
     if not isinstance(completions, (list, tuple)):
@@ -287,7 +314,7 @@ def normalize_row(row: dict, index: int | None = None) -> NormalizedRow:
     if len(completions) < 2:
         _fail(index, COMPLETIONS, f"needs at least 2 completions to rank, got {len(completions)}")
     for k, completion in enumerate(completions):
-        check_completion(completion, index, f"{COMPLETIONS}[{k}]", conversational)
+        check_completion(completion, index, f"{COMPLETIONS}[{k}]", conversational, k)
 
     ranks, scores = row.get(RANKS), row.get(SCORES)
     if ranks is not None and scores is not None:
@@ -297,20 +324,3 @@ def normalize_row(row: dict, index: int | None = None) -> NormalizedRow:
     field, values = (RANKS, ranks) if ranks is not None else (SCORES, scores)
     dense = _ranking(values, field, len(completions), index)
     return _collapse(prompt, list(completions), dense, _ref_logps(row, index, len(completions)))
-
-
-def summarize_counts(num_rows: int, no_preference: Counter, collapsed: int, duplicates: int,
-                     verb: str = "dropped") -> list[str]:
-    """Sentences on what the row rules changed or left out (the trainer's log, evaluation's log, validate)."""
-    lines = []
-    if collapsed:
-        lines.append(f"collapsed {collapsed} identical completion{'s' * (collapsed != 1)} within rows into one copy "
-                     "each (keeping the best rank)")
-    if sum(no_preference.values()):
-        reasons = ", ".join(f"{no_preference[r]} {text}" for r, text in NO_PREFERENCE_REASONS.items()
-                            if no_preference[r])
-        lines.append(f"{verb} {sum(no_preference.values())} of {num_rows} rows with no preference ({reasons})")
-    if duplicates:
-        lines.append(f"{duplicates} row{' repeats' if duplicates == 1 else 's repeat'} an earlier row exactly (same "
-                     "prompt, completions and ranks); kept, so they weigh more")
-    return lines

@@ -14,8 +14,8 @@ from dpo_ext.data.rows import (
     ROW_INDEX,
     PreferenceDataError,
     normalize_row,
-    summarize_counts,
 )
+from dpo_ext.data.validation import summarize_counts
 
 logger = logging.getLogger(__name__)
 

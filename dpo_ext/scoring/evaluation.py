@@ -18,7 +18,8 @@ from collections import Counter
 
 import torch
 
-from dpo_ext.data.rows import PreferenceDataError, normalize_row, summarize_counts
+from dpo_ext.data.rows import PreferenceDataError, normalize_row
+from dpo_ext.data.validation import summarize_counts
 from dpo_ext.ranking_metrics import best_and_worst, kendall_tau, pairwise_accuracy, top1_accuracy
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def evaluate_preferences(scorer, dataset, *, beta=None, normalize="sum", referen
     except PreferenceDataError as error:  # the scorer counts kept rows only: name the dataset row instead
         if error.row is None:
             raise
-        raise error.located(row=kept_index[error.row]) from error
+        raise error.located(row=kept_index[error.row], unit="row") from error
     width = result.rewards.shape[1]
     ranks = torch.tensor([r.ranks + [-1] * (width - len(r.ranks)) for r in kept], dtype=torch.long)
     metrics = ranking_metrics_from_rewards(result.rewards, ranks)

@@ -1,5 +1,7 @@
 """What `ImplicitRewardScorer` returns: rewards with their parts, and scored candidates for reranking."""
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +28,27 @@ class ScoreResult:
     beta: float
     normalize: str
     reference_free: bool
+
+    @classmethod
+    def from_slots(cls, slots: list[list[int]], rewards, policy_logps, ref_logps, num_tokens,
+                   **settings) -> "ScoreResult":
+        """(B, K) results from flat per-completion values, ``slots[b]`` the positions of prompt b's completions."""
+        width = max(map(len, slots), default=0)
+
+        def grid(values, fill):
+            out = torch.full((len(slots), width), fill, dtype=values.dtype)
+            for b, positions in enumerate(slots):
+                out[b, : len(positions)] = values[positions]
+            return out
+
+        return cls(grid(rewards, math.nan), grid(policy_logps, math.nan),
+                   None if ref_logps is None else grid(ref_logps, math.nan), grid(num_tokens, 0), **settings)
+
+    def first_column(self) -> "ScoreResult":
+        """(B,) results of a (B, K) one with one completion per prompt."""
+        ref = None if self.ref_logps is None else self.ref_logps[:, 0]
+        return dataclasses.replace(self, rewards=self.rewards[:, 0], policy_logps=self.policy_logps[:, 0],
+                                   ref_logps=ref, num_tokens=self.num_tokens[:, 0])
 
     def tolist(self) -> list:
         """Rewards as nested Python lists, missing slots dropped."""

@@ -17,21 +17,16 @@ computation (one ``prompt + completion`` row per completion, a separate referenc
 
 import contextlib
 import logging
-import math
 
 import torch
 
-from dpo_ext.data.tokenize import tokenize_ranked
 from dpo_ext.losses import implicit_rewards
 from dpo_ext.modeling.models import (
     check_tokenizer_fits,
     load_tokenizer,
-    out_of_vocabulary,
-    position_limit,
-    vocabulary_size,
 )
 from dpo_ext.reference import ReferenceError, bias_is_trained, check_reference_model, is_peft_model
-from dpo_ext.data.rows import PreferenceDataError, check_prompt, is_blank as _is_empty, is_messages as _is_messages
+from dpo_ext.scoring.inputs import completion_lists, token_groups, tokenize_inputs
 from dpo_ext.modeling.prompt_cache import Group, Runner, score_groups
 from dpo_ext.modeling.models import active_adapter, eval_mode
 from dpo_ext.modeling.support import prefix_sharing_problem
@@ -44,13 +39,6 @@ __all__ = ["ImplicitRewardScorer", "ScoreResult", "ScoredCandidate", "BestOfN", 
 logger = logging.getLogger(__name__)
 
 NORMALIZE_CHOICES = ("sum", "mean")
-
-
-def _as_completion(prompt, completion):
-    """A chat prompt's completion may be given as plain text: make it an assistant message."""
-    if _is_messages(prompt) and isinstance(completion, str):
-        return [{"role": "assistant", "content": completion}]
-    return completion
 
 
 class ImplicitRewardScorer:
@@ -203,41 +191,6 @@ class ImplicitRewardScorer:
             with self._reference_context():
                 return policy, self._run(Runner(self.model, self.pad_token_id), groups, num_slots, None)[0]
 
-    def _groups(self, prompt_ids, completion_ids):
-        """Token ids -> groups (truncated to ``max_length``), flat slots, token counts; checks lengths."""
-        limits = [position_limit(m) for m in (self.model, self.ref_model) if m is not None]
-        limit = min((n for n in limits if n is not None), default=None)
-        vocab_size = vocabulary_size(self.model)
-        groups, counts, slot = [], [], 0
-        for i, (prompt, completions) in enumerate(zip(prompt_ids, completion_ids)):
-            prompt, completions = list(prompt), [list(c) for c in completions]
-            if not prompt:  # nothing would predict a completion's first token (the row rules refuse it too)
-                raise PreferenceDataError.at_prompt(
-                    "empty prompt_ids: nothing would predict a completion's first token; give at least one prompt "
-                    "token (to score without a prompt, use the tokenizer's BOS token)", i)
-            for k, ids in [(None, prompt)] + list(enumerate(completions)):
-                bad = out_of_vocabulary(ids, vocab_size)
-                if bad is not None:
-                    raise PreferenceDataError.at_prompt(
-                        f"token id {bad} is outside the model's vocabulary (0..{vocab_size - 1}); tokenize with the "
-                        "model's own tokenizer", i, k)
-            if self.max_length is not None:
-                if len(prompt) >= self.max_length:
-                    raise PreferenceDataError.at_prompt(
-                        f"{len(prompt)} tokens, not below max_length={self.max_length}", i)
-                completions = [c[: self.max_length - len(prompt)] for c in completions]
-            for k, c in enumerate(completions):
-                if not c:
-                    raise PreferenceDataError.at_prompt("no tokens to score", i, k)
-                if limit is not None and len(prompt) + len(c) > limit:
-                    raise PreferenceDataError.at_prompt(
-                        f"prompt + completion is {len(prompt) + len(c)} tokens, more than the model's {limit} "
-                        "positions; pass max_length= to truncate", i, k)
-                counts.append(len(c))
-            groups.append(Group(prompt, completions, list(range(slot, slot + len(completions)))))
-            slot += len(completions)
-        return groups, counts
-
     def score_tokens(self, prompt_ids, completion_ids, *, beta=None, normalize="sum", reference_free=None,
                      progress=False) -> ScoreResult:
         """`score` for already tokenized inputs: ``prompt_ids`` (B lists of ints) and ``completion_ids`` (B lists
@@ -246,7 +199,8 @@ class ImplicitRewardScorer:
             raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
         beta = self.beta if beta is None else positive("beta", beta)
         reference_free = self.reference_free if reference_free is None else reference_free
-        groups, counts = self._groups(prompt_ids, completion_ids)
+        models = [m for m in (self.model, self.ref_model) if m is not None]
+        groups, counts = token_groups(prompt_ids, completion_ids, models, self.max_length)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -266,17 +220,8 @@ class ImplicitRewardScorer:
         else:
             policy_n, ref_n = policy, ref
         rewards = implicit_rewards(policy_n, torch.zeros_like(policy_n) if ref_n is None else ref_n, beta)
-        width = max((len(g.slots) for g in groups), default=0)
-
-        def grid(values, fill):
-            out = torch.full((len(groups), width), fill, dtype=values.dtype)
-            for b, g in enumerate(groups):
-                out[b, : len(g.slots)] = values[g.slots]
-            return out
-
-        return ScoreResult(grid(rewards, math.nan), grid(policy, math.nan),
-                           None if ref is None else grid(ref, math.nan), grid(num_tokens, 0), beta, normalize,
-                           reference_free)
+        return ScoreResult.from_slots([g.slots for g in groups], rewards, policy, ref, num_tokens, beta=beta,
+                                      normalize=normalize, reference_free=reference_free)
 
     def score(self, prompts, completions, *, beta=None, normalize="sum", reference_free=None,
               progress=False) -> ScoreResult:
@@ -294,44 +239,14 @@ class ImplicitRewardScorer:
         Returns:
             [`ScoreResult`]: (B,) tensors for one completion per prompt, (B, K) for lists.
         """
-        if isinstance(prompts, str) or _is_messages(prompts):
-            raise ValueError("prompts must be a list of prompts (wrap a single prompt in a list, or use rerank)")
-        if len(prompts) != len(completions):
-            raise ValueError(f"got {len(prompts)} prompts and {len(completions)} completions; pass one completion "
-                             "(or one list of completions) per prompt")
-        nested = [isinstance(c, (list, tuple)) and not _is_messages(c) for c in completions]
-        if any(nested) and not all(nested):
-            raise ValueError(f"completion {nested.index(not nested[0])} is {'not ' if nested[0] else ''}a list "
-                             "unlike completion 0: give one completion per prompt, or a list for every prompt")
-        lists = [list(c) if flag else [c] for c, flag in zip(completions, nested)]
+        lists, nested = completion_lists(prompts, completions)
         result = self._score_texts(prompts, lists, beta=beta, normalize=normalize, reference_free=reference_free,
                                    progress=progress)
-        if prompts and not all(nested):
-            for name in ("rewards", "policy_logps", "ref_logps", "num_tokens"):
-                value = getattr(result, name)
-                if value is not None:
-                    setattr(result, name, value[:, 0])
-        return result
+        return result if nested else result.first_column()
 
     def _score_texts(self, prompts, lists, allow_empty=False, **kwargs) -> ScoreResult:
-        prompt_ids, completion_ids = [], []
-        for i, (prompt, completions) in enumerate(zip(prompts, lists)):
-            if not completions:
-                raise PreferenceDataError.at_prompt("empty list of completions", i)
-            completions = [_as_completion(prompt, c) for c in completions]
-            for k, c in enumerate(completions):
-                if not isinstance(c, str) and not _is_messages(c):
-                    raise PreferenceDataError.at_prompt(
-                        f"expected a string or chat messages, got {type(c).__name__}", i, k)
-                if not allow_empty and _is_empty(c):
-                    raise PreferenceDataError.at_prompt("empty completion", i, k)
-            try:  # the trainer's rules for prompts: not empty, at least one token of their own
-                check_prompt(prompt)
-                p, c = tokenize_ranked(prompt, completions, self.tokenizer)
-            except PreferenceDataError as error:
-                raise PreferenceDataError.at_prompt(error.problem, i) from None
-            prompt_ids.append(p)
-            completion_ids.append(c)
+        """Score B prompts with B lists of completions, checked by the row rules (`dpo_ext.scoring.inputs`)."""
+        prompt_ids, completion_ids = tokenize_inputs(prompts, lists, self.tokenizer, allow_empty)
         return self.score_tokens(prompt_ids, completion_ids, **kwargs)
 
     def rerank(self, prompt, candidates, **score_kwargs) -> list[ScoredCandidate]:

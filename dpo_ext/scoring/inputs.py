@@ -1,0 +1,93 @@
+"""What `ImplicitRewardScorer` takes, checked and turned into token-id groups before any model runs.
+
+Texts follow the row rules (`dpo_ext.data.rows.check_scored`, the rules the trainer applies) and are tokenized as
+the trainer tokenizes them (`dpo_ext.data.tokenize.tokenize_ranked`). Errors are `PreferenceDataError`s counted in
+prompts (``unit="prompt"``: ``"prompt 1, completion 0: ..."``), with the field (``prompt``, ``completions[k]``) and
+the completion's position as attributes for callers that name rows their own way.
+"""
+
+from dpo_ext.data.messages import is_messages
+from dpo_ext.data.rows import COMPLETIONS, PROMPT, PreferenceDataError, check_scored
+from dpo_ext.data.tokenize import tokenize_ranked
+from dpo_ext.modeling.models import out_of_vocabulary, position_limit, vocabulary_size
+from dpo_ext.modeling.prompt_cache import Group
+
+
+def completion_lists(prompts, completions) -> tuple[list[list], bool]:
+    """`ImplicitRewardScorer.score`'s arguments as one list of completions per prompt, and whether they were given
+    as lists (else one completion per prompt)."""
+    if isinstance(prompts, str) or is_messages(prompts):
+        raise ValueError("prompts must be a list of prompts (wrap a single prompt in a list, or use rerank)")
+    if len(prompts) != len(completions):
+        raise ValueError(f"got {len(prompts)} prompts and {len(completions)} completions; pass one completion "
+                         "(or one list of completions) per prompt")
+    # one completion given as chat messages is a list too: only a list that is not messages is a list of completions
+    nested = [isinstance(c, (list, tuple)) and not is_messages(c) for c in completions]
+    if any(nested) and not all(nested):
+        raise ValueError(f"completion {nested.index(not nested[0])} is {'not ' if nested[0] else ''}a list "
+                         "unlike completion 0: give one completion per prompt, or a list for every prompt")
+    return [list(c) if flag else [c] for c, flag in zip(completions, nested)], all(nested)
+
+
+def tokenize_inputs(prompts, lists, tokenizer, allow_empty: bool = False) -> tuple[list, list]:
+    """Check each prompt with its completions by the row rules and tokenize them as the trainer does.
+
+    Returns:
+        `(prompt_ids, completion_ids)`: B lists of ints, and B lists of K_b lists of ints.
+    """
+    prompt_ids, completion_ids = [], []
+    for i, (prompt, completions) in enumerate(zip(prompts, lists)):
+        try:
+            completions = check_scored(prompt, completions, allow_empty=allow_empty)
+            p, c = tokenize_ranked(prompt, completions, tokenizer)
+        except PreferenceDataError as error:
+            raise error.located(row=i, unit="prompt") from None
+        prompt_ids.append(p)
+        completion_ids.append(c)
+    return prompt_ids, completion_ids
+
+
+def _error(problem: str, prompt: int, completion: int | None = None) -> PreferenceDataError:
+    field = PROMPT if completion is None else f"{COMPLETIONS}[{completion}]"
+    return PreferenceDataError(problem, prompt, field, completion=completion, unit="prompt")
+
+
+def token_groups(prompt_ids, completion_ids, models, max_length: int | None) -> tuple[list[Group], list[int]]:
+    """Token ids -> one `Group` per prompt (completions truncated to ``max_length``, as the trainer truncates) with
+    its flat slots, and each completion's token count.
+
+    Args:
+        models (`list`): the models that will run (policy, and the reference model when separate): ids must be in
+            the first one's vocabulary and rows within every model's positions.
+
+    Raises:
+        `PreferenceDataError`: for an empty prompt, a token id outside the vocabulary, a prompt of ``max_length``
+            tokens or more, a completion with no tokens, or a row longer than a model's positions.
+    """
+    limit = min((n for n in map(position_limit, models) if n is not None), default=None)
+    vocab_size = vocabulary_size(models[0])
+    groups, counts, slot = [], [], 0
+    for i, (prompt, completions) in enumerate(zip(prompt_ids, completion_ids)):
+        prompt, completions = list(prompt), [list(c) for c in completions]
+        if not prompt:  # nothing would predict a completion's first token (the row rules refuse it too)
+            raise _error("empty prompt_ids: nothing would predict a completion's first token; give at least one "
+                         "prompt token (to score without a prompt, use the tokenizer's BOS token)", i)
+        for k, ids in [(None, prompt)] + list(enumerate(completions)):
+            bad = out_of_vocabulary(ids, vocab_size)
+            if bad is not None:
+                raise _error(f"token id {bad} is outside the model's vocabulary (0..{vocab_size - 1}); tokenize "
+                             "with the model's own tokenizer", i, k)
+        if max_length is not None:
+            if len(prompt) >= max_length:
+                raise _error(f"{len(prompt)} tokens, not below max_length={max_length}", i)
+            completions = [c[: max_length - len(prompt)] for c in completions]
+        for k, c in enumerate(completions):
+            if not c:
+                raise _error("no tokens to score", i, k)
+            if limit is not None and len(prompt) + len(c) > limit:
+                raise _error(f"prompt + completion is {len(prompt) + len(c)} tokens, more than the model's {limit} "
+                             "positions; pass max_length= to truncate", i, k)
+            counts.append(len(c))
+        groups.append(Group(prompt, completions, list(range(slot, slot + len(completions)))))
+        slot += len(completions)
+    return groups, counts

@@ -137,10 +137,6 @@ def argument_classes() -> tuple:
     return ModelConfig, RecipeModelArguments, RecipeDataArguments, PLDPOConfig, RecipeRunArguments
 
 
-def read_yaml(path: Path) -> dict:
-    return yaml.safe_load(Path(path).read_text())
-
-
 def parse_args(argv=None) -> RecipeArguments:
     """Parse ``configs/default.yaml``, then ``--config FILE`` (if given), then the command line.
 
@@ -157,7 +153,7 @@ def parse_args(argv=None) -> RecipeArguments:
     parser = TrlParser(argument_classes(), description=(
         "Controlled sentiment generation (DPO paper, section 6.1). configs/default.yaml is read first, then "
         "--config FILE.yaml on top of it (--quick: configs/quick.yaml, the test size), then these flags."))
-    unknown = parser.set_defaults_with_config(**read_yaml(DEFAULT_CONFIG))
+    unknown = parser.set_defaults_with_config(**yaml.safe_load(DEFAULT_CONFIG.read_text()))
     if unknown:
         raise ValueError(f"{DEFAULT_CONFIG} sets fields no argument class has: {unknown[::2]}")
     args = RecipeArguments(*parser.parse_args_and_config(argv))

@@ -9,10 +9,12 @@ ground-truth reward; methods are compared by their reward vs KL(pi || pi_ref) fr
     HF_HUB_OFFLINE=1 python recipes/sentiment/run.py --quick --output_dir /tmp/sentiment
     # paper scale, GPUs, needs the Hub
     accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/sentiment/run.py \
-        --config recipes/sentiment/configs/paper_gpt2_large.yaml
+        --config recipes/sentiment/configs/paper_gpt2_large.yaml --output_dir outputs/sentiment_gpt2_large
 
-Every stage writes into its own sub-folder of --output_dir and marks it done; a re-run skips finished stages
-(delete a sub-folder to redo it and, by hand, what depends on it).
+Settings: configs/default.yaml, then --config FILE.yaml (--quick: configs/quick.yaml), then the flags; see
+recipe_config.py. `main` runs the stages below in order, one function each; every stage writes into its own
+sub-folder of --output_dir and marks it done (stage_cache.py), so a re-run skips finished stages (delete a
+sub-folder to redo it and, by hand, what depends on it).
 """
 
 import json

@@ -10,7 +10,9 @@ disabled (the adapter starts at B = 0, so policy == reference at step 0).
 | unlikelihood   | dpo_ext.PLDPOTrainer, unlikelihood       | pairwise                      |
 | rloo / grpo    | trl.RLOOTrainer / trl.GRPOTrainer        | prompts + the classifier      |
 
-Every run writes a ready-to-publish folder: adapter weights and config, tokenizer, ``training_config.json`` and
+Each run's trainer config is the parsed `PLDPOConfig` with the run's output folder, loss, beta and alpha
+(`run_config`); TRL's trainers get their own config class filled from it (`trl_config`). Every run writes a
+ready-to-publish folder: adapter weights and config, tokenizer, ``training_config.json`` and
 ``eval_results.json`` (final reward and KL, plus the checkpoints that trace its frontier).
 """
 

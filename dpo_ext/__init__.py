@@ -5,6 +5,7 @@ importing trl and transformers until a trainer or scorer is actually used.
 """
 
 import importlib
+import warnings
 
 __version__ = "0.1.0"
 
@@ -19,7 +20,7 @@ _EXPORTS = {
     "PreferenceDataError": "dpo_ext.data.rows",
     "validate_rows": "dpo_ext.data.validation",
     "NonFiniteLossError": "dpo_ext.trainer",
-    "ReferenceError": "dpo_ext.reference",
+    "ReferenceMismatchError": "dpo_ext.reference",
     "prepare_ranked_dataset": "dpo_ext.data.tokenize",
     "normalize_row": "dpo_ext.data.rows",
     "tokenize_ranked": "dpo_ext.data.tokenize",
@@ -38,10 +39,18 @@ _EXPORTS = {
     "push_preference_dataset": "dpo_ext.hub.datasets",
 }
 
+# Old name -> new name. `ReferenceError` shadowed the Python builtin of that name.
+_DEPRECATED = {"ReferenceError": "ReferenceMismatchError"}
+
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name):
+    if name in _DEPRECATED:
+        new = _DEPRECATED[name]
+        warnings.warn(f"dpo_ext.{name} is deprecated (it shadows the Python builtin): use dpo_ext.{new}",
+                      DeprecationWarning, stacklevel=2)
+        name = new
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'dpo_ext' has no attribute {name!r}")

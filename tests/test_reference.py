@@ -1,6 +1,8 @@
 """Reference sources: disabled adapters when exact, a frozen copy or a refusal when not, never silently wrong."""
 
 import logging
+import math
+import warnings
 
 import datasets
 import pytest
@@ -8,10 +10,17 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from fixtures import make_model, ranked_rows
-from dpo_ext import PLDPOConfig, PLDPOTrainer, ReferenceError
+from dpo_ext import PLDPOConfig, PLDPOTrainer, ReferenceMismatchError
 from dpo_ext.data.collate import RankedCollator
 from dpo_ext.data.tokenize import prepare_ranked_dataset
 from dpo_ext.modeling.batches import completion_logps
+from dpo_ext.reference import (
+    AdapterCopyReference,
+    DisabledAdapterReference,
+    InitialPolicyReference,
+    ModelReference,
+    PrecomputedReference,
+)
 
 LORA = dict(r=4, target_modules=["c_attn"], lora_dropout=0.0, task_type="CAUSAL_LM")
 
@@ -67,8 +76,8 @@ def test_loaded_trained_adapter_gets_a_frozen_copy_that_equals_the_start(tokeniz
     assert "differ from the policy's" in caplog.text
     trainer.train()
     batch = RankedCollator(tokenizer.pad_token_id)(list(prepare_ranked_dataset(_data(), tokenizer)))
-    ref_now = trainer.reference.logps(trainer.model, batch)
-    torch.testing.assert_close(ref_now, start, rtol=1e-5, atol=1e-5)  # the reference did not move
+    ref_now = trainer.reference.ref_logps(trainer.model, batch)  # (B, K): every row has K = 3 completions
+    torch.testing.assert_close(ref_now.flatten(), start, rtol=1e-5, atol=1e-5)  # the reference did not move
     moved = _logps(trainer.model, tokenizer)
     assert (moved - start).abs().max() > 1e-3  # while the policy did
     assert not any(p.requires_grad for n, p in trainer.model.named_parameters() if ".ref." in n)
@@ -90,7 +99,7 @@ def test_loaded_trained_adapter_gets_a_frozen_copy_that_equals_the_start(tokeniz
 def test_disabled_adapters_requested_for_a_trained_adapter_is_refused(tokenizer, tmp_path):
     path = _trained_adapter(tokenizer, tmp_path)
     policy = PeftModel.from_pretrained(make_model(tokenizer), str(path), is_trainable=True)
-    with pytest.raises(ReferenceError, match="would not be the starting policy.*differ"):
+    with pytest.raises(ReferenceMismatchError, match="would not be the starting policy.*differ"):
         PLDPOTrainer(policy, args=_args(tmp_path, reference="disabled_adapters"), train_dataset=_data(),
                      processing_class=tokenizer)
 
@@ -102,7 +111,7 @@ def test_nonzero_init_is_detected_from_the_config(tokenizer, tmp_path):
 
 
 def test_trained_bias_is_refused_unless_precomputed(tokenizer, tmp_path):
-    with pytest.raises(ReferenceError, match="bias='all'.*precompute_ref_log_probs=True"):
+    with pytest.raises(ReferenceMismatchError, match="bias='all'.*precompute_ref_log_probs=True"):
         PLDPOTrainer(make_model(tokenizer), args=_args(tmp_path), train_dataset=_data(), processing_class=tokenizer,
                      peft_config=LoraConfig(**LORA, bias="all"))
     start = _logps(get_peft_model(make_model(tokenizer), LoraConfig(**LORA, bias="all")), tokenizer)
@@ -129,7 +138,7 @@ def test_precomputed_reference_matches_live_reference(tokenizer, tmp_path):
 
 
 def test_full_model_without_reference_is_refused(tokenizer, tmp_path):
-    with pytest.raises(ReferenceError, match="ref_model"):
+    with pytest.raises(ReferenceMismatchError, match="ref_model"):
         PLDPOTrainer(make_model(tokenizer), args=_args(tmp_path), train_dataset=_data(), processing_class=tokenizer)
 
 
@@ -139,3 +148,80 @@ def test_explicit_reference_model(tokenizer, tmp_path):
     assert trainer.reference.name == "ref_model"
     assert not any(p.requires_grad for p in trainer.reference.ref_model.parameters())
     trainer.train()
+
+
+def _grid_by_hand(row_values, ranks):
+    """Row values (N,) laid out as (B, K) slots: list b's completions fill slots 0..K_b - 1, in order."""
+    grid, rows = torch.zeros(ranks.shape), iter(row_values.tolist())
+    for b in range(ranks.shape[0]):
+        for k in range(int((ranks[b] >= 0).sum())):
+            grid[b, k] = next(rows)
+    return grid
+
+
+def test_every_source_gives_a_b_by_k_grid_laid_out_like_the_ranks(tokenizer):
+    """Lists of 2 to 4 completions: each source's (B, K) values are its per-completion log-probs, slot by slot."""
+    rows = datasets.Dataset.from_list(ranked_rows(6, k=4, seed=2, variable_k=True))
+    batch = RankedCollator(tokenizer.pad_token_id)(list(prepare_ranked_dataset(rows, tokenizer)))
+    assert (batch["ranks"] < 0).any()  # some lists are shorter than K_max: their last slots hold nothing
+    policy = get_peft_model(make_model(tokenizer), LoraConfig(**LORA)).eval()
+    other = make_model(tokenizer, seed=3).eval()
+    with torch.no_grad():
+        base = completion_logps(policy.get_base_model(), batch)
+        expected = {"policy": _grid_by_hand(base, batch["ranks"]),
+                    "other": _grid_by_hand(completion_logps(other, batch), batch["ranks"])}
+    sources = [(DisabledAdapterReference(unwrap=lambda m: m), "policy"), (InitialPolicyReference(), "policy"),
+               (AdapterCopyReference(policy, unwrap=lambda m: m), "policy"), (ModelReference(other), "other")]
+    for source, which in sources:
+        grid = source.ref_logps(policy, batch)
+        assert grid.shape == batch["ranks"].shape and not grid.requires_grad, source.name
+        torch.testing.assert_close(grid, expected[which], rtol=1e-5, atol=1e-5, msg=source.name)
+    assert sources[2][0].saved_adapters == ["default"] and sources[0][0].saved_adapters is None
+    assert [s.before_training_only for s, _ in sources] == [False, True, False, False]
+
+
+def test_precomputed_reference_reads_the_column_and_falls_back_only_when_valid(tokenizer):
+    rows = datasets.Dataset.from_list(ranked_rows(4, k=3, seed=1))
+    batch = RankedCollator(tokenizer.pad_token_id)(list(prepare_ranked_dataset(rows, tokenizer)))
+    model = make_model(tokenizer).eval()
+    live = PrecomputedReference(InitialPolicyReference()).column(model, [batch])
+    assert [len(r) for r in live] == [3, 3, 3, 3]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.tensor(live).flatten(), completion_logps(model, batch))
+
+    given = torch.arange(12.0).view(4, 3)  # any values: the column is read, never recomputed
+    for source in (InitialPolicyReference(), DisabledAdapterReference(unwrap=lambda m: m)):
+        assert torch.equal(PrecomputedReference(source).ref_logps(model, {**batch, "ref_logps": given}), given)
+    with pytest.raises(ValueError, match="no 'ref_logps' column.*only exists before training"):
+        PrecomputedReference(InitialPolicyReference()).ref_logps(model, batch)
+    other = make_model(tokenizer, seed=3).eval()
+    fallback = PrecomputedReference(ModelReference(other)).ref_logps(model, batch)  # still valid after the start
+    torch.testing.assert_close(fallback.flatten(), completion_logps(other, batch))
+
+
+def test_a_dataset_with_a_ref_logps_column_is_read_not_recomputed(tokenizer, tmp_path):
+    """Trained biases need a precomputed reference: a given column is enough, and its values are the ones used."""
+    policy = get_peft_model(make_model(tokenizer), LoraConfig(**LORA, bias="all"))
+    start = _logps(policy, tokenizer).view(-1, 3).tolist()  # fresh adapter: the starting policy's log-probs
+    rows = [{**row, "ref_logps": values} for row, values in zip(ranked_rows(8, k=3, seed=5), start)]
+    trainer = PLDPOTrainer(make_model(tokenizer), args=_args(tmp_path), train_dataset=datasets.Dataset.from_list(rows),
+                           processing_class=tokenizer, peft_config=LoraConfig(**LORA, bias="all"))
+    assert isinstance(trainer.reference, PrecomputedReference) and trainer.reference.name == "initial_policy"
+    # policy == the column's reference, completion by completion: the loss of every list is log 3!
+    assert trainer.evaluate(datasets.Dataset.from_list(rows))["eval_loss"] == pytest.approx(math.log(6), abs=1e-5)
+    swapped = [{**row, "ref_logps": row["ref_logps"][::-1]} for row in rows]
+    assert trainer.evaluate(datasets.Dataset.from_list(swapped))["eval_loss"] != pytest.approx(math.log(6), abs=1e-3)
+    with pytest.raises(ValueError, match="only exists before training"):
+        trainer.evaluate(_data())
+
+
+def test_reference_error_is_a_deprecated_alias():
+    import dpo_ext
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new name is not deprecated
+        assert issubclass(dpo_ext.ReferenceMismatchError, ValueError)
+    with pytest.warns(DeprecationWarning, match="use dpo_ext.ReferenceMismatchError"):
+        from dpo_ext import ReferenceError as old
+    assert old is ReferenceMismatchError
+    assert "ReferenceError" not in dpo_ext.__all__  # `from dpo_ext import *` neither warns nor shadows the builtin

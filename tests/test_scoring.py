@@ -14,7 +14,7 @@ from dpo_ext.modeling import prompt_cache as scoring_batches
 from dpo_ext.data.collate import RankedCollator
 from dpo_ext.data.tokenize import tokenize_ranked
 from dpo_ext.modeling.batches import completion_logps
-from dpo_ext.reference import ReferenceError
+from dpo_ext.reference import ReferenceMismatchError
 from dpo_ext.scoring.scorer import ImplicitRewardScorer, evaluate_preferences, prefix_sharing_problem
 
 PROMPTS = ["the movie was", "i saw it and", "they liked the", "we hated"]
@@ -146,7 +146,7 @@ def test_reference_from_named_adapter_or_separate_model(tokenizer):
 
 def test_full_model_without_reference_is_refused(tokenizer):
     scorer = ImplicitRewardScorer(make_model(tokenizer), tokenizer)
-    with pytest.raises(ReferenceError, match="not a PEFT adapter"):
+    with pytest.raises(ReferenceMismatchError, match="not a PEFT adapter"):
         scorer.score(PROMPTS, COMPLETIONS)
     assert scorer.score(PROMPTS, COMPLETIONS, reference_free=True).rewards.shape == (4, 4)
 

@@ -29,9 +29,9 @@ def _trl_config(tmp_path, **overrides):
 
 def test_loss_starts_at_log_k_factorial_and_goes_down(tokenizer, tmp_path):
     train = datasets.Dataset.from_list(ranked_rows(16, k=4, seed=0))
-    trainer = PLDPOTrainer(make_model(tokenizer), args=PLDPOConfig(**_config(tmp_path, num_train_epochs=8, beta=1.0, learning_rate=1e-2)),
-                           train_dataset=train, eval_dataset=train, processing_class=tokenizer,
-                           peft_config=LoraConfig(**LORA))
+    args = PLDPOConfig(**_config(tmp_path, num_train_epochs=8, beta=1.0, learning_rate=1e-2))
+    trainer = PLDPOTrainer(make_model(tokenizer), args=args, train_dataset=train, eval_dataset=train,
+                           processing_class=tokenizer, peft_config=LoraConfig(**LORA))
     assert trainer.reference.name == "disabled_adapters"
     before = trainer.evaluate()
     assert before["eval_loss"] == pytest.approx(math.log(24), abs=1e-5)  # fresh LoRA: policy == reference
@@ -45,12 +45,19 @@ def test_loss_starts_at_log_k_factorial_and_goes_down(tokenizer, tmp_path):
 def test_variable_k_and_ties_train(tokenizer, tmp_path):
     rows = ranked_rows(12, k=4, seed=3, variable_k=True)
     rows[0]["ranks"] = [0] + [1] * (len(rows[0]["ranks"]) - 1)  # a top-1 partial ranking
-    trainer = PLDPOTrainer(make_model(tokenizer), args=PLDPOConfig(**_config(tmp_path)),
-                           train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer,
-                           peft_config=LoraConfig(**LORA))
+    assert len({len(r["ranks"]) for r in rows}) > 1
+    data = datasets.Dataset.from_list(rows)
+    args = PLDPOConfig(**_config(tmp_path, num_train_epochs=4, beta=1.0, learning_rate=1e-2))
+    trainer = PLDPOTrainer(make_model(tokenizer), args=args, train_dataset=data, eval_dataset=data,
+                           processing_class=tokenizer, peft_config=LoraConfig(**LORA))
+    # Fresh LoRA, every reward 0: a full ranking of K costs log K!, the top-1 partial ranking log K (only the best
+    # group is placed, among K; the tied rest can only come last). Eval batches are equal-sized, so the mean of
+    # batch means is the mean over lists.
+    expected = [math.log(len(r["ranks"])) if i == 0 else math.lgamma(len(r["ranks"]) + 1) for i, r in enumerate(rows)]
+    before = trainer.evaluate()
+    assert before["eval_loss"] == pytest.approx(sum(expected) / len(expected), abs=1e-5)
     trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    assert all(math.isfinite(x) for x in losses)
+    assert trainer.evaluate()["eval_loss"] < before["eval_loss"] - 0.3  # "good"-rich completions learned as better
 
 
 def test_same_loss_and_metrics_as_trl_with_a_reference_model(tokenizer, tmp_path):
@@ -110,6 +117,15 @@ def test_saves_only_the_trained_adapter(tokenizer, tmp_path):
     names = {p.name for p in (tmp_path / "adapter").iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= names
     assert not any(n.endswith(".bin") and n != "training_args.bin" for n in names)
+    # the weights saved are the trained ones: LoRA's B matrices start at 0 and one step moved them
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    current = {n.replace(".default", ""): p for n, p in trainer.model.named_parameters() if "lora_" in n}
+    assert saved.keys() == current.keys()
+    for name, value in saved.items():
+        torch.testing.assert_close(value, current[name].detach(), msg=name)
+    assert all(bool(value.abs().max() > 0) for name, value in saved.items() if "lora_B" in name)
 
 
 def test_config_rejects_bad_values(tmp_path):

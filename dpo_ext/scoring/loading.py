@@ -14,13 +14,13 @@ import logging
 import os
 
 from dpo_ext.hub.ids import looks_like_hub_id, offline
+from dpo_ext.reference import REF_ADAPTER_NAME as TRL_REF_ADAPTER  # TRL saves its frozen copy there too
 from dpo_ext.safe_files import convert_adapter_hint, pickled_weights_error, read_adapter_config, verify_safetensors
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-TRL_REF_ADAPTER = "ref"
 _PICKLED_ADAPTER = "adapter_model.bin"
 _PICKLED_MODEL_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 

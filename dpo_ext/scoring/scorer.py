@@ -25,7 +25,7 @@ from dpo_ext.modeling.models import (
     check_tokenizer_fits,
     load_tokenizer,
 )
-from dpo_ext.reference import ReferenceError, bias_is_trained, check_reference_model, is_peft_model
+from dpo_ext.reference import ReferenceMismatchError, bias_is_trained, check_reference_model, is_peft_model
 from dpo_ext.scoring.inputs import completion_lists, token_groups, tokenize_inputs
 from dpo_ext.modeling.prompt_cache import Group, Runner, score_groups
 from dpo_ext.modeling.models import active_adapter, eval_mode
@@ -85,7 +85,7 @@ class ImplicitRewardScorer:
         if self.policy_adapter is not None and self.policy_adapter == ref_adapter:
             raise ValueError(f"the policy adapter and ref_adapter are both {ref_adapter!r}; pass policy_adapter=...")
         if ref_model is None and ref_adapter is None and peft and bias_is_trained(model):
-            raise ReferenceError(
+            raise ReferenceMismatchError(
                 "this adapter trains biases (bias != 'none'), which changes the base model's own biases: with "
                 "adapters disabled it is not the reference it was trained against. Pass ref_model= (the model it "
                 "was trained from)."
@@ -168,7 +168,7 @@ class ImplicitRewardScorer:
     def _logps(self, groups, num_slots, need_ref: bool, progress=None):
         """Policy and reference log-probs, (num_slots,) each (reference `None` when not needed)."""
         if need_ref and self.reference is None:
-            raise ReferenceError(
+            raise ReferenceMismatchError(
                 "this model is not a PEFT adapter and no ref_model was given, so there is no reference policy. Pass "
                 "ref_model= (the model it was trained from), or score with reference_free=True."
             )

@@ -25,7 +25,7 @@ from peft import LoraConfig
 from transformers import TrainerCallback
 
 sys.path.insert(0, sys.argv[1])  # the tests folder, for the shared row builders
-from conftest import ranked_rows  # noqa: E402
+from fixtures import ranked_rows  # noqa: E402
 
 from dpo_ext import PLDPOConfig, PLDPOTrainer  # noqa: E402
 from dpo_ext.testing import tiny_causal_lm  # noqa: E402

@@ -1,0 +1,96 @@
+"""Which reference source a training run gets: the cheapest exact one, or a refusal saying what to do."""
+
+import logging
+
+from dpo_ext.reference.checks import (
+    ReferenceMismatchError,
+    bias_is_trained,
+    disabled_matches_policy,
+    is_peft_model,
+    structural_reasons,
+)
+from dpo_ext.reference.sources import (
+    AdapterCopyReference,
+    DisabledAdapterReference,
+    InitialPolicyReference,
+    ModelReference,
+    PrecomputedReference,
+)
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_CHOICES = ("auto", "disabled_adapters", "adapter_copy", "ref_model", "initial_policy")
+
+_FIX_HINT = ("Pass an explicit ref_model, or set precompute_ref_log_probs=True (reference log-probs are then computed "
+             "once from the starting policy before training)")
+
+
+def choose_reference(mode, model, ref_model, probe_batch, unwrap, precompute: bool):
+    """Pick and build the reference source for ``mode`` (one of ``REFERENCE_CHOICES``); never silently wrong.
+
+    Args:
+        mode (`str`): "auto" picks disabled adapters when exact, else a frozen adapter copy, else refuses.
+        model: the policy (a PeftModel when adapters are used), not yet wrapped for distribution.
+        ref_model: an explicit reference model or `None`.
+        probe_batch (`dict`): a collated batch used to check that disabled adapters reproduce the policy.
+        unwrap: callable returning the PeftModel from a DDP/FSDP-wrapped one (see `dpo_ext.reference.sources`).
+        precompute (`bool`): whether reference log-probs are computed once before training (or given with the data).
+
+    Returns:
+        A `ReferenceSource`; with ``precompute``, a `PrecomputedReference` around the source that computes them.
+    """
+    source = _live_source(mode, model, ref_model, probe_batch, unwrap, precompute)
+    return PrecomputedReference(source) if precompute else source
+
+
+def _live_source(mode, model, ref_model, probe_batch, unwrap, precompute: bool):
+    if mode not in REFERENCE_CHOICES:
+        raise ValueError(f"reference must be one of {REFERENCE_CHOICES}, got {mode!r}")
+    if ref_model is not None:
+        if mode not in ("auto", "ref_model"):
+            raise ValueError(f"a ref_model was given but reference={mode!r}; use reference='ref_model' or 'auto'")
+        return ModelReference(ref_model)
+    if mode == "ref_model":
+        raise ValueError("reference='ref_model' needs the ref_model argument")
+    if mode == "initial_policy" or (mode == "auto" and not is_peft_model(model)):
+        if not precompute:
+            raise ReferenceMismatchError(
+                "Without a PEFT adapter the policy's weights change during training, so the reference must be a "
+                "separate model or computed up front. " + _FIX_HINT + ", or pass peft_config to train an adapter."
+            )
+        return InitialPolicyReference()
+    if not is_peft_model(model):
+        raise ReferenceMismatchError(f"reference={mode!r} needs a PEFT model (pass peft_config or a PeftModel)")
+    if bias_is_trained(model) and not precompute:
+        raise ReferenceMismatchError(
+            "The reference cannot be taken from this adapter: " + "; ".join(structural_reasons(model)) + ". "
+            + _FIX_HINT + ", or use bias='none'."
+        )
+    if mode == "adapter_copy":
+        return AdapterCopyReference(model, unwrap)
+    return _adapter_source(mode, model, probe_batch, unwrap, precompute)
+
+
+def _adapter_source(mode, model, probe_batch, unwrap, precompute: bool):
+    """"auto" or "disabled_adapters" for a PeftModel: disabled adapters when they are the starting policy."""
+    reasons = structural_reasons(model)
+    matches, diff = disabled_matches_policy(model, probe_batch)
+    if not matches:
+        reasons.append(
+            f"with adapters disabled, the log-probs of a probe batch differ from the policy's by up to {diff:.3g} "
+            "nats (an adapter loaded already trained?)"
+        )
+    if not reasons:
+        return DisabledAdapterReference(unwrap)
+    if mode == "disabled_adapters":
+        raise ReferenceMismatchError(
+            "reference='disabled_adapters' would not be the starting policy: " + "; ".join(reasons) + ". Use "
+            "reference='adapter_copy' (a frozen copy of the starting adapter). " + _FIX_HINT + "."
+        )
+    if precompute:  # before the first step the policy itself is the starting policy: exact, and no copy needed
+        return InitialPolicyReference()
+    logger.warning(
+        "Adapters disabled would not be the starting policy (%s); using a frozen copy of the starting adapter as "
+        "the reference instead.", "; ".join(reasons),
+    )
+    return AdapterCopyReference(model, unwrap)

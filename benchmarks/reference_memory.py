@@ -47,11 +47,14 @@ def _score(cfg, model, ref_model, tokenizer, rows):
     import torch
     from peft import get_peft_model
 
+    from dpo_ext.data.collate import PackedRankedCollator
     from dpo_ext.data.tokenize import prepare_ranked_dataset
     from dpo_ext.modeling.batches import completion_logps
-    from dpo_ext.data.collate import PackedRankedCollator
+    from dpo_ext.reference import DisabledAdapterReference, ModelReference
 
     policy = get_peft_model(model, lora_config()).eval()
+    # the trainer's reference sources; nothing wraps the model here, so there is nothing to unwrap
+    reference = ModelReference(ref_model) if ref_model is not None else DisabledAdapterReference(lambda m: m)
     device = next(policy.parameters()).device
     dataset = prepare_ranked_dataset(datasets.Dataset.from_list(rows), tokenizer)
     collate = PackedRankedCollator(pad_token_id=tokenizer.pad_token_id)
@@ -61,11 +64,7 @@ def _score(cfg, model, ref_model, tokenizer, rows):
             batch = collate([dataset[i] for i in range(start, min(start + size, len(dataset)))])
             batch = {k: v.to(device) for k, v in batch.items()}
             completion_logps(policy, batch)
-            if ref_model is not None:
-                completion_logps(ref_model, batch)
-            else:
-                with policy.disable_adapter():
-                    completion_logps(policy, batch)
+            reference.ref_logps(policy, batch)
 
 
 def _warm_up(cfg: dict) -> None:

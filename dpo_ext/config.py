@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from dpo_ext.reference import REFERENCE_CHOICES
 from dpo_ext.settings import SettingError, as_number, check_numeric_fields, positive
 
 LOSS_TYPES = ("plackett_luce", "preferred_ft", "unlikelihood")
@@ -54,7 +55,7 @@ class PLDPOConfig(TrainingArguments):
     )
     reference: str = field(
         default="auto",
-        metadata={"help": "Reference source: auto, disabled_adapters, adapter_copy, ref_model or initial_policy."},
+        metadata={"help": "Reference source (see dpo_ext.reference).", "choices": list(REFERENCE_CHOICES)},
     )
     precompute_ref_log_probs: bool = field(
         default=False, metadata={"help": "Compute reference log-probs once before training (a ref_logps column)."}

@@ -183,11 +183,19 @@ def test_eval_errors_name_the_line_of_the_input(saved, tmp_path, capsys):
     rows = PAIRS + [{"prompt": "", "chosen": " good", "rejected": " bad"}]
     assert main(["eval", str(saved / "adapter"), "-i", _jsonl(tmp_path / "pairs.jsonl", rows)]) == 2
     assert "pairs.jsonl, line 4, field 'prompt': empty prompt" in capsys.readouterr().err
+    long = [PAIRS[0], {**PAIRS[1], "rejected": " good" * 70}]  # found by the scorer, named by the row's own field
+    assert main(["eval", str(saved / "adapter"), "-i", _jsonl(tmp_path / "long.jsonl", long)]) == 2
+    assert "long.jsonl, line 2, field 'rejected': prompt + completion is" in capsys.readouterr().err
     # a scorer error (over the model's positions) about the 2nd scored row: named by its dataset row
     rows = [{"prompt": "a", "chosen": " b", "rejected": " b"}, PAIRS[0], {**PAIRS[1], "chosen": " good" * 70}]
     scorer = ImplicitRewardScorer.from_pretrained(str(saved / "adapter"), device="cpu")
     with pytest.raises(PreferenceDataError, match=r"^row 2, field 'completions\[0\]': prompt \+ completion is"):
         evaluate_preferences(scorer, rows)
+    # identical completions are scored once: the error names the completion's position in the input row
+    rows = [PAIRS[0], {"prompt": "we saw", "completions": [" fun", " fun", " good" * 70], "ranks": [0, 0, 1]}]
+    with pytest.raises(PreferenceDataError, match=r"^row 1, field 'completions\[2\]': prompt \+ completion is") as info:
+        evaluate_preferences(scorer, rows)
+    assert (info.value.row, info.value.completion) == (1, 2)
 
 
 def test_help_lists_the_commands_without_importing_torch():

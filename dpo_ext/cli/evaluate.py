@@ -4,7 +4,7 @@ import argparse
 import json
 
 from dpo_ext.cli.common import add_input_arguments, add_model_arguments, check_output, read_rows, scorer_from_arguments
-from dpo_ext.data.rows import PreferenceDataError, normalize_row
+from dpo_ext.data.rows import CHOSEN, REJECTED, PreferenceDataError, completion_fields, normalize_row
 
 
 def register(subparsers) -> None:
@@ -31,6 +31,9 @@ def _eval(args: argparse.Namespace) -> int:
     scorer = scorer_from_arguments(args)
     try:
         metrics = evaluate_preferences(scorer, rows.rows, normalize=args.normalize, progress=True)
+    except PreferenceDataError as error:  # name a pairwise row's completion by its own field
+        pairwise = error.row is not None and completion_fields(rows.rows[error.row]) == (CHOSEN, REJECTED)
+        raise rows.error(error, [CHOSEN, REJECTED] if pairwise else None) from error
     except ValueError as error:
         raise rows.error(error) from error
     text = json.dumps({"input": rows.source, "model": args.model, **metrics}, indent=2)

@@ -169,6 +169,7 @@ class NormalizedRow:
     ref_logps: list[float] | None = None
     num_collapsed: int = 0  # identical completions merged into an earlier copy
     tokenized: bool = False
+    positions: list[int] | None = None  # each kept completion's position in the input row
 
     @property
     def no_preference(self) -> str | None:
@@ -228,7 +229,7 @@ def _ref_logps(row, index, num_completions) -> list[float] | None:
 
 def _collapse(prompt, completions, ranks, ref_logps, tokenized=False) -> NormalizedRow:
     """Merge identical completions into their first copy, which keeps the best rank among the copies."""
-    slot_of, kept, kept_ranks, kept_ref = {}, [], [], []
+    slot_of, kept, kept_ranks, kept_ref, positions = {}, [], [], [], []
     for k, (completion, rank) in enumerate(zip(completions, ranks)):
         key = json.dumps(completion, sort_keys=True, default=str)
         slot = slot_of.setdefault(key, len(kept))
@@ -236,10 +237,11 @@ def _collapse(prompt, completions, ranks, ref_logps, tokenized=False) -> Normali
             kept.append(completion)
             kept_ranks.append(rank)
             kept_ref.append(None if ref_logps is None else ref_logps[k])
+            positions.append(k)
         else:
             kept_ranks[slot] = min(kept_ranks[slot], rank)
     return NormalizedRow(prompt, kept, dense_ranks(kept_ranks), None if ref_logps is None else kept_ref,
-                         len(completions) - len(kept), tokenized)
+                         len(completions) - len(kept), tokenized, positions)
 
 
 def _normalize_tokenized(row: dict, index) -> NormalizedRow:

@@ -18,7 +18,7 @@ from collections import Counter
 
 import torch
 
-from dpo_ext.data.rows import PreferenceDataError, normalize_row
+from dpo_ext.data.rows import COMPLETIONS, PreferenceDataError, normalize_row
 from dpo_ext.data.validation import summarize_counts
 from dpo_ext.ranking_metrics import best_and_worst, kendall_tau, pairwise_accuracy, top1_accuracy
 
@@ -77,10 +77,12 @@ def evaluate_preferences(scorer, dataset, *, beta=None, normalize="sum", referen
     try:
         result = scorer.score([r.prompt for r in kept], [r.completions for r in kept], beta=beta,
                               normalize=normalize, reference_free=reference_free, progress=progress)
-    except PreferenceDataError as error:  # the scorer counts kept rows only: name the dataset row instead
+    except PreferenceDataError as error:  # the scorer counts kept rows and distinct completions: name the dataset's
         if error.row is None:
             raise
-        raise error.located(row=kept_index[error.row], unit="row") from error
+        completion = None if error.completion is None else kept[error.row].positions[error.completion]
+        field = error.field if completion is None else f"{COMPLETIONS}[{completion}]"
+        raise PreferenceDataError(error.problem, kept_index[error.row], field, completion=completion) from error
     width = result.rewards.shape[1]
     ranks = torch.tensor([r.ranks + [-1] * (width - len(r.ranks)) for r in kept], dtype=torch.long)
     metrics = ranking_metrics_from_rewards(result.rewards, ranks)

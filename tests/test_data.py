@@ -140,6 +140,15 @@ def test_errors_carry_the_dataset_row_and_field_and_survive_pickling(tokenizer):
     assert (str(copy), copy.row, copy.field) == (str(error), 2, "chosen")
 
 
+def test_scorer_errors_count_prompts_keep_the_completion_and_survive_pickling():
+    error = PreferenceDataError("empty completion", 1, "completions[0]", completion=0, unit="prompt")
+    assert str(error) == "prompt 1, completion 0: empty completion"
+    copy = pickle.loads(pickle.dumps(error))
+    assert (str(copy), copy.row, copy.field, copy.completion, copy.unit) == (str(error), 1, "completions[0]", 0,
+                                                                             "prompt")
+    assert str(copy.located(row=4, unit="row")) == "row 4, field 'completions[0]': empty completion"
+
+
 def test_both_collators_carry_the_dataset_row_numbers(tokenizer):
     rows = ranked_rows(4, k=3)
     rows[1]["ranks"] = [0, 0, 0]  # dropped: the batch must name the rows that are left

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from dpo_ext.data.rows import IDENTICAL, PreferenceDataError, dense_ranks, normalize_row
+from dpo_ext.data.rows import IDENTICAL, PreferenceDataError, check_scored, dense_ranks, normalize_row
 
 FAST = settings(max_examples=100, deadline=None)  # per test: a global profile would change other modules' tests
 
@@ -140,3 +140,35 @@ def test_a_blank_prompt_always_raises_naming_the_prompt(prompt):
     with pytest.raises(PreferenceDataError, match="empty prompt") as info:
         normalize_row({"prompt": prompt, "chosen": "a", "rejected": "b"}, 0)
     assert info.value.field == "prompt"
+
+
+MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": TEXTS})
+BAD_MESSAGES = st.lists(st.one_of(MESSAGE, st.dictionaries(st.sampled_from(["role", "content"]),
+                                                          st.one_of(st.none(), st.integers(), BLANK))),
+                        min_size=1, max_size=3)
+
+
+@FAST
+@given(chat=st.booleans(), data=st.data())
+def test_the_scorer_and_the_trainer_refuse_the_same_completion_alike(chat, data):
+    """One definition of a valid completion: what `check_scored` (the scorer's and the CLI's check) says of a bad
+    completion is what `normalize_row` (the trainer's) says, with the same field and completion position."""
+    k = data.draw(st.integers(2, 4))
+    prompt = [{"role": "user", "content": "the movie"}] if chat else "the movie"
+    completions = [[{"role": "assistant", "content": f"c{i}"}] if chat else f"c{i}" for i in range(k)]
+    position = data.draw(st.integers(0, k - 1))
+    completions[position] = data.draw(st.one_of(BLANK, st.integers(), st.none(), BAD_MESSAGES) if not chat
+                                      else st.one_of(BAD_MESSAGES, st.integers(), st.none()))
+    row = {"prompt": prompt, "completions": completions, "ranks": list(range(k))}
+    errors = []
+    for check in (lambda: normalize_row(row, 5), lambda: check_scored(prompt, completions, 5)):
+        try:
+            check()
+        except PreferenceDataError as error:
+            errors.append(error)
+    assume(errors)  # a drawn list of messages may be a valid completion
+    assert len(errors) == 2, "one of the two checks accepted the completion"
+    trainer, scorer = errors
+    assert (scorer.row, scorer.field, scorer.completion, scorer.problem) == (
+        trainer.row, trainer.field, trainer.completion, trainer.problem)
+    assert (trainer.row, trainer.field, trainer.completion) == (5, f"completions[{position}]", position)

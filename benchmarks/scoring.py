@@ -115,8 +115,11 @@ def naive_scores(policy, reference, prompts, completions, beta=0.1):
 def _scorer(spec, policy):
     from dpo_ext.scoring.scorer import ImplicitRewardScorer
 
-    class Tokenizer:  # token ids are given directly: the scorer only needs the pad id
+    class Tokenizer:  # token ids are given directly: the scorer only needs the pad id and the vocabulary size
         pad_token_id, eos_token_id = 0, 0
+
+        def __len__(self):
+            return policy.config.vocab_size
 
     return ImplicitRewardScorer(policy, Tokenizer(), **spec["scorer_kwargs"])
 

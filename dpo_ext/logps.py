@@ -7,25 +7,6 @@ at t + 1, so a row of T tokens has T - 1 scorable positions.
 import torch
 
 
-def gather_token_logps(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 8) -> torch.Tensor:
-    """log softmax(logits)[label] for every position, without materialising a (N, T, V) log-softmax.
-
-    Args:
-        logits (`torch.Tensor`): (N, T, V) next-token logits, any float dtype (upcast to float32 chunk by chunk).
-        labels (`torch.Tensor`): (N, T) token ids to score; any value is fine where the result is masked later.
-        chunk_rows (`int`): rows upcast at a time, which bounds the float32 copy of the logits.
-
-    Returns:
-        `torch.Tensor`: (N, T) float32 log-probabilities.
-    """
-    out = []
-    for start in range(0, logits.shape[0], chunk_rows):
-        chunk = logits[start : start + chunk_rows].float()  # (n, T, V)
-        picked = chunk.gather(-1, labels[start : start + chunk_rows].unsqueeze(-1)).squeeze(-1)  # (n, T)
-        out.append(picked - torch.logsumexp(chunk, dim=-1))
-    return torch.cat(out, dim=0)
-
-
 def picked_position_logps(flat_logits: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,
                           max_elements: int = 2**22) -> torch.Tensor:
     """log softmax(flat_logits[positions])[labels] for any number of targets per kept position.
@@ -44,11 +25,6 @@ def picked_position_logps(flat_logits: torch.Tensor, positions: torch.Tensor, la
     step = max(1, max_elements // flat_logits.shape[-1])
     lse = torch.cat([torch.logsumexp(c.float(), dim=-1) for c in flat_logits.split(step)])  # (M,)
     return flat_logits[positions, labels].float() - lse[positions]
-
-
-def shift_for_next_token(input_ids: torch.Tensor, completion_mask: torch.Tensor):
-    """Labels and the mask of positions whose *next* token is a completion token: both (N, T - 1)."""
-    return input_ids[:, 1:], completion_mask[:, 1:]
 
 
 def sequence_logps(per_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,8 @@ from dpo_ext.modeling.batches import batch_token_logps, completion_logps
 from dpo_ext.logps import to_grid
 from dpo_ext.losses import plackett_luce_loss
 from dpo_ext.data.collate import PackedRankedCollator
-from dpo_ext.modeling.batches import block_attention_mask
+from dpo_ext.modeling.forward import block_attention_mask
+from dpo_ext.modeling.prompt_cache import Group, Runner, prompt_cache_problem
 from dpo_ext.modeling.support import choose_collator, prefix_sharing_unsupported
 
 LORA = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
@@ -70,6 +71,19 @@ def test_block_mask_lets_each_completion_see_the_prompt_and_itself():
     ], dtype=torch.bool)
     assert torch.equal(allowed, expected)
     assert block_attention_mask(segments, torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_block_mask_over_a_prompt_cache_keeps_the_query_rows():
+    """Keys = [a prompt cache of 3 positions, the last one padding | 4 query tokens: completions 1, 2, padding]."""
+    segments = torch.tensor([[0, 0, -1, 1, 1, 2, -1]])
+    allowed = block_attention_mask(segments, torch.float32, queries=4)[0, 0] == 0  # (Q, P + Q)
+    expected = torch.tensor([
+        [1, 1, 0, 1, 0, 0, 0],
+        [1, 1, 0, 1, 1, 0, 0],
+        [1, 1, 0, 0, 0, 1, 0],  # completion 2 sees the real prompt positions and itself
+        [0, 0, 0, 0, 0, 0, 1],  # a padding query sees only itself
+    ], dtype=torch.bool)
+    assert torch.equal(allowed, expected)
 
 
 def test_packed_batch_keeps_row_order_slots_and_truncation():
@@ -231,3 +245,53 @@ def test_every_verified_model_type_matches(model_type):
         with torch.no_grad():
             torch.testing.assert_close(completion_logps(model, packed), completion_logps(model, plain),
                                        rtol=1e-5, atol=2e-5)
+
+
+def _with_sliding(model, window=None, layer_types=False):
+    model.config.sliding_window = window
+    if layer_types:  # Gemma-2 style: the window applies to the layers marked "sliding_attention"
+        model.config.layer_types = ["sliding_attention", "full_attention"] * (model.config.n_layer // 2)
+    return model
+
+
+@pytest.mark.parametrize("case, max_length, supported", [
+    ("plain", None, True),
+    ("type outside the allowlist", 32, False),
+    ("sliding window", 32, False),  # a row could be longer than the window
+    ("sliding window", 16, True),  # no row is longer than the window
+    ("sliding window", None, False),  # row lengths unknown
+    ("layer_types", 32, False),
+    ("layer_types", 16, True),
+    ("layer_types without a window size", 16, False),
+])
+def test_trainer_and_scorer_get_the_same_answer(tokenizer, monkeypatch, caplog, case, max_length, supported):
+    """The one support check decides both the trainer's packed rows and the scorer's prompt-cache reuse."""
+    from dpo_ext.scoring.scorer import ImplicitRewardScorer
+
+    if case == "type outside the allowlist":
+        monkeypatch.setattr(prefix_sharing, "VERIFIED_MODEL_TYPES", frozenset({"llama"}))
+    model = make_model(tokenizer)
+    if case != "plain" and "allowlist" not in case:
+        _with_sliding(model, None if "without" in case else 16, layer_types=case.startswith("layer_types"))
+    reason = prefix_sharing_unsupported(model, max_length)
+    assert (reason is None) == supported, reason
+    collator = choose_collator(RankedCollator(pad_token_id=0, max_length=max_length), [model], prefix_sharing=True)
+    assert isinstance(collator, PackedRankedCollator) == supported
+    scorer = ImplicitRewardScorer(model, tokenizer, max_length=max_length)
+    with caplog.at_level(logging.WARNING, logger="dpo_ext.scoring"):
+        scorer.score(["the movie was"], [[" good", " bad plot"]], reference_free=True)
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("dpo_ext.scoring")]
+    assert (not warnings) == supported, warnings
+    if not supported:
+        assert reason in warnings[0]
+
+
+def test_prompt_cache_refused_under_gradient_checkpointing_in_training(tokenizer):
+    """transformers drops the KV cache there with only a log line: prompt reuse must refuse, not score without it."""
+    model = make_model(tokenizer)
+    model.gradient_checkpointing_enable()
+    groups = [Group([5, 6, 7], [[8, 9], [10]], [0, 1])]
+    model.train()
+    assert "gradient checkpointing" in prompt_cache_problem(Runner(model, 0), groups)
+    model.eval()  # the scorer always scores in eval mode, where the cache is kept
+    assert prompt_cache_problem(Runner(model, 0), groups) is None

@@ -10,12 +10,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from fixtures import make_model, ranked_rows
-from dpo_ext.modeling import prompt_cache as scoring_batches
+from dpo_ext.modeling import prompt_cache
 from dpo_ext.data.collate import RankedCollator
 from dpo_ext.data.tokenize import tokenize_ranked
 from dpo_ext.modeling.batches import completion_logps
 from dpo_ext.reference import ReferenceMismatchError
-from dpo_ext.scoring.scorer import ImplicitRewardScorer, evaluate_preferences, prefix_sharing_problem
+from dpo_ext.modeling.support import prefix_sharing_unsupported
+from dpo_ext.scoring.sampling import sample_completions
+from dpo_ext.scoring.scorer import ImplicitRewardScorer, evaluate_preferences
 
 PROMPTS = ["the movie was", "i saw it and", "they liked the", "we hated"]
 COMPLETIONS = [[" good fun", " bad", " very very boring plot", " fine"], [" great"],
@@ -168,12 +170,12 @@ def test_bad_inputs_name_the_prompt_and_completion(tokenizer):
 def test_falls_back_to_plain_rows_with_one_warning(tokenizer, monkeypatch, caplog):
     model, reference = perturbed_lora(tokenizer)
     model.config._attn_implementation = "flash_attention_2"
-    assert "flash_attention_2" in prefix_sharing_problem(model)
+    assert "flash_attention_2" in prefix_sharing_unsupported(model)
     model.config._attn_implementation = "sdpa"
     # A prefix-sharing path that silently ignores the prompt must be caught by the first-use check.
-    wrong = lambda lens, segments, cache_len, dtype: real(lens * 0, segments, cache_len, dtype)  # noqa: E731
-    real = scoring_batches.suffix_attention_mask
-    monkeypatch.setattr(scoring_batches, "suffix_attention_mask", wrong)
+    real = prompt_cache.block_attention_mask
+    wrong = lambda segments, dtype, queries: real(segments.masked_fill(segments == 0, -1), dtype, queries)  # noqa: E731
+    monkeypatch.setattr(prompt_cache, "block_attention_mask", wrong)
     scorer = ImplicitRewardScorer(model, tokenizer)
     with caplog.at_level(logging.WARNING, logger="dpo_ext.scoring"):
         first = scorer.score(PROMPTS, COMPLETIONS)
@@ -185,8 +187,29 @@ def test_falls_back_to_plain_rows_with_one_warning(tokenizer, monkeypatch, caplo
     _check_against_naive(second, naive)
 
 
+def test_falls_back_to_plain_rows_when_the_cache_api_changes(tokenizer, monkeypatch, caplog):
+    """A transformers whose cache no longer takes ``ddp_cache_data``: one clear warning, then plain rows."""
+    import transformers
+
+    class OtherCache(transformers.DynamicCache):
+        def __init__(self):
+            super().__init__()
+
+    monkeypatch.setattr(transformers, "DynamicCache", OtherCache)
+    model, reference = perturbed_lora(tokenizer)
+    groups = [prompt_cache.Group([5, 6, 7], [[8, 9], [10, 11]], [0, 1])]
+    with pytest.raises(prompt_cache.PromptCacheError, match="KV-cache API"):
+        prompt_cache.score_groups(prompt_cache.Runner(model, 0), groups, 2)
+    scorer = ImplicitRewardScorer(model, tokenizer)
+    with caplog.at_level(logging.WARNING, logger="dpo_ext.scoring"):
+        result = scorer.score(PROMPTS, COMPLETIONS)
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("dpo_ext.scoring")]
+    assert len(warnings) == 1 and "KV-cache API" in warnings[0] and "ddp_cache_data" in warnings[0]
+    _check_against_naive(result, naive_logps(model, reference, tokenizer, PROMPTS, COMPLETIONS))
+
+
 def test_rerank_and_best_of_n(tokenizer):
-    model, _ = perturbed_lora(tokenizer)
+    model, reference = perturbed_lora(tokenizer)
     scorer = ImplicitRewardScorer(model, tokenizer)
     candidates = [" good fun", " bad", " fine", " awful plot"]
     ranked = scorer.rerank("the movie was", candidates)
@@ -196,10 +219,20 @@ def test_rerank_and_best_of_n(tokenizer):
 
     torch.manual_seed(0)
     results = scorer.best_of_n(["the movie was", "i saw"], n=4, generation_config={"max_new_tokens": 6})
+    torch.manual_seed(0)  # the same samples again, scored naively: one row per sample through policy and reference
+    samples = sample_completions(model, tokenizer, ["the movie was", "i saw"], 4, {"max_new_tokens": 6})
+    collate = RankedCollator(pad_token_id=tokenizer.pad_token_id)
     assert len(results) == 2
-    for result in results:
+    for result, sample in zip(results, samples):
         assert len(result.candidates) == 4
-        assert result.best.reward == max(c.reward for c in result.candidates)
+        naive = []
+        with torch.no_grad():
+            for ids in sample.completion_ids:
+                batch = collate([{"prompt_ids": sample.prompt_ids, "completion_ids": [ids], "ranks": [0]}])
+                naive.append(0.1 * float(completion_logps(model, batch) - completion_logps(reference, batch)))
+        assert len(set(naive)) == 4  # distinct samples, so picking the best is a real choice
+        assert result.best.index == naive.index(max(naive))
+        assert result.best.reward == pytest.approx(max(naive), abs=1e-5)
         assert [c.reward for c in result.ranked] == sorted((c.reward for c in result.candidates), reverse=True)
         assert all(1 <= c.num_tokens <= 6 and math.isfinite(c.reward) for c in result.candidates)
     # An explicit sampler with its own tokenizer: samples are decoded and re-scored as text.

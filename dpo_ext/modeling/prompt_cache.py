@@ -12,21 +12,25 @@ completion; it runs the model in one of two ways that give the same numbers:
      would be silently wrong in eager attention (it is added, not applied), hence float.
   The prompt costs P tokens instead of K * P, and a completion attends to P + C keys instead of its row's full
   length: both the linear layers and the attention shrink.
-- plain: one ``prompt + completion`` row per completion (the fallback, and what the results must equal).
+- plain: one ``prompt + completion`` row per completion (`dpo_ext.modeling.forward.plain_rows_logps`, the trainer's
+  plain path too): the fallback, and what the results must equal.
 
-``copies`` > 1 runs every row once per entry of ``copy_adapters`` in the same forward (PEFT mixed-adapter batch,
-``adapter_names`` with ``"__base__"`` = adapters off): the policy and the reference in one pass.
+``copies`` > 1 runs every row once per entry of the runner's ``adapters`` in the same forward (PEFT mixed-adapter
+batch, ``adapter_names`` with ``"__base__"`` = adapters off): the policy and the reference in one pass.
+
+Whether prefix sharing is used for a model is decided once per model by `prompt_cache_problem`.
 """
 
-from dataclasses import dataclass, field
-
+import contextlib
 import inspect
+from dataclasses import dataclass, field
 
 import torch
 
 from dpo_ext.data.collate import pad_rows
-from dpo_ext.modeling.models import accepts_logits_to_keep, bare_model
-from dpo_ext.logps import picked_position_logps
+from dpo_ext.modeling.forward import block_attention_mask, plain_rows_logps, target_logps
+from dpo_ext.modeling.models import bare_model, compute_dtype
+from dpo_ext.modeling.support import prefix_sharing_unsupported
 
 
 @dataclass
@@ -77,137 +81,126 @@ def _budget_chunks(items: list, cost, max_tokens: int) -> list[list]:
     return chunks + [chunk] if chunk else chunks
 
 
-def suffix_attention_mask(prompt_lens, segments, cache_len: int, dtype) -> torch.Tensor:
-    """Additive float mask (R, 1, Q, cache_len + Q) for completion rows over their prompt cache.
+class PromptCacheError(RuntimeError):
+    """The prompt KV cache cannot be reused here; `prompt_cache_problem` turns this into plain rows."""
 
-    Args:
-        prompt_lens (`torch.Tensor`): (R,) real prompt tokens in each row's cache row (the rest is padding).
-        segments (`torch.Tensor`): (R, Q) completion id of each query token, 0 for padding.
 
-    A query sees the real prompt tokens and the earlier tokens of its own completion. A padding query sees only
-    itself, so that no softmax row is empty (an all-masked row gives NaN in some attention kernels).
+@contextlib.contextmanager
+def _cache_api():
+    try:
+        yield
+    except (ImportError, AttributeError, TypeError) as error:
+        raise PromptCacheError(f"transformers' KV-cache API is not the one dpo_ext was written against "
+                               f"(transformers 5.x DynamicCache): {type(error).__name__}: {error}") from error
+
+
+class PromptKV:
+    """The one place that knows transformers' KV-cache internals (5.x: `DynamicCache`, the forward's ``cache``
+    keyword, formerly ``past_key_values``, ``cache.layers[i].keys/values``, ``DynamicCache(ddp_cache_data=...)``).
+
+    Anything unexpected raises `PromptCacheError`, never a cache that is silently not used: that would score the
+    completions without their prompt.
     """
-    rows, length = segments.shape
-    device = segments.device
-    query, key = segments.unsqueeze(2), segments.unsqueeze(1)  # (R, Q, 1), (R, 1, Q)
-    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-    own = causal & (query == key) & (query > 0)  # (R, Q, Q)
-    own |= torch.eye(length, dtype=torch.bool, device=device) & (query == 0)
-    prompt = (torch.arange(cache_len, device=device) < prompt_lens.unsqueeze(1)).unsqueeze(1)  # (R, 1, P)
-    prompt = prompt & (query > 0)  # (R, Q, P)
-    allowed = torch.cat([prompt, own], dim=2)  # (R, Q, P + Q)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
+    def __init__(self, model):
+        bare = bare_model(model)
+        # In training mode with gradient checkpointing, transformers drops the cache with only a log line.
+        checkpointing = getattr(bare, "is_activation_checkpointing", None)
+        if checkpointing is None:
+            checkpointing = getattr(bare, "is_gradient_checkpointing", False)
+        if model.training and checkpointing:
+            raise PromptCacheError("the model is in training mode with gradient checkpointing, where transformers "
+                                   "drops the KV cache; put it in eval mode (or disable gradient checkpointing)")
+        with _cache_api():
+            from transformers import DynamicCache
 
-def _repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
-    return tensor if copies == 1 else tensor.repeat(copies, *([1] * (tensor.dim() - 1)))  # (copies * R, ...)
+            parameters = inspect.signature(bare.forward).parameters
+            self.keyword = next((k for k in ("cache", "past_key_values") if k in parameters), None)
+            if self.keyword is None:
+                raise TypeError(f"{type(bare).__name__}.forward takes neither cache= nor past_key_values=")
+            self.cache_class = DynamicCache
 
+    def empty(self) -> dict:
+        """Forward keyword arguments that make the prompt pass fill a new cache."""
+        with _cache_api():
+            return {self.keyword: self.cache_class(), "use_cache": True}
 
-def _picked_logps(logits, rows, columns, labels) -> torch.Tensor:
-    """log softmax(logits[rows, columns])[labels] for N targets: (N,) float32."""
-    flat = logits.reshape(-1, logits.shape[-1])  # (R * M, V)
-    return picked_position_logps(flat, rows * logits.shape[1] + columns, labels)
+    def layers(self, inputs: dict, length: int) -> list:
+        """The (keys, values) of every layer after the prompt pass over ``inputs``: (copies * B, H, length, D)."""
+        with _cache_api():
+            layers = [(layer.keys.contiguous(), layer.values.contiguous()) for layer in inputs[self.keyword].layers]
+        if not layers or any(keys.shape[-2] != length for keys, _ in layers):
+            raise PromptCacheError(f"the prompt pass did not fill the KV cache with its {length} positions")
+        return layers
+
+    def rows(self, layers: list, rows: torch.Tensor) -> dict:
+        """Forward keyword arguments with a cache holding rows ``rows`` of ``layers``, for the completion pass."""
+        with _cache_api():
+            # Advanced indexing, not index_select: the latter is ~30x slower on CPU for these (R, H, P, D) tensors.
+            cache = self.cache_class(ddp_cache_data=[(keys[rows], values[rows]) for keys, values in layers])
+        return {self.keyword: cache, "use_cache": True}
 
 
 class Runner:
-    """Runs ``model`` on batches, once per entry of ``copy_adapters`` (``None``: once, as the model is)."""
+    """A model to score with, run once per entry of ``adapters`` (``None``: once, as the model is)."""
 
-    def __init__(self, model, pad_token_id: int, copy_adapters=None):
+    def __init__(self, model, pad_token_id: int, adapters=None):
         self.model = model
         self.pad_token_id = pad_token_id
-        self.copy_adapters = list(copy_adapters) if copy_adapters else None
-        self.copies = len(self.copy_adapters) if self.copy_adapters else 1
+        self.adapters = list(adapters) if adapters else None
+        self.copies = len(self.adapters) if self.adapters else 1
         self.device = next(model.parameters()).device
-        self.dtype = model.get_input_embeddings().weight.dtype
-        if not self.dtype.is_floating_point:
-            self.dtype = torch.float32
-        self.logits_to_keep = accepts_logits_to_keep(model)
+        self.dtype = compute_dtype(model)
         # Token-budget weight of one LM-head position: its logits (V floats) against the ~8 * hidden floats of
         # activations a token costs. For small models with large vocabularies the logits dominate memory.
-        config = getattr(model, "config", None)
+        config = getattr(bare_model(model), "config", None)
         vocab, hidden = getattr(config, "vocab_size", None), getattr(config, "hidden_size", None)
         self.logit_cost = max(1, vocab // (8 * hidden)) if isinstance(vocab, int) and isinstance(hidden, int) else 1
-        bare = bare_model(model)
-        # transformers 5.x renamed `past_key_values` to `cache` (the old name goes in 5.40)
-        self.cache_kwarg = "cache" if "cache" in inspect.signature(bare.forward).parameters else "past_key_values"
-
-    def forward(self, keep: torch.Tensor, **inputs):
-        """Logits (copies * R, len(keep), V) at positions ``keep`` for inputs of R rows, repeated per copy."""
-        inputs = {k: _repeat_rows(v, self.copies) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        if self.copy_adapters:
-            rows = inputs["input_ids"].shape[0] // self.copies
-            inputs["adapter_names"] = [name for name in self.copy_adapters for _ in range(rows)]
-        if self.logits_to_keep:
-            return self.model(**inputs, logits_to_keep=keep).logits
-        return self.model(**inputs).logits[:, keep]
-
-    def per_copy(self, logits, rows, columns, labels, num_rows) -> torch.Tensor:
-        """Picked log-probs for each copy: (copies, N)."""
-        return torch.stack([_picked_logps(logits, rows + c * num_rows, columns, labels) for c in range(self.copies)])
 
 
-def _prompt_pass(runner: Runner, groups: list[Group]):
-    """Prompt KV cache of ``groups`` and the log-probs of every completion's first token: (copies, N_first)."""
-    from transformers import DynamicCache
-
+def _prompt_pass(runner: Runner, kv: PromptKV, groups: list[Group]):
+    """Log-probs of every completion's first token (copies, N_first), and the prompts' KV cache layers."""
     device = runner.device
     prompts = pad_rows([g.prompt_ids for g in groups], runner.pad_token_id, device=device)  # (B, P)
     attention_mask = pad_rows([[1] * len(g.prompt_ids) for g in groups], 0, device=device)
     last = torch.tensor([len(g.prompt_ids) - 1 for g in groups], device=device)  # (B,)
-    keep = torch.unique(last)
-    cache = DynamicCache()
-    logits = runner.forward(keep, input_ids=prompts, attention_mask=attention_mask, use_cache=True,
-                            **{runner.cache_kwarg: cache})
     rows = torch.tensor([b for b, g in enumerate(groups) for _ in g.slots], device=device)
     labels = torch.tensor([c[0] for g in groups for c in g.completion_ids], device=device)
-    first = runner.per_copy(logits, rows, torch.searchsorted(keep, last[rows]), labels, len(groups))
-    kv = [(layer.keys.contiguous(), layer.values.contiguous()) for layer in cache.layers]  # (copies * B, H, P, D)
-    return first, kv, prompts.shape[1]
+    inputs = dict(input_ids=prompts, attention_mask=attention_mask, **kv.empty())
+    first = target_logps(runner.model, inputs, rows, last[rows], labels, runner.adapters)
+    return first, kv.layers(inputs, prompts.shape[1])  # layers: (copies * B, H, P, D) each
 
 
-def _suffix_pass(runner: Runner, rows: list[SuffixRow], kv, cache_len: int, num_groups: int) -> torch.Tensor:
-    """Log-probs of the targets of completion rows over the prompt cache: (copies, N_targets)."""
-    from transformers import DynamicCache
-
-    device, copies = runner.device, runner.copies
+def _suffix_pass(runner: Runner, kv: PromptKV, rows: list[SuffixRow], layers, num_groups: int):
+    """Log-probs of the targets of completion rows over the prompt cache (copies, N_targets), and their slots."""
+    device, cache_len = runner.device, layers[0][0].shape[-2]
     group = torch.tensor([r.group for r in rows], device=device)  # (R,)
-    cache_rows = torch.cat([group + c * num_groups for c in range(copies)])  # (copies * R,)
-    # Advanced indexing, not index_select: the latter is ~30x slower on CPU for these (R, H, P, D) tensors.
-    cache = DynamicCache(ddp_cache_data=[(k[cache_rows], v[cache_rows])
-                                         for k, v in kv])
-    segments = pad_rows([r.segments for r in rows], 0, device=device)  # (R, Q)
+    cache = kv.rows(layers, torch.cat([group + c * num_groups for c in range(runner.copies)]))  # copies * R rows
+    # Keys are [the prompt cache's positions | the row's own tokens]: segment 0 = real prompt tokens, -1 = padding.
     prompt_lens = torch.tensor([r.prompt_len for r in rows], device=device)
-    mask = suffix_attention_mask(prompt_lens, segments, cache_len, runner.dtype)  # (R, 1, Q, P + Q)
+    cached = torch.arange(cache_len, device=device) < prompt_lens[:, None]  # (R, P)
+    queries = pad_rows([r.segments for r in rows], -1, device=device)  # (R, Q)
+    segments = torch.cat([cached.long() - 1, queries], dim=1)  # (R, P + Q)
+    mask = block_attention_mask(segments, runner.dtype, queries=queries.shape[1])  # (R, 1, Q, P + Q)
     targets = torch.tensor([(b, *t) for b, r in enumerate(rows) for t in r.targets], dtype=torch.long,
                            device=device).reshape(-1, 4)  # (N, 4): row, position, label, slot
-    keep = torch.unique(targets[:, 1])
-    input_ids = pad_rows([r.input_ids for r in rows], runner.pad_token_id, device=device)  # (R, Q)
-    positions = pad_rows([r.positions for r in rows], 0, device=device)  # (R, Q)
-    logits = runner.forward(keep, input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                            **{runner.cache_kwarg: cache})
-    columns = torch.searchsorted(keep, targets[:, 1].contiguous())
-    logps = runner.per_copy(logits, targets[:, 0], columns, targets[:, 2], len(rows))
+    inputs = dict(input_ids=pad_rows([r.input_ids for r in rows], runner.pad_token_id, device=device),
+                  attention_mask=mask, position_ids=pad_rows([r.positions for r in rows], 0, device=device), **cache)
+    logps = target_logps(runner.model, inputs, targets[:, 0], targets[:, 1], targets[:, 2], runner.adapters)
     return logps, targets[:, 3]
 
 
 def _plain_pass(runner: Runner, groups: list[Group], max_batch_tokens: int, out: torch.Tensor) -> None:
+    """Add the log-probs of ``groups``' completions, one ``prompt + completion`` row each, to ``out``."""
     rows = [(g.prompt_ids, c, s) for g in groups for c, s in zip(g.completion_ids, g.slots)]
     cost = lambda r: max(len(r[0]) + len(r[1]), len(r[1]) * runner.logit_cost) * runner.copies  # noqa: E731
+    device = runner.device
     for chunk in _budget_chunks(rows, cost, max_batch_tokens):
-        ids = [list(p) + list(c) for p, c, _ in chunk]
-        device = runner.device
-        # Without a prompt token nothing predicts a completion's first token: it is not scored (as in training).
-        targets = torch.tensor([(b, len(p) - 1 + j, t, s) for b, (p, c, s) in enumerate(chunk)
-                                for j, t in enumerate(c) if len(p) - 1 + j >= 0], dtype=torch.long,
-                               device=device).reshape(-1, 4)  # (N, 4): row, position, label, slot
-        keep = torch.unique(targets[:, 1])
-        attention_mask = pad_rows([[1] * len(i) for i in ids], 0, device=device)
-        logits = runner.forward(keep, input_ids=pad_rows(ids, runner.pad_token_id, device=device),
-                                attention_mask=attention_mask, use_cache=False)
-        columns = torch.searchsorted(keep, targets[:, 1].contiguous())
-        logps = runner.per_copy(logits, targets[:, 0], columns, targets[:, 2], len(chunk))
-        out.index_add_(1, targets[:, 3], logps)
+        input_ids = pad_rows([list(p) + list(c) for p, c, _ in chunk], runner.pad_token_id, device=device)
+        attention_mask = pad_rows([[1] * (len(p) + len(c)) for p, c, _ in chunk], 0, device=device)
+        completion_mask = pad_rows([[0] * len(p) + [1] * len(c) for p, c, _ in chunk], 0, device=device)
+        per_token, _ = plain_rows_logps(runner.model, input_ids, attention_mask, completion_mask, runner.adapters)
+        out.index_add_(1, torch.tensor([s for _, _, s in chunk], device=device), per_token.sum(-1))
 
 
 def score_groups(runner: Runner, groups: list[Group], num_slots: int, *, prefix_sharing: bool = True,
@@ -226,6 +219,9 @@ def score_groups(runner: Runner, groups: list[Group], num_slots: int, *, prefix_
 
     Returns:
         `torch.Tensor`: (copies, num_slots) float32 on CPU.
+
+    Raises:
+        `PromptCacheError`: with ``prefix_sharing``, where the prompt cache cannot be reused (see `PromptKV`).
     """
     out = torch.zeros(runner.copies, num_slots, device=runner.device)
     plain = groups if not prefix_sharing else [g for g in groups if not g.prompt_ids]
@@ -236,9 +232,11 @@ def score_groups(runner: Runner, groups: list[Group], num_slots: int, *, prefix_
     if not prefix_sharing:
         return out.cpu()
     groups = [g for g in groups if g.prompt_ids]
+    kv = PromptKV(runner.model) if groups else None
     prompt_cost = lambda g: len(g.prompt_ids) * runner.copies  # noqa: E731
     for batch in _budget_chunks(groups, prompt_cost, max_batch_tokens):
-        first, kv, cache_len = _prompt_pass(runner, batch)
+        first, layers = _prompt_pass(runner, kv, batch)
+        cache_len = layers[0][0].shape[-2]
         out.index_add_(1, torch.tensor([s for g in batch for s in g.slots], device=runner.device), first)
         rows = [r for b, g in enumerate(batch) for r in suffix_rows(g, b, max_row_tokens) if r.targets]
 
@@ -246,8 +244,36 @@ def score_groups(runner: Runner, groups: list[Group], num_slots: int, *, prefix_
             return max(cache_len + len(row.input_ids), len(row.input_ids) * runner.logit_cost) * runner.copies
 
         for chunk in _budget_chunks(rows, row_cost, max_batch_tokens):
-            logps, slots = _suffix_pass(runner, chunk, kv, cache_len, len(batch))
+            logps, slots = _suffix_pass(runner, kv, chunk, layers, len(batch))
             out.index_add_(1, slots, logps)
         if progress is not None:
             progress.update(sum(len(g.slots) for g in batch))
     return out.cpu()
+
+
+def prompt_cache_problem(runner: Runner, groups: list[Group], max_length: int | None = None) -> str | None:
+    """Why ``score_groups`` cannot share prompts for ``runner``'s model (a sentence), or `None` when it can.
+
+    The support check the trainer uses too (`prefix_sharing_unsupported`, with the scorer's ``max_length``), then a
+    probe cut from the first group, scored both ways: a model or transformers version where prompt reuse is wrong
+    or fails is caught here rather than in the results.
+    """
+    problem = prefix_sharing_unsupported(runner.model, max_length)
+    group = next((g for g in groups if g.prompt_ids), None)
+    if problem is not None or group is None:
+        return problem
+    completions = [c[:4] for c in group.completion_ids[:2]]
+    if len(completions) == 1:
+        completions.append(list(reversed(completions[0])))
+    probe = [Group(group.prompt_ids[-8:], completions, [0, 1])]
+    plain = score_groups(runner, probe, 2, prefix_sharing=False)  # errors here are not prefix sharing's
+    try:
+        shared = score_groups(runner, probe, 2, prefix_sharing=True)
+    except PromptCacheError as error:
+        return str(error)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError, AttributeError, IndexError) as error:
+        return f"the prefix-shared forward failed: {type(error).__name__}: {error}"
+    tolerance = 1e-3 if runner.dtype == torch.float32 else 0.1
+    if not torch.allclose(shared, plain, atol=tolerance * 8, rtol=0):
+        return f"prefix-shared log-probs differ from plain ones by {float((shared - plain).abs().max()):.3g}"
+    return None

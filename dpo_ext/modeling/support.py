@@ -3,7 +3,7 @@
 Facts this rests on (transformers 5.24, see the project NOTES): a 4-D attention mask is passed to the attention
 unchanged, so padding must be in it; it must be an additive *float* mask (a bool 4-D mask is silently wrong in eager
 attention); and restarted position ids are only correct together with such a mask. Flash-attention kernels ignore
-4-D masks, so those models fall back to the plain K-row path (see `prefix_sharing_unsupported`).
+4-D masks, so those models fall back to one row per completion (see `prefix_sharing_unsupported`).
 """
 
 import inspect
@@ -28,12 +28,14 @@ SUPPORTED_ATTENTION = ("eager", "sdpa")
 
 
 def prefix_sharing_unsupported(model, max_length: int | None = None) -> str | None:
-    """Why ``model`` cannot run packed rows exactly (a sentence), or `None` when it can.
+    """Why ``model`` cannot run prefix-shared rows exactly (a sentence), or `None` when it can: the one check behind
+    the trainer's packed rows (`choose_collator`) and the scorer's prompt-cache reuse.
 
     Supported: decoder-only models of a verified type (`VERIFIED_MODEL_TYPES`) with eager or sdpa attention, whose
     forward takes a 4-D ``attention_mask`` and ``position_ids``. Flash-attention and other kernels that ignore a 4-D
-    mask would let completions see each other; a sliding window is not applied to a custom mask, so it is only
-    exact when no plain row (at most ``max_length`` tokens) could exceed the window.
+    mask would let completions see each other. A sliding window (``sliding_window``/``use_sliding_window``, or a
+    ``"sliding_attention"`` entry of ``layer_types``) is not applied to a custom mask, so it is only exact when no
+    plain row (at most ``max_length`` tokens; unknown when `None`) could exceed the window.
     """
     bare = bare_model(model)
     config = getattr(bare, "config", None)
@@ -52,8 +54,12 @@ def prefix_sharing_unsupported(model, max_length: int | None = None) -> str | No
     if missing:
         return f"{type(bare).__name__}.forward does not accept {' or '.join(missing)}"
     window = getattr(config, "sliding_window", None)
-    if window and getattr(config, "use_sliding_window", True) and (max_length is None or max_length > window):
-        return f"its sliding window ({window} tokens) is not applied to a custom mask and max_length={max_length}"
+    # use_sliding_window is None in configs (Mistral's) that apply any window they are given
+    sliding = (window and getattr(config, "use_sliding_window", None) is not False) or "sliding_attention" in (
+        getattr(config, "layer_types", None) or ())
+    if sliding and (not window or max_length is None or max_length > window):
+        return (f"its sliding window ({window or 'of unknown size'} tokens) is not applied to a custom mask and "
+                f"max_length={max_length} could exceed it")
     return None
 
 
@@ -76,23 +82,3 @@ def choose_collator(collator, models, prefix_sharing: bool):
                            "instead.", reason)
             return collator
     return PackedRankedCollator(pad_token_id=collator.pad_token_id, max_length=collator.max_length)
-
-
-def prefix_sharing_problem(model) -> str | None:
-    """Why prefix sharing cannot be used with ``model`` (read from its config), or `None`."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return "the model has no config"
-    if getattr(config, "is_encoder_decoder", False):
-        return "encoder-decoder models are not supported"
-    implementation = getattr(config, "_attn_implementation", None)
-    if implementation not in ("eager", "sdpa"):
-        return f"attn_implementation={implementation!r} does not take a custom 4-D float mask (use eager or sdpa)"
-    window = getattr(config, "sliding_window", None)
-    if (window and getattr(config, "use_sliding_window", True)) or "sliding_attention" in (
-            getattr(config, "layer_types", None) or ()):
-        return "sliding-window attention is not expressed by the prefix-sharing mask"
-    bare = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if "position_ids" not in inspect.signature(bare.forward).parameters:
-        return "the model's forward takes no position_ids"
-    return None

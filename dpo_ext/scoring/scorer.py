@@ -27,14 +27,12 @@ from dpo_ext.modeling.models import (
 )
 from dpo_ext.reference import ReferenceMismatchError, bias_is_trained, check_reference_model, is_peft_model
 from dpo_ext.scoring.inputs import completion_lists, token_groups, tokenize_inputs
-from dpo_ext.modeling.prompt_cache import Group, Runner, score_groups
+from dpo_ext.modeling.prompt_cache import Group, Runner, prompt_cache_problem, score_groups
 from dpo_ext.modeling.models import active_adapter, eval_mode
-from dpo_ext.modeling.support import prefix_sharing_problem
 from dpo_ext.scoring.results import BestOfN, ScoredCandidate, ScoreResult, candidates_of
 from dpo_ext.settings import as_number, positive
 
-__all__ = ["ImplicitRewardScorer", "ScoreResult", "ScoredCandidate", "BestOfN", "evaluate_preferences",
-           "prefix_sharing_problem"]
+__all__ = ["ImplicitRewardScorer", "ScoreResult", "ScoredCandidate", "BestOfN", "evaluate_preferences"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,11 +130,12 @@ class ImplicitRewardScorer:
     # -- scoring ---------------------------------------------------------------------------------------------------
 
     def _run(self, runner, groups, num_slots, progress) -> torch.Tensor:
-        """(copies, num_slots) log-probs. Prefix sharing is checked once per model (its config, then a probe
-        against the plain computation); where it is not possible: plain rows, with one warning."""
+        """(copies, num_slots) log-probs. Whether prefix sharing is exact for a model is asked once per model
+        (`prompt_cache_problem`: the trainer's support check, then a probe); where it is not: plain rows, with one
+        warning."""
         key = id(runner.model)
         if self.prefix_sharing and key not in self._prefix_problems:
-            problem = prefix_sharing_problem(runner.model) or self._check_prefix_sharing(runner, groups)
+            problem = prompt_cache_problem(runner, groups, self.max_length)
             self._prefix_problems[key] = problem
             if problem:
                 logger.warning("Prefix sharing is off for %s (%s); scoring one prompt + completion row at a time.",
@@ -144,26 +143,6 @@ class ImplicitRewardScorer:
         shared = self.prefix_sharing and self._prefix_problems[key] is None
         return score_groups(runner, groups, num_slots, prefix_sharing=shared, progress=progress,
                             max_batch_tokens=self.max_batch_tokens, max_row_tokens=self.max_row_tokens)
-
-    @staticmethod
-    def _check_prefix_sharing(runner, groups) -> str | None:
-        """Compare prefix-shared and plain log-probs on a small probe cut from the first group."""
-        group = next((g for g in groups if g.prompt_ids), None)
-        if group is None:
-            return None
-        completions = [c[:4] for c in group.completion_ids[:2]]
-        if len(completions) == 1:
-            completions.append(list(reversed(completions[0])))
-        probe = [Group(group.prompt_ids[-8:], completions, [0, 1])]
-        plain = score_groups(runner, probe, 2, prefix_sharing=False)  # errors here are not prefix sharing's
-        try:
-            shared = score_groups(runner, probe, 2, prefix_sharing=True)
-        except (TypeError, ValueError, RuntimeError, NotImplementedError, AttributeError, IndexError) as error:
-            return f"the prefix-shared forward failed: {type(error).__name__}: {error}"
-        tolerance = 1e-3 if runner.dtype == torch.float32 else 0.1
-        if not torch.allclose(shared, plain, atol=tolerance * 8, rtol=0):
-            return f"prefix-shared log-probs differ from plain ones by {float((shared - plain).abs().max()):.3g}"
-        return None
 
     def _logps(self, groups, num_slots, need_ref: bool, progress=None):
         """Policy and reference log-probs, (num_slots,) each (reference `None` when not needed)."""

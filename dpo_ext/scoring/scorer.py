@@ -27,7 +27,7 @@ from dpo_ext.modeling.models import (
 )
 from dpo_ext.reference import ReferenceMismatchError, bias_is_trained, check_reference_model, is_peft_model
 from dpo_ext.scoring.inputs import completion_lists, token_groups, tokenize_inputs
-from dpo_ext.modeling.prompt_cache import Group, Runner, prompt_cache_problem, score_groups
+from dpo_ext.modeling.prompt_cache import Runner, prompt_cache_problem, score_groups
 from dpo_ext.modeling.models import active_adapter, eval_mode
 from dpo_ext.scoring.results import BestOfN, ScoredCandidate, ScoreResult, candidates_of
 from dpo_ext.settings import as_number, positive

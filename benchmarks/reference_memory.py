@@ -82,7 +82,7 @@ def run_configuration(cfg: dict) -> dict:
     import peft  # noqa: F401
     import torch
 
-    import dpo_ext.trainer  # noqa: F401
+    import dpo_ext.training.trainer  # noqa: F401
 
     torch.set_num_threads(cfg["threads"] or torch.get_num_threads())
     spec = cfg["spec"]

@@ -69,7 +69,7 @@ def run_configuration(cfg: dict) -> dict:
     if cfg["trainer"] == "trl":
         import trl  # noqa: F401
     else:
-        import dpo_ext.trainer  # noqa: F401
+        import dpo_ext.training.trainer  # noqa: F401
     if cfg["threads"]:
         import torch
 

@@ -137,7 +137,7 @@ def test_config_rejects_bad_values(tmp_path):
 
 def test_a_non_finite_loss_stops_training_naming_the_step_and_rows(tokenizer, tmp_path):
     """transformers logs a NaN loss as a normal number while the weights turn to NaN: the trainer must stop first."""
-    from dpo_ext.trainer import NonFiniteLossError
+    from dpo_ext.training.trainer import NonFiniteLossError
 
     model = make_model(tokenizer)
     trainer = PLDPOTrainer(model, args=PLDPOConfig(**_config(tmp_path, per_device_train_batch_size=2)),

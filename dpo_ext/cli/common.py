@@ -13,7 +13,7 @@ from pathlib import Path
 from dpo_ext.data.jsonl import iter_jsonl
 from dpo_ext.data.rows import PreferenceDataError
 from dpo_ext.hub.ids import looks_like_hub_id, offline
-from dpo_ext.setup_checks import unwritable_folder
+from dpo_ext.training.checks import unwritable_folder
 
 
 def report_error(command: str, error: Exception) -> None:

@@ -1,7 +1,7 @@
 """PLDPOTrainer: glue between a Hugging Face Trainer and the pure pieces (log-probs -> reference -> loss -> metrics).
 
-What it glues: `dpo_ext.trainer_setup` (models, tokenizer and rows made ready), `dpo_ext.reference` (where reference
-log-probs come from), `dpo_ext.losses` and `dpo_ext.ranking_metrics` (the math), `dpo_ext.trainer_checkpoints`
+What it glues: `dpo_ext.training.setup` (models, tokenizer and rows made ready), `dpo_ext.reference` (where reference
+log-probs come from), `dpo_ext.losses` and `dpo_ext.ranking_metrics` (the math), `dpo_ext.training.checkpointing`
 (checkpoints complete or absent).
 """
 
@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, set_seed
 
-from dpo_ext.config import PLDPOConfig
+from dpo_ext.training.config import PLDPOConfig
 from dpo_ext.data.collate import RankedCollator
 from dpo_ext.data.rows import REF_LOGPS
 from dpo_ext.logps import sequence_logps, to_grid
@@ -30,9 +30,9 @@ from dpo_ext.ranking_metrics import (
 )
 from dpo_ext.reference import REFERENCE_RECORD, choose_reference
 from dpo_ext.safe_files import scrub_config
-from dpo_ext.setup_checks import check_output_dir
-from dpo_ext.trainer_checkpoints import CompleteCheckpointsMixin
-from dpo_ext.trainer_setup import DatasetPreparer, prepare_models
+from dpo_ext.training.checks import check_output_dir
+from dpo_ext.training.checkpointing import CompleteCheckpointsMixin
+from dpo_ext.training.setup import DatasetPreparer, prepare_models
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What `PLDPOTrainer` builds before training starts: the policy and tokenizer made ready and checked against each
 other and the reference model, and datasets turned into validated, tokenized rows the models can take (the checks
-themselves are in `dpo_ext.setup_checks`)."""
+themselves are in `dpo_ext.training.checks`)."""
 
 from dataclasses import dataclass
 
@@ -9,7 +9,7 @@ import torch
 from dpo_ext.data.tokenize import prepare_ranked_dataset
 from dpo_ext.modeling.models import check_tokenizer_fits, load_tokenizer, position_limit, vocabulary_size
 from dpo_ext.reference import check_reference_model, is_peft_model
-from dpo_ext.setup_checks import check_rows_fit, ensure_pad_token, rows_to_dataset
+from dpo_ext.training.checks import check_rows_fit, ensure_pad_token, rows_to_dataset
 
 
 def prepare_models(model, ref_model, tokenizer, peft_config, args):

@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under torchrun: a tiny PLDPOTrainer run on 2 CPU processes (gloo)."""
+"""Run by tests/training/test_distributed.py under torchrun: a tiny PLDPOTrainer run on 2 CPU processes (gloo)."""
 
 import json
 import os

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from dpo_ext.training.checkpoints import IncompleteCheckpointError, check_checkpoint, last_complete_checkpoint
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # tests/: fixtures.py and scripts/
 
 
 class TrainingServer:

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sentiment"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sentiment"
 sys.path.insert(0, str(RECIPE))
 
 import best_of_n  # noqa: E402

@@ -37,3 +37,10 @@ def pairwise_rows(n_rows=8, seed=0):
     rng = random.Random(seed)
     return [{"prompt": sentence(rng, 3) + " ", "chosen": "good great " + sentence(rng, 2),
              "rejected": "bad awful " + sentence(rng, 3)} for _ in range(n_rows)]
+
+
+def train_settings(tmp_path, **values) -> dict:
+    """Keyword arguments of a trainer config for a test run: on CPU, reporting and saving nothing unless asked, a
+    log line every step; ``values`` add to or override them."""
+    return {"output_dir": str(tmp_path / "out"), "report_to": "none", "use_cpu": True, "save_strategy": "no",
+            "logging_steps": 1, **values}

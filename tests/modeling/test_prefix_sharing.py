@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from fixtures import make_model, ranked_rows
+from fixtures import make_model, ranked_rows, train_settings
 from dpo_ext import PLDPOConfig, PLDPOTrainer
 from dpo_ext.modeling import support as prefix_sharing
 from dpo_ext.data.collate import RankedCollator
@@ -149,11 +149,9 @@ def test_loss_and_gradients_match(tokenizer):
 
 
 def _trainer_args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, per_device_eval_batch_size=4,
-                  learning_rate=1e-2, num_train_epochs=2, logging_steps=1, report_to="none", use_cpu=True,
-                  max_length=12, save_strategy="no", seed=0, beta=0.5)
-    values.update(overrides)
-    return PLDPOConfig(**values)
+    return PLDPOConfig(**train_settings(tmp_path, **{**dict(per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                                                            learning_rate=1e-2, num_train_epochs=2, max_length=12,
+                                                            seed=0, beta=0.5), **overrides}))
 
 
 def test_trainer_with_prefix_sharing_follows_the_plain_trajectory(tokenizer, tmp_path):

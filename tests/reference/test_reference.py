@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from fixtures import make_model, ranked_rows
+from fixtures import make_model, ranked_rows, train_settings
 from dpo_ext import PLDPOConfig, PLDPOTrainer, ReferenceMismatchError
 from dpo_ext.data.collate import RankedCollator
 from dpo_ext.data.tokenize import prepare_ranked_dataset
@@ -26,10 +26,8 @@ LORA = dict(r=4, target_modules=["c_attn"], lora_dropout=0.0, task_type="CAUSAL_
 
 
 def _args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=1e-2,
-                  report_to="none", use_cpu=True, max_length=32, save_strategy="no", max_steps=2, logging_steps=1)
-    values.update(overrides)
-    return PLDPOConfig(**values)
+    return PLDPOConfig(**train_settings(tmp_path, **{**dict(per_device_train_batch_size=4, learning_rate=1e-2,
+                                                            max_length=32, max_steps=2), **overrides}))
 
 
 def _data():

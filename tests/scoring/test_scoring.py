@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from fixtures import make_model, ranked_rows
+from fixtures import make_model, ranked_rows, train_settings
 from dpo_ext.modeling import prompt_cache
 from dpo_ext.data.collate import RankedCollator
 from dpo_ext.data.tokenize import tokenize_ranked
@@ -257,12 +257,21 @@ def test_evaluate_preferences_on_pairwise_and_ranked_rows(tokenizer):
     assert set(ranked) >= {"top1_accuracy", "pairwise_accuracy", "kendall_tau", "rewards/margins"}
 
 
+def _scores_match_logged(adapter_dir, reference: str, pairs, logged: dict) -> dict:
+    """Load a saved adapter as a scorer, check which reference it found, and check that its evaluation of ``pairs``
+    gives the rewards the trainer logged for the same rows."""
+    scorer = ImplicitRewardScorer.from_pretrained(str(adapter_dir), device="cpu")
+    assert scorer.reference == reference
+    ours = evaluate_preferences(scorer, pairs)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert ours[key] == pytest.approx(logged[f"eval_{key}"], abs=1e-5), key
+    return ours
+
+
 def _train_config(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, per_device_eval_batch_size=8,
-                  learning_rate=2e-2, num_train_epochs=2, logging_steps=1, report_to="none", use_cpu=True,
-                  max_length=32, save_strategy="no", seed=0, beta=0.1)
-    values.update(overrides)
-    return values
+    return train_settings(tmp_path, **{**dict(per_device_train_batch_size=4, per_device_eval_batch_size=8,
+                                              learning_rate=2e-2, num_train_epochs=2, max_length=32, seed=0,
+                                              beta=0.1), **overrides})
 
 
 def test_scores_match_the_trainers_logged_rewards(tokenizer, tmp_path):
@@ -335,11 +344,7 @@ def test_from_pretrained_loads_trl_adapters(tokenizer, tmp_path):
     trainer.train()
     logged = trainer.evaluate()
     trainer.save_model(str(tmp_path / "trl_adapter"))
-    scorer = ImplicitRewardScorer.from_pretrained(str(tmp_path / "trl_adapter"), device="cpu")
-    assert scorer.reference == "disabled_adapters"
-    ours = evaluate_preferences(scorer, pairs)
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
-        assert ours[key] == pytest.approx(logged[f"eval_{key}"], abs=1e-5), key
+    ours = _scores_match_logged(tmp_path / "trl_adapter", "disabled_adapters", pairs, logged)
     assert abs(ours["rewards/margins"]) > 1e-3
 
     # Re-training the saved adapter: TRL keeps the starting adapter as a frozen "ref" adapter and saves it in ref/.
@@ -352,8 +357,4 @@ def test_from_pretrained_loads_trl_adapters(tokenizer, tmp_path):
     trainer.train()
     logged = trainer.evaluate()
     trainer.save_model(str(tmp_path / "trl_again"))
-    scorer = ImplicitRewardScorer.from_pretrained(str(tmp_path / "trl_again"), device="cpu")
-    assert scorer.reference == "adapter:ref"
-    ours = evaluate_preferences(scorer, pairs)
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
-        assert ours[key] == pytest.approx(logged[f"eval_{key}"], abs=1e-5), key
+    _scores_match_logged(tmp_path / "trl_again", "adapter:ref", pairs, logged)

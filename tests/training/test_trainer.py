@@ -7,18 +7,16 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from fixtures import make_model, pairwise_rows, ranked_rows
+from fixtures import make_model, pairwise_rows, ranked_rows, train_settings
 from dpo_ext import PLDPOConfig, PLDPOTrainer
 
 LORA = dict(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
 
 
 def _config(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, per_device_eval_batch_size=4,
-                  learning_rate=5e-3, num_train_epochs=1, logging_steps=1, report_to="none", use_cpu=True,
-                  max_length=32, save_strategy="no", seed=0, beta=0.1)
-    values.update(overrides)
-    return values
+    return train_settings(tmp_path, **{**dict(per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                                              learning_rate=5e-3, num_train_epochs=1, max_length=32, seed=0,
+                                              beta=0.1), **overrides})
 
 
 def _trl_config(tmp_path, **overrides):

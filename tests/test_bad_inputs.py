@@ -30,7 +30,7 @@ from dpo_ext.hub.datasets import push_preference_dataset
 from dpo_ext.reference import REFERENCE_RECORD
 from dpo_ext.data.rows import PreferenceDataError
 from dpo_ext.safe_files import WeightsFileError
-from dpo_ext.scoring.scorer import evaluate_preferences
+from dpo_ext.scoring.evaluation import evaluate_preferences
 from dpo_ext.settings import SettingError
 from dpo_ext.testing import TOY_WORDS
 

@@ -32,7 +32,7 @@ from dpo_ext.modeling.models import active_adapter, eval_mode
 from dpo_ext.scoring.results import BestOfN, ScoredCandidate, ScoreResult, candidates_of
 from dpo_ext.settings import as_number, positive
 
-__all__ = ["ImplicitRewardScorer", "ScoreResult", "ScoredCandidate", "BestOfN", "evaluate_preferences"]
+__all__ = ["ImplicitRewardScorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -268,10 +268,3 @@ class ImplicitRewardScorer:
         from dpo_ext.scoring.loading import load_scorer
 
         return load_scorer(cls, model_id_or_path, **kwargs)
-
-
-def evaluate_preferences(scorer, dataset, **kwargs) -> dict:
-    """Preference accuracy of the implicit reward; see `dpo_ext.scoring.evaluation.evaluate_preferences`."""
-    from dpo_ext.scoring.evaluation import evaluate_preferences as _evaluate
-
-    return _evaluate(scorer, dataset, **kwargs)

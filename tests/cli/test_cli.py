@@ -11,7 +11,8 @@ from peft import LoraConfig, get_peft_model
 from fixtures import make_model
 from dpo_ext.cli import main
 from dpo_ext.data.rows import PreferenceDataError
-from dpo_ext.scoring.scorer import ImplicitRewardScorer, evaluate_preferences
+from dpo_ext.scoring.evaluation import evaluate_preferences
+from dpo_ext.scoring.scorer import ImplicitRewardScorer
 
 ROWS = [
     {"prompt": "the movie was", "completion": " good fun"},

@@ -17,7 +17,8 @@ from dpo_ext.modeling.batches import completion_logps
 from dpo_ext.reference import ReferenceMismatchError
 from dpo_ext.modeling.support import prefix_sharing_unsupported
 from dpo_ext.scoring.sampling import sample_completions
-from dpo_ext.scoring.scorer import ImplicitRewardScorer, evaluate_preferences
+from dpo_ext.scoring.evaluation import evaluate_preferences
+from dpo_ext.scoring.scorer import ImplicitRewardScorer
 
 PROMPTS = ["the movie was", "i saw it and", "they liked the", "we hated"]
 COMPLETIONS = [[" good fun", " bad", " very very boring plot", " fine"], [" great"],

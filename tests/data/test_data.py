@@ -8,7 +8,7 @@ import datasets
 import pytest
 import torch
 
-from fixtures import ranked_rows
+from fixtures import make_model, ranked_rows
 from dpo_ext.data.rows import ALL_TIED, IDENTICAL, PreferenceDataError, normalize_row
 from dpo_ext.data.collate import RankedCollator
 from dpo_ext.data.tokenize import prepare_ranked_dataset, tokenize_ranked
@@ -220,7 +220,7 @@ def test_an_empty_dataset_is_named(tokenizer):
         prepare_ranked_dataset(empty, tokenizer, name="eval")
 
 
-def test_plain_text_tokenization_matches_trl(tokenizer):
+def test_plain_text_tokenization_matches_trl(tokenizer, tmp_path):
     from trl import DPOConfig, DPOTrainer
 
     prompt, chosen, rejected = "the movie was ", "good and fun", "bad"
@@ -228,13 +228,14 @@ def test_plain_text_tokenization_matches_trl(tokenizer):
     eos = tokenizer.eos_token_id
     assert completion_ids[0][-1] == eos and completion_ids[1][-1] == eos
     assert prompt_ids == tokenizer(prompt)["input_ids"]
-    # TRL's own preprocessing of the same row
-    trl_trainer = DPOTrainer.__new__(DPOTrainer)
-    trl_trainer._tokenizer = tokenizer
-    trl_row = trl_trainer._prepare_dataset(
-        datasets.Dataset.from_list([{"prompt": prompt, "chosen": chosen, "rejected": rejected}]),
-        tokenizer, DPOConfig(output_dir="unused", max_length=None, use_cpu=True), "train",
-    )[0]
+    # TRL's own preprocessing of the same row: the train_dataset a DPOTrainer holds once built
+    config = DPOConfig(output_dir=str(tmp_path), max_length=None, use_cpu=True, bf16=False, report_to="none",
+                       gradient_checkpointing=False)
+    trl_trainer = DPOTrainer(make_model(tokenizer), ref_model=make_model(tokenizer), args=config,
+                             processing_class=tokenizer,
+                             train_dataset=datasets.Dataset.from_list(
+                                 [{"prompt": prompt, "chosen": chosen, "rejected": rejected}]))
+    trl_row = trl_trainer.train_dataset[0]
     assert trl_row["prompt_ids"] == prompt_ids
     assert [trl_row["chosen_ids"], trl_row["rejected_ids"]] == completion_ids
 

@@ -11,8 +11,8 @@ import torch
 from dpo_ext.logps import picked_position_logps
 from dpo_ext.modeling.models import accepts_logits_to_keep
 
-# float32 copies of the kept logits are made at most 2**24 elements (64 MiB) at a time (see picked_position_logps)
-MAX_UPCAST_ELEMENTS = 2**24
+# float32 copies of the kept logits are made at most 2**22 elements (16 MiB) at a time (see picked_position_logps)
+MAX_UPCAST_ELEMENTS = 2**22
 
 
 def _repeat_rows(value, copies: int):

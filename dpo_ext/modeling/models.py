@@ -55,12 +55,17 @@ def load_tokenizer(source: str, argument: str):
         raise ValueError(f"could not load a tokenizer from {source!r} ({error}); pass {argument}=") from None
 
 
-def out_of_vocabulary(ids, vocab_size: int | None):
-    """The first token id in ``ids`` outside ``0 .. vocab_size - 1`` (it would index past the embedding), or None."""
+def vocabulary_problem(ids, vocab_size: int | None) -> str | None:
+    """What is wrong when a token id in ``ids`` is outside ``0 .. vocab_size - 1`` (it would index past the
+    embedding), naming the first such id, or `None`."""
     if vocab_size is None or not ids:
         return None
     low, high = min(ids), max(ids)
-    return low if low < 0 else high if high >= vocab_size else None
+    bad = low if low < 0 else high if high >= vocab_size else None
+    if bad is None:
+        return None
+    return (f"token id {bad} is outside the model's vocabulary (0..{vocab_size - 1}); tokenize with the model's own "
+            "tokenizer")
 
 
 def compute_dtype(model):

@@ -9,7 +9,7 @@ the completion's position as attributes for callers that name rows their own way
 from dpo_ext.data.messages import is_messages
 from dpo_ext.data.rows import COMPLETIONS, PROMPT, PreferenceDataError, check_scored
 from dpo_ext.data.tokenize import tokenize_ranked
-from dpo_ext.modeling.models import out_of_vocabulary, position_limit, vocabulary_size
+from dpo_ext.modeling.models import position_limit, vocabulary_problem, vocabulary_size
 from dpo_ext.modeling.prompt_cache import Group
 
 
@@ -73,10 +73,9 @@ def token_groups(prompt_ids, completion_ids, models, max_length: int | None) -> 
             raise _error("empty prompt_ids: nothing would predict a completion's first token; give at least one "
                          "prompt token (to score without a prompt, use the tokenizer's BOS token)", i)
         for k, ids in [(None, prompt)] + list(enumerate(completions)):
-            bad = out_of_vocabulary(ids, vocab_size)
-            if bad is not None:
-                raise _error(f"token id {bad} is outside the model's vocabulary (0..{vocab_size - 1}); tokenize "
-                             "with the model's own tokenizer", i, k)
+            problem = vocabulary_problem(ids, vocab_size)
+            if problem is not None:
+                raise _error(problem, i, k)
         if max_length is not None:
             if len(prompt) >= max_length:
                 raise _error(f"{len(prompt)} tokens, not below max_length={max_length}", i)

@@ -4,7 +4,7 @@ rather than hours into a run inside torch (or never, training silently on garbag
 import os
 import tempfile
 
-from dpo_ext.modeling.models import out_of_vocabulary
+from dpo_ext.modeling.models import vocabulary_problem
 from dpo_ext.data.rows import PreferenceDataError, normalize_row
 
 
@@ -70,11 +70,9 @@ def check_rows_fit(dataset, name: str, limit: int | None, max_length: int | None
             row = batch["row_index"][offset] if "row_index" in batch else start + offset
             fields = [("prompt_ids", prompt)] + [(f"completion_ids[{k}]", c) for k, c in enumerate(completions)]
             for field, ids in fields:
-                bad = out_of_vocabulary(ids, vocab_size)
-                if bad is not None:
-                    raise PreferenceDataError(f"token id {bad} is outside the model's vocabulary "
-                                              f"(0..{vocab_size - 1}); tokenize with the model's own tokenizer",
-                                              row, field, name)
+                problem = vocabulary_problem(ids, vocab_size)
+                if problem is not None:
+                    raise PreferenceDataError(problem, row, field, name)
             length = len(prompt) + max(len(c) for c in completions)
             if max_length is not None:
                 length = min(length, max_length)

@@ -15,6 +15,7 @@ import os
 
 from dpo_ext.hub.ids import looks_like_hub_id, offline
 from dpo_ext.reference import REF_ADAPTER_NAME as TRL_REF_ADAPTER  # TRL saves its frozen copy there too
+from dpo_ext.reference import REFERENCE_RECORD
 from dpo_ext.safe_files import convert_adapter_hint, pickled_weights_error, read_adapter_config, verify_safetensors
 
 logger = logging.getLogger(__name__)
@@ -188,8 +189,6 @@ def _load_ref_adapter(model, model_id, ref_adapter, revision):
 
 def _refuse_unrecoverable_reference(model_id) -> None:
     """An adapter trained against a frozen copy of its *starting* adapter cannot be scored against the base model."""
-    from dpo_ext.reference import REFERENCE_RECORD
-
     record_path = os.path.join(model_id, REFERENCE_RECORD)
     if not (_is_local(model_id) and os.path.isfile(record_path)):
         return

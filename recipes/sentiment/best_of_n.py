@@ -17,39 +17,52 @@ import generation
 import preference_data
 
 
-def picks_mean(scores: torch.Tensor, truth: torch.Tensor, n: int) -> float:
-    """Mean ground-truth reward of the highest-``scores`` sample in each disjoint group of ``n``.
+def picks_per_prompt(scores: torch.Tensor, truth: torch.Tensor, n: int) -> torch.Tensor:
+    """Per prompt, the mean ground-truth reward of the highest-``scores`` sample in each disjoint group of ``n``.
 
     Args:
         scores (`torch.Tensor`): (P, N_max) the picker's scores.
         truth (`torch.Tensor`): (P, N_max) ground-truth rewards.
+
+    Returns:
+        `torch.Tensor`: (P,).
     """
     prompts, n_max = scores.shape
     groups = n_max // n
     scores = scores[:, : groups * n].reshape(prompts, groups, n)  # (P, G, n)
     truth = truth[:, : groups * n].reshape(prompts, groups, n)
     best = scores.argmax(-1, keepdim=True)  # (P, G, 1)
-    return truth.gather(-1, best).mean().item()
+    return truth.gather(-1, best).squeeze(-1).mean(-1)
 
 
-def implicit_rewards(peft_model, tokenizer, prompts, samples, beta: float) -> torch.Tensor:
-    """beta * log pi(y|x) / pi_ref(y|x) of every sample, (P, N), scored by `dpo_ext.ImplicitRewardScorer` (pi_ref:
-    ``peft_model`` with adapters disabled). ``samples`` are (P, N) token-id lists, as `generation.sample` returns."""
-    from dpo_ext import ImplicitRewardScorer
-
-    return ImplicitRewardScorer(peft_model, tokenizer, beta=beta).score_tokens(prompts, samples).rewards
+def mean_and_sem(values: torch.Tensor) -> tuple[float, float]:
+    """Mean over prompts and its standard error (prompts are the independent units)."""
+    sem = values.std(unbiased=True).item() / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return round(values.mean().item(), 4), round(sem, 4)
 
 
-def build(out_dir: Path, sft_dir: Path, tokenizer, reward, prompts, scorer_dirs: dict, data_args, seed, log,
-          use_cpu: bool = True) -> dict:
-    """Sample N_max completions per prompt from the SFT policy, score them with every picker, write bon.json."""
+def implicit_rewards(sft_dir, adapter_dir, prompts, samples, beta: float, use_cpu: bool = True) -> list:
+    """beta * log pi(y|x) / pi_ref(y|x) of every sample, (P, N) as lists, scored by `dpo_ext.ImplicitRewardScorer`
+    (pi: the SFT model with the adapter in ``adapter_dir``; pi_ref: that adapter disabled). ``samples`` are (P, N)
+    token-id lists, as `generation.sample` returns. A `parallel.JobPool` job."""
+    import bpe_tokenizer
     import sft_policy
     from peft import PeftModel
 
+    from dpo_ext import ImplicitRewardScorer
+
+    peft_model = PeftModel.from_pretrained(sft_policy.load(sft_dir, use_cpu), str(adapter_dir))
+    scorer = ImplicitRewardScorer(peft_model, bpe_tokenizer.load(sft_dir), beta=beta)
+    return scorer.score_tokens(prompts, samples).rewards.tolist()
+
+
+def build(out_dir: Path, pool, sft_dir: Path, tokenizer, reward, prompts, scorer_dirs: dict, data_args, seed, log,
+          use_cpu: bool = True) -> dict:
+    """Sample N_max completions per prompt from the SFT policy, score them with every picker, write bon.json.
+    Sampling shards and the scorers run as jobs on ``pool`` (a `parallel.JobPool`)."""
     n_max = data_args.best_of_n_max
-    model = sft_policy.load(sft_dir, use_cpu)
-    samples = generation.sample(model, prompts, n_max, data_args.max_new_tokens, tokenizer.eos_token_id,
-                                tokenizer.pad_token_id, seed=seed + 2)  # (P, N_max)
+    samples = generation.sample_in_shards(pool, sft_dir, prompts, n_max, data_args.max_new_tokens, seed + 2,
+                                          use_cpu)  # (P, N_max)
     flat_prompts = [p for p, row in zip(prompts, samples) for _ in row]
     flat_completions = [c for row in samples for c in row]
     texts = [preference_data.reward_text(tokenizer, preference_data.decode(tokenizer, p),
@@ -57,17 +70,21 @@ def build(out_dir: Path, sft_dir: Path, tokenizer, reward, prompts, scorer_dirs:
              for p, c in zip(flat_prompts, flat_completions)]
     truth = torch.tensor(reward(texts)).reshape(len(prompts), n_max)
     pickers = {"ground_truth": truth}
-    for name, (adapter_dir, beta) in scorer_dirs.items():
-        peft_model = PeftModel.from_pretrained(sft_policy.load(sft_dir, use_cpu), adapter_dir)
-        pickers[f"implicit_{name}"] = implicit_rewards(peft_model, tokenizer, prompts, samples, beta)
+    scores = pool.run([(implicit_rewards, str(sft_dir), adapter_dir, prompts, samples, beta, use_cpu)
+                       for adapter_dir, beta in scorer_dirs.values()])
+    for name, values in zip(scorer_dirs, scores):
+        pickers[f"implicit_{name}"] = torch.tensor(values)
         log(f"best-of-n: implicit reward of {name} scored {len(texts)} samples")
     ns = [2**i for i in range(n_max.bit_length()) if 2**i <= n_max]
-    picks = {name: [round(picks_mean(scores, truth, n), 4) for n in ns] for name, scores in pickers.items()}
-    agreement = {name: round(pair_agreement(scores, truth), 4) for name, scores in pickers.items()}
+    stats = {name: [mean_and_sem(picks_per_prompt(scores, truth, n)) for n in ns] for name, scores in pickers.items()}
     # A random pick's expected reward is the mean reward whatever N: use that exact value rather than a noisy draw.
-    picks["random"], agreement["random"] = [round(truth.mean().item(), 4)] * len(ns), 0.5
+    stats["random"] = [mean_and_sem(truth.mean(-1))] * len(ns)
+    agreement = {name: round(pair_agreement(scores, truth), 4) for name, scores in pickers.items()}
+    agreement["random"] = 0.5
     result = {"N": ns, "prompts": len(prompts), "samples_per_prompt": n_max, "source": "SFT policy samples",
-              "picks": picks, "pair_agreement": agreement}
+              "picks": {name: [m for m, _ in values] for name, values in stats.items()},
+              "picks_sem": {name: [e for _, e in values] for name, values in stats.items()},
+              "pair_agreement": agreement}
     (out_dir / "best_of_n.json").write_text(json.dumps(result, indent=2))
     return result
 

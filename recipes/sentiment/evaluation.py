@@ -8,7 +8,10 @@
 The same seed is used at every evaluation, so checkpoints and methods are compared on common random numbers.
 """
 
+import logging
 import math
+
+NUM_EXAMPLES = 4  # completions kept per evaluation, shown in the report
 
 import generation
 import preference_data
@@ -25,7 +28,8 @@ def evaluate_policy(model, tokenizer, reward, prompts, samples_per_prompt, max_n
     """Reward and KL of ``model`` (a PeftModel; ``has_adapter=False`` for the SFT policy itself, KL 0).
 
     Returns:
-        `dict`: ``reward``, ``reward_sem``, ``kl``, ``kl_sem``, ``num_samples`` and three ``examples``.
+        `dict`: ``reward``, ``reward_sem``, ``kl``, ``kl_sem``, ``num_samples`` and ``examples`` (text and reward of the first
+            sample of each of the first `NUM_EXAMPLES` prompts).
     """
     completions = generation.sample(
         model, prompts, samples_per_prompt, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, seed=seed
@@ -49,8 +53,30 @@ def evaluate_policy(model, tokenizer, reward, prompts, samples_per_prompt, max_n
         "kl": round(kl_mean, 4),
         "kl_sem": round(kl_sem, 4),
         "num_samples": len(texts),
-        "examples": texts[:3],
+        # The first sample of the first prompts: with the shared seed, every policy answers the same prompts here.
+        "examples": [{"text": texts[i], "reward": round(rewards[i], 4)}
+                     for i in range(0, min(len(texts), NUM_EXAMPLES * samples_per_prompt), samples_per_prompt)],
     }
+
+
+def sft_eval_job(out, args, settings: dict) -> dict:
+    """Stage 6, the SFT policy's own point (its KL to itself is 0), as a `parallel.JobPool` job."""
+    import json
+
+    import sft_policy
+    import stage_outputs
+    from stage_cache import stage
+
+    def build(d):
+        inputs = stage_outputs.load(out, args)
+        point = evaluate_policy(
+            sft_policy.load(inputs.sft_dir, args.training.use_cpu), inputs.tokenizer, inputs.reward,
+            inputs.prefs["prompts"]["eval"], args.run.eval_samples_per_prompt, args.data.max_new_tokens,
+            seed=args.training.seed + 1, has_adapter=False)
+        (d / "eval_results.json").write_text(json.dumps(point, indent=2))
+
+    return stage(6, "SFT evaluation", out / "sft_eval", build,
+                 lambda d: stage_outputs.read_json(d / "eval_results.json"), settings=settings)
 
 
 def log_ratios(peft_model, tokenizer, prompts, completions):
@@ -67,7 +93,7 @@ def log_ratios(peft_model, tokenizer, prompts, completions):
     return result.policy_logps - result.ref_logps
 
 
-def make_callback(tokenizer, reward, prompts, recipe_args, curve: list):
+def make_callback(run_name, tokenizer, reward, prompts, recipe_args, curve: list):
     """A `transformers.TrainerCallback` that appends ``{"step", reward, kl, ...}`` to ``curve`` every
     ``eval_every_steps`` optimizer steps: the checkpoints that trace each run's frontier (paper: every 100 steps)."""
     from transformers import TrainerCallback
@@ -85,5 +111,7 @@ def make_callback(tokenizer, reward, prompts, recipe_args, curve: list):
             )
             point.pop("examples")
             curve.append({"step": state.global_step, **point})
+            logging.getLogger("sentiment").info(
+                f"{run_name} step {state.global_step}: reward {point['reward']:.3f}, KL {point['kl']:.2f}")
 
     return FrontierCallback()

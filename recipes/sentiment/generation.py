@@ -63,3 +63,32 @@ def sample(model, prompts, num_samples, max_new_tokens, eos_token_id, pad_token_
                     results[indices[row // num_samples]][row % num_samples] = tokens
     model.train(was_training)
     return results
+
+
+# Sequences sampled per job of `sample_in_shards`. Fixed, so that the shards, their seeds and therefore the samples
+# do not depend on how many workers run them.
+SHARD_SEQUENCES = 1024
+
+
+def shard_seed(seed: int, shard: int) -> int:
+    return seed * 100_003 + shard
+
+
+def sample_job(model_dir, prompts, num_samples, max_new_tokens, seed, use_cpu=True):
+    """`sample` from the model saved in ``model_dir`` (with its tokenizer): a `parallel.JobPool` job."""
+    import bpe_tokenizer
+    import sft_policy
+
+    tokenizer = bpe_tokenizer.load(model_dir)
+    return sample(sft_policy.load(model_dir, use_cpu), prompts, num_samples, max_new_tokens, tokenizer.eos_token_id,
+                  tokenizer.pad_token_id, seed)
+
+
+def sample_in_shards(pool, model_dir, prompts, num_samples, max_new_tokens, seed, use_cpu=True):
+    """`sample` from the model in ``model_dir``, split into jobs of about `SHARD_SEQUENCES` sequences on ``pool`` (a
+    `parallel.JobPool`); shard ``i`` is seeded with ``shard_seed(seed, i)``. Returns (P, num_samples) token lists."""
+    per_shard = max(1, SHARD_SEQUENCES // num_samples)
+    shards = list(_chunks(prompts, per_shard))
+    results = pool.run([(sample_job, str(model_dir), shard, num_samples, max_new_tokens, shard_seed(seed, i), use_cpu)
+                        for i, shard in enumerate(shards)])
+    return [row for shard in results for row in shard]

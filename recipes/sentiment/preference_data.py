@@ -15,8 +15,6 @@ import json
 import random
 from pathlib import Path
 
-import generation
-
 SPLITS = ("train", "eval", "best_of_n")
 
 
@@ -71,14 +69,12 @@ def pairwise_rows(prompt, completions, scores, mode):
     return [{"prompt": prompt, "chosen": completions[a], "rejected": completions[b]} for a, b in pairs]
 
 
-def build(out_dir: Path, policy, tokenizer, reward, prompt_reviews, data_args, seed, log):
+def build(out_dir: Path, sample, tokenizer, reward, prompt_reviews, data_args, seed, log):
+    """``sample(prompts, num_samples, seed)``: (P, num_samples) completions of the SFT policy, as token lists."""
     splits = split_prompts(tokenizer, prompt_reviews, data_args, seed)
     (out_dir / "prompts.json").write_text(json.dumps(splits))
     train = splits["train"]
-    samples = generation.sample(
-        policy, train, data_args.num_completions, data_args.max_new_tokens,
-        tokenizer.eos_token_id, tokenizer.pad_token_id, seed=seed,
-    )  # (P, K) token lists
+    samples = sample(train, data_args.num_completions, seed)  # (P, K) token lists
     prompt_texts = [decode(tokenizer, p) for p in train]
     completion_texts = [[decode(tokenizer, c) for c in row] for row in samples]
     flat = [reward_text(tokenizer, p, c) for p, row in zip(prompt_texts, completion_texts) for c in row]

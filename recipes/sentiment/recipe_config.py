@@ -33,6 +33,8 @@ DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 # Method names, in the order they appear in tables and plots.
 PREFERENCE_METHODS = ("dpo", "trl_dpo", "pl_dpo", "preferred_ft", "unlikelihood")
 RL_METHODS = ("rloo", "grpo")
+# The default run: trl_dpo (the same DPO through trl.DPOTrainer, a parity check) is opt-in, and tested.
+DEFAULT_METHODS = ("dpo", "pl_dpo", "preferred_ft", "unlikelihood", "rloo")
 
 
 @dataclass
@@ -45,7 +47,7 @@ class RecipeModelArguments:
                               "tiny GPT-2 context, so max_length may not exceed it)."}
     )
     tokenizer_vocab_size: int = field(
-        default=8000, metadata={"help": "Vocabulary of the byte-level BPE trained on reviews (offline path only)."}
+        default=2048, metadata={"help": "Vocabulary of the byte-level BPE trained on reviews (offline path only)."}
     )
     reward_model_name: str | None = field(
         default=None,
@@ -64,11 +66,11 @@ class RecipeDataArguments:
     sft_reviews: int = field(default=12000, metadata={"help": "Reviews used to train the SFT policy."})
     # No "%" in help strings: argparse formats them with %-substitution.
     classifier_reviews: int = field(
-        default=10000, metadata={"help": "Labelled reviews for the TF-IDF reward (nine tenths fit, one tenth measures "
+        default=6000, metadata={"help": "Labelled reviews for the TF-IDF reward (nine tenths fit, one tenth measures "
                                  "held-out accuracy)."}
     )
     preference_prompts: int = field(
-        default=2048, metadata={"help": "Prompts sampled K times from the SFT policy to build preference data."}
+        default=6144, metadata={"help": "Prompts sampled K times from the SFT policy to build preference data."}
     )
     eval_prompts: int = field(
         default=256, metadata={"help": "Held-out prompts for reward / KL evaluation of each policy."}
@@ -76,7 +78,7 @@ class RecipeDataArguments:
     prompt_min_tokens: int = field(default=2, metadata={"help": "Shortest review prefix used as a prompt."})
     prompt_max_tokens: int = field(default=8, metadata={"help": "Longest review prefix used as a prompt."})
     num_completions: int = field(default=4, metadata={"help": "K: completions sampled and ranked per prompt."})
-    max_new_tokens: int = field(default=40, metadata={"help": "Length of every sampled completion, in tokens."})
+    max_new_tokens: int = field(default=16, metadata={"help": "Length of every sampled completion, in tokens."})
     pairs: str = field(
         default="best_worst",
         metadata={"help": "Pairwise data from a ranked list: 'best_worst' (one pair per prompt, same prompts and "
@@ -89,20 +91,22 @@ class RecipeDataArguments:
 @dataclass
 class RecipeRunArguments:
     methods: list[str] = field(
-        default_factory=lambda: list(PREFERENCE_METHODS),
+        default_factory=lambda: list(DEFAULT_METHODS),
         metadata={"help": f"Methods to train, among {PREFERENCE_METHODS + RL_METHODS}."},
     )
-    sweep: bool = field(
-        default=False,
-        metadata={"help": "Paper Figure 2 (left): run the DPO methods at every sweep_betas value, unlikelihood at "
-                  "every sweep_unlikelihood_alphas value, and add the RL baseline (rl_method)."},
+    betas: list[float] = field(
+        default_factory=lambda: [0.5, 1.0, 2.0],
+        metadata={"help": "DPO-family runs (dpo, trl_dpo, pl_dpo): one run per beta, each tracing its own curve. "
+                  "beta (the trainer field) picks the runs whose implicit reward does Best-of-N; it must be listed."},
     )
-    sweep_betas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.5, 1.0], metadata={"help": "Sweep: betas."})
-    sweep_unlikelihood_alphas: list[float] = field(
-        default_factory=lambda: [0.1, 0.5, 1.0], metadata={"help": "Sweep: unlikelihood alphas."}
+    unlikelihood_alphas: list[float] = field(
+        default_factory=lambda: [0.1, 1.0], metadata={"help": "Unlikelihood runs: one per weight alpha."}
     )
-    rl_method: str = field(default="rloo", metadata={"help": "RL baseline in the sweep: 'rloo' or 'grpo'."})
-    rl_max_steps: int = field(default=60, metadata={"help": "Optimizer steps of the RL baseline."})
+    rl_max_steps: int = field(default=120, metadata={"help": "Optimizer steps of the RL baseline (rloo / grpo)."})
+    rl_beta: float = field(
+        default=0.05, metadata={"help": "KL coefficient of the RL baseline (TRL's beta; the DPO betas are on another "
+                                "scale)."}
+    )
     eval_every_steps: int = field(
         default=16, metadata={"help": "Evaluate reward and KL every this many steps (frontier points); 0: only at end."}
     )
@@ -110,9 +114,10 @@ class RecipeRunArguments:
     sft_epochs: float = field(default=1.0, metadata={"help": "Epochs of SFT over the SFT reviews."})
     sft_learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate of SFT (cosine decay)."})
     sft_batch_size: int = field(default=32, metadata={"help": "Reviews per SFT step."})
-    num_threads: int = field(
+    workers: int = field(
         default=0,
-        metadata={"help": "CPU threads for torch; 0: the cores not already busy (1-minute load average), at least 1."},
+        metadata={"help": "CPU worker processes, each running torch on one thread (0: one per core). Changes the "
+                  "wall time, never the numbers."},
     )
     hub_dry_run: bool = field(
         default=False, metadata={"help": "With push_to_hub: render cards and stage the uploads under "
@@ -166,6 +171,9 @@ def check(args: RecipeArguments) -> None:
     unknown = set(args.run.methods) - set(PREFERENCE_METHODS + RL_METHODS)
     if unknown:
         raise ValueError(f"Unknown methods {sorted(unknown)}; choose among {PREFERENCE_METHODS + RL_METHODS}.")
+    if args.training.beta not in args.run.betas:
+        raise ValueError(f"beta={args.training.beta:g} picks the Best-of-N runs but is not among betas="
+                         f"{args.run.betas}; add it to betas or pick one of them.")
     if args.data.pairs not in ("best_worst", "adjacent"):
         raise ValueError(f"pairs must be 'best_worst' or 'adjacent', got {args.data.pairs!r}.")
     if not args.model.use_peft:

@@ -1,6 +1,7 @@
-"""The RL baseline of the sweep: optimise the ground-truth classifier reward directly with TRL's RLOO (or GRPO)
-trainer under a KL penalty to the SFT policy (adapters disabled). It stands in for the paper's PPO-GT, which TRL
-no longer ships. Opt-in (``--sweep``): on-policy sampling makes it the slowest run by far on CPU.
+"""The RL baseline: optimise the ground-truth classifier reward directly with TRL's RLOO (or GRPO) trainer under a
+KL penalty (``rl_beta``) to the SFT policy (adapters disabled). It stands in for the paper's PPO-GT, which TRL no
+longer ships. On-policy sampling makes it the costliest run per step on CPU, so it gets its own step budget
+(``rl_max_steps``).
 """
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules; recipes/ is not a package
 
+import parallel  # noqa: E402
 import recipe_config  # noqa: E402
 from stage_cache import NUM_STAGES, all_settings, stage, stage_settings  # noqa: E402
 
@@ -35,43 +36,19 @@ def log(message: str) -> None:
     logger.info(message)
 
 
-def choose_threads(requested: int) -> int:
-    """``requested``, or the cores that other processes are not using. Measured on a shared 2-core machine: with
-    its cores busy, 2 threads made each op wait for a descheduled thread and ran 5x (training) to 35x (sampling)
-    slower than 1 thread."""
-    if requested > 0:
-        return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = int(os.getloadavg()[0] + 0.5) if hasattr(os, "getloadavg") else 0
-    return max(1, cores - busy)
+def worker_count(args) -> int:
+    """Worker processes for the CPU path (`parallel.JobPool`); 1 (everything in this process) on a GPU or under a
+    multi-process launch, where the trainers distribute the work themselves."""
+    from accelerate import PartialState
 
-
-def keep_freed_memory() -> None:
-    """Ask glibc to keep freed memory instead of returning every large block to the OS. The tiny models allocate
-    logits-sized temporaries (tens of MB) at every step; with glibc's defaults each one is a fresh mmap whose pages
-    fault in again: measured 27% of a training step's CPU time spent in the kernel, ~0% with this."""
-    import ctypes
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    libc.mallopt(m_mmap_threshold, 1 << 30)
-    libc.mallopt(m_trim_threshold, (1 << 31) - 1)
+    if not args.training.use_cpu or PartialState().num_processes > 1:
+        return 1
+    return args.run.workers
 
 
 def set_up_torch(args) -> None:
-    import torch
-
     if args.training.use_cpu:
-        keep_freed_memory()
-        threads = choose_threads(args.run.num_threads)
-        torch.set_num_threads(threads)
-        log(f"torch uses {threads} CPU thread(s)")
+        parallel.set_up_cpu_process()  # one torch thread: the numbers must not depend on the thread count
 
 
 def main(args) -> dict:
@@ -88,14 +65,14 @@ def main(args) -> dict:
     def settings(upto):
         return stage_settings(everything, upto)
 
-    parts = data_stage(out, args, settings("data"))
-    tokenizer = tokenizer_stage(out, args, parts, settings("tokenizer"))
-    sft_dir = sft_stage(out, args, tokenizer, parts, settings("sft"))
-    reward = reward_stage(out, args, parts, settings("reward"))
-    prefs = preference_stage(out, args, sft_dir, tokenizer, reward, parts, settings("preferences"))
-    sft_point = sft_eval_stage(out, args, sft_dir, tokenizer, reward, prefs, settings("sft_eval"))
-    runs = train_stage(out, args, sft_dir, tokenizer, reward, prefs, settings("train"))
-    bon = best_of_n_stage(out, args, sft_dir, tokenizer, reward, prefs, runs, settings("best_of_n"))
+    with parallel.JobPool(worker_count(args)) as pool:
+        parts = data_stage(out, args, settings("data"))
+        tokenizer = tokenizer_stage(out, args, parts, settings("tokenizer"))
+        sft_dir = sft_stage(out, args, tokenizer, parts, settings("sft"))
+        reward = reward_stage(out, args, parts, settings("reward"))
+        prefs = preference_stage(out, args, pool, sft_dir, tokenizer, reward, parts, settings("preferences"))
+        sft_point, runs = train_stage(out, args, pool, settings("sft_eval"), settings("train"))
+        bon = best_of_n_stage(out, args, pool, sft_dir, tokenizer, reward, prefs, runs, settings("best_of_n"))
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
@@ -152,59 +129,45 @@ def reward_stage(out: Path, args, parts: dict, settings: dict):
                  lambda d: sentiment_reward.load(d, args.recipe_model.reward_model_name), settings=settings)
 
 
-def preference_stage(out: Path, args, sft_dir: Path, tokenizer, reward, parts: dict, settings: dict) -> dict:
+def preference_stage(out: Path, args, pool, sft_dir: Path, tokenizer, reward, parts: dict, settings: dict) -> dict:
     """Stage 5: prompts, K SFT samples per training prompt, ranked by the reward (ranked and pairwise rows)."""
+    import generation
     import preference_data
-    import sft_policy
 
-    def build(d):
-        policy = sft_policy.load(sft_dir, args.training.use_cpu)
-        preference_data.build(d, policy, tokenizer, reward, parts["prompts"], args.data, args.training.seed, log)
+    def sample(prompts, num_samples, seed):
+        return generation.sample_in_shards(pool, sft_dir, prompts, num_samples, args.data.max_new_tokens, seed,
+                                           args.training.use_cpu)
 
-    return stage(5, "preference data", out / "preferences", build, preference_data.load, settings=settings)
+    return stage(5, "preference data", out / "preferences",
+                 lambda d: preference_data.build(d, sample, tokenizer, reward, parts["prompts"], args.data,
+                                                 args.training.seed, log),
+                 preference_data.load, settings=settings)
 
 
-def sft_eval_stage(out: Path, args, sft_dir: Path, tokenizer, reward, prefs: dict, settings: dict) -> dict:
-    """Stage 6, first point: the SFT policy's reward (its KL to itself is 0)."""
+def train_stage(out: Path, args, pool, sft_eval_settings: dict, settings: dict) -> tuple[dict, dict]:
+    """Stage 6: the SFT policy's own point (reward at KL 0) and one adapter per run, as parallel jobs, the costliest
+    first. Returns the SFT point and each run's eval_results.json by run name."""
     import evaluation
-    import sft_policy
-
-    def build(d):
-        point = evaluation.evaluate_policy(
-            sft_policy.load(sft_dir, args.training.use_cpu), tokenizer, reward, prefs["prompts"]["eval"],
-            args.run.eval_samples_per_prompt, args.data.max_new_tokens, seed=args.training.seed + 1,
-            has_adapter=False)
-        (d / "eval_results.json").write_text(json.dumps(point, indent=2))
-
-    return stage(6, "SFT evaluation", out / "sft_eval", build, lambda d: read_json(d / "eval_results.json"),
-                 settings=settings)
-
-
-def train_stage(out: Path, args, sft_dir: Path, tokenizer, reward, prefs: dict, settings: dict) -> dict:
-    """Stage 6: one adapter per run. Every process trains (the trainers distribute); the main process writes the
-    folders. Returns each run's eval_results.json by run name."""
     import train_methods
 
-    runs = {}
-    for run in train_methods.plan_runs(args):
-        runs[run["name"]] = stage(
-            6, f"train {run['name']}", out / "adapters" / run["name"],
-            lambda d, run=run: train_methods.train_run(run, d, sft_dir, tokenizer, prefs, reward,
-                                                       prefs["prompts"]["eval"], args, log),
-            lambda d: read_json(d / "eval_results.json"), all_processes=True, settings=settings,
-        )
-    return runs
+    runs = sorted(train_methods.plan_runs(args), key=train_methods.relative_cost, reverse=True)
+    results = pool.run([(train_methods.train_job, out, args, run, settings) for run in runs]
+                       + [(evaluation.sft_eval_job, out, args, sft_eval_settings)])
+    by_name = dict(zip((run["name"] for run in runs), results))
+    order = [run["name"] for run in train_methods.plan_runs(args)]  # tables list runs in plan order
+    return results[-1], {name: by_name[name] for name in order}
 
 
-def best_of_n_stage(out: Path, args, sft_dir: Path, tokenizer, reward, prefs: dict, runs: dict, settings: dict):
+def best_of_n_stage(out: Path, args, pool, sft_dir: Path, tokenizer, reward, prefs: dict, runs: dict,
+                    settings: dict):
     """Stage 7: Best-of-N from SFT samples, picked by the implicit reward of the trained (PL-)DPO adapters."""
     import best_of_n
 
     scorers = {name: (str(out / "adapters" / name), r["beta"]) for name, r in runs.items()
                if r["method"] in ("dpo", "pl_dpo") and r["beta"] == args.training.beta}
     return stage(7, "Best-of-N", out / "best_of_n",
-                 lambda d: best_of_n.build(d, sft_dir, tokenizer, reward, prefs["prompts"]["best_of_n"], scorers,
-                                           args.data, args.training.seed, log, args.training.use_cpu),
+                 lambda d: best_of_n.build(d, pool, sft_dir, tokenizer, reward, prefs["prompts"]["best_of_n"],
+                                           scorers, args.data, args.training.seed, log, args.training.use_cpu),
                  best_of_n.load, settings=settings)
 
 
@@ -214,7 +177,7 @@ def report_stage(out: Path, args, sft_point: dict, runs: dict, reward, prefs: di
     import publish
     import report
 
-    summary = report.summarize(sft_point, runs, reward.metrics, prefs["stats"], bon)
+    summary = report.summarize(sft_point, runs, reward.metrics, prefs["stats"], bon, args.training.beta)
     report.write(out, summary, imdb_data.LICENSE_NOTE, "python " + " ".join(sys.argv))
     log(f"[8/{NUM_STAGES}] report: {out / 'results.md'}, {out / 'frontier.png'}, {out / 'best_of_n.png'}")
     publish.write_cards(out, runs, args.training.hub_model_id, log)
@@ -223,12 +186,8 @@ def report_stage(out: Path, args, sft_point: dict, runs: dict, reward, prefs: di
     return summary
 
 
-def read_json(path: Path):
-    return json.loads(path.read_text())
-
-
 if __name__ == "__main__":
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    logging.basicConfig(format=parallel.LOG_FORMAT, datefmt="%H:%M:%S", level=logging.INFO)
     try:
         arguments = recipe_config.parse_args()
     except ValueError as error:

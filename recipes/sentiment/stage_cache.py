@@ -27,9 +27,9 @@ STAGE_SETTINGS = {
 }
 # Not checked: where outputs go, speed-only and logging knobs, publishing, and what selects runs (beta, alpha and
 # method are in run names; loss_type is set by the method).
-NOT_SETTINGS = ("output_dir", "num_threads", "logging_steps", "disable_tqdm", "report_to", "bf16", "use_cpu",
-                "gradient_checkpointing", "activation_checkpointing", "methods", "sweep", "sweep_betas",
-                "sweep_unlikelihood_alphas", "beta", "unlikelihood_alpha", "loss_type", "rl_method", "push_to_hub",
+NOT_SETTINGS = ("output_dir", "workers", "logging_steps", "disable_tqdm", "report_to", "bf16", "use_cpu",
+                "gradient_checkpointing", "activation_checkpointing", "methods", "betas", "unlikelihood_alphas",
+                "beta", "unlikelihood_alpha", "loss_type", "push_to_hub",
                 "hub_model_id", "hub_private_repo", "hub_dry_run")
 
 

@@ -38,15 +38,12 @@ _DPO_SHARED = ("beta", "max_length", "precompute_ref_log_probs", "precompute_ref
 
 
 def plan_runs(args) -> list[dict]:
-    """One dict per run: ``name``, ``method``, ``beta`` and (unlikelihood) ``alpha``; the sweep widens them."""
+    """One dict per run: ``name``, ``method``, ``beta`` and (unlikelihood) ``alpha``: every beta of ``betas`` for the
+    DPO family, every alpha of ``unlikelihood_alphas``, one run of each other method."""
     run_args, training_args = args.run, args.training
-    betas = run_args.sweep_betas if run_args.sweep else [training_args.beta]
-    alphas = run_args.sweep_unlikelihood_alphas if run_args.sweep else [training_args.unlikelihood_alpha]
-    methods = list(run_args.methods)
-    if run_args.sweep and run_args.rl_method not in methods:
-        methods.append(run_args.rl_method)
+    betas, alphas = run_args.betas, run_args.unlikelihood_alphas
     runs = []
-    for method in methods:
+    for method in run_args.methods:
         if method in ("dpo", "trl_dpo", "pl_dpo"):
             runs += [{"name": f"{method}_beta{b:g}", "method": method, "beta": b} for b in betas]
         elif method == "unlikelihood":
@@ -55,7 +52,7 @@ def plan_runs(args) -> list[dict]:
         elif method == "preferred_ft":
             runs.append({"name": "preferred_ft", "method": method, "beta": training_args.beta})
         else:  # RL baselines
-            runs.append({"name": f"{method}_beta{training_args.beta:g}", "method": method, "beta": training_args.beta,
+            runs.append({"name": f"{method}_beta{run_args.rl_beta:g}", "method": method, "beta": run_args.rl_beta,
                          "max_steps": run_args.rl_max_steps})
     return runs
 
@@ -134,13 +131,36 @@ def load_adapter(sft_dir: Path, adapter_dir: Path, use_cpu: bool):
     return model.eval()
 
 
+# Rough cost of a run relative to DPO's (measured on CPU), to start the longest jobs first.
+_RELATIVE_COST = {"rloo": 3.0, "grpo": 3.0, "pl_dpo": 1.6, "trl_dpo": 1.5}
+
+
+def relative_cost(run: dict) -> float:
+    return _RELATIVE_COST.get(run["method"], 1.0)
+
+
+def train_job(out: Path, args, run: dict, settings: dict) -> dict:
+    """Stage 6 for one run, as a `parallel.JobPool` job: loads what it needs from the earlier stages' folders, trains
+    into ``out/adapters/<run>`` (skipped when that folder is marked done) and returns its eval_results.json."""
+    import stage_outputs
+    from stage_cache import logger, stage
+
+    inputs = stage_outputs.load(out, args)
+    return stage(
+        6, f"train {run['name']}", out / "adapters" / run["name"],
+        lambda d: train_run(run, d, inputs.sft_dir, inputs.tokenizer, inputs.prefs, inputs.reward,
+                            inputs.prefs["prompts"]["eval"], args, logger.info),
+        lambda d: stage_outputs.read_json(d / "eval_results.json"), all_processes=True, settings=settings,
+    )
+
+
 def train_run(run, run_dir: Path, sft_dir: Path, tokenizer, prefs, reward, eval_prompts, args, log) -> dict:
     """Train one run, evaluate it, and write its publishable folder. Returns the content of eval_results.json."""
     import sft_policy
 
     model = sft_policy.load(sft_dir)
     curve = []
-    callback = evaluation.make_callback(tokenizer, reward, eval_prompts, args, curve)
+    callback = evaluation.make_callback(run["name"], tokenizer, reward, eval_prompts, args, curve)
     # The trainer's own output (logs) stays out of the publishable folder.
     config = run_config(args.training, run, run_dir.parent.parent / "trainer_output" / run_dir.name)
     start = time.time()
@@ -172,7 +192,6 @@ def train_run(run, run_dir: Path, sft_dir: Path, tokenizer, prefs, reward, eval_
         "beta": run["beta"],
         **({"unlikelihood_alpha": run["alpha"]} if "alpha" in run else {}),
         "train_steps": step,
-        "train_seconds": round(seconds, 1),
         "checkpoints": curve,
         "examples": final["examples"],
     }

@@ -44,27 +44,32 @@ def test_default_yaml_spells_out_every_recipe_field_at_its_default():
         assert {k: config[k] for k in defaults} == defaults, cls.__name__
 
 
-def test_default_run_trains_with_the_settings_it_always_had(tmp_path):
-    """The default run's effective trainer settings, written out by hand: those behind the README's results."""
+def test_default_run_trains_with_the_settings_behind_the_readme(tmp_path):
+    """The default run's runs and effective trainer settings, written out by hand: those behind the README's
+    results."""
     import train_methods
 
     args = recipe_config.parse_args(["--output_dir", str(tmp_path)])
     runs = {run["name"]: run for run in train_methods.plan_runs(args)}
-    assert list(runs) == ["dpo_beta0.1", "trl_dpo_beta0.1", "pl_dpo_beta0.1", "preferred_ft", "unlikelihood_alpha0.5"]
-    expected = {"learning_rate": 2e-3, "optim": "adamw_torch", "warmup_steps": 5, "per_device_train_batch_size": 32,
-                "gradient_accumulation_steps": 1, "num_train_epochs": 1.0, "seed": 0, "beta": 0.1, "max_length": 64,
+    assert list(runs) == ["dpo_beta0.5", "dpo_beta1", "dpo_beta2", "pl_dpo_beta0.5", "pl_dpo_beta1", "pl_dpo_beta2",
+                          "preferred_ft", "unlikelihood_alpha0.1", "unlikelihood_alpha1", "rloo_beta0.05"]
+    expected = {"learning_rate": 2e-3, "optim": "adamw_torch", "warmup_steps": 5, "per_device_train_batch_size": 64,
+                "gradient_accumulation_steps": 1, "num_train_epochs": 1.0, "seed": 0, "max_length": 64,
                 "save_strategy": "no", "report_to": [], "bf16": False, "activation_checkpointing": False,
                 "use_cpu": True, "logging_steps": 10, "disable_tqdm": False, "push_to_hub": False}
-    losses = {"dpo_beta0.1": "plackett_luce", "pl_dpo_beta0.1": "plackett_luce", "preferred_ft": "preferred_ft",
-              "unlikelihood_alpha0.5": "unlikelihood"}
-    for name, loss_type in losses.items():
+    losses = {"dpo_beta0.5": ("plackett_luce", 0.5), "pl_dpo_beta2": ("plackett_luce", 2.0),
+              "preferred_ft": ("preferred_ft", 1.0), "unlikelihood_alpha0.1": ("unlikelihood", 1.0)}
+    for name, (loss_type, beta) in losses.items():
         config = train_methods.run_config(args.training, runs[name], tmp_path / "trainer_output" / name)
         assert {k: getattr(config, k) for k in expected} == expected, name
         assert config.output_dir == str(tmp_path / "trainer_output" / name)
-        assert (config.loss_type, config.reference, config.prefix_sharing) == (loss_type, "auto", False)
-    assert config.unlikelihood_alpha == 0.5
-    dpo = train_methods.trl_dpo_config(train_methods.run_config(args.training, runs["trl_dpo_beta0.1"], tmp_path))
-    assert {k: getattr(dpo, k) for k in expected} == expected and dpo.loss_type == ["sigmoid"]
+        assert (config.loss_type, config.beta, config.reference, config.prefix_sharing) == (
+            loss_type, beta, "auto", True), name
+    assert config.unlikelihood_alpha == 0.1
+    assert runs["rloo_beta0.05"] == {"name": "rloo_beta0.05", "method": "rloo", "beta": 0.05, "max_steps": 120}
+    dpo = train_methods.trl_dpo_config(train_methods.run_config(args.training, {**runs["dpo_beta1"], "method": "trl_dpo"},
+                                                                tmp_path))
+    assert {k: getattr(dpo, k) for k in expected} == expected and dpo.loss_type == ["sigmoid"] and dpo.beta == 1.0
     assert dpo.remove_unused_columns  # TRL's default, not PLDPOConfig's
 
 
@@ -75,7 +80,7 @@ def test_lora_comes_from_trl_model_config():
     args = recipe_config.parse_args([])
     lora = train_methods.lora_config(args.model, tiny_model(tiny_tokenizer()))
     assert (lora.r, lora.lora_alpha, lora.lora_dropout, lora.bias, lora.fan_in_fan_out) == (16, 32, 0.0, "none", True)
-    assert set(lora.target_modules) == {"c_attn", "c_proj", "c_fc"}
+    assert set(lora.target_modules) == {"c_attn", "c_proj", "c_fc", "lm_head"}
 
 
 def test_trainer_only_yaml_keys_reach_the_trainer_configs(tmp_path):
@@ -84,13 +89,13 @@ def test_trainer_only_yaml_keys_reach_the_trainer_configs(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("prefix_sharing: true\nreference: disabled_adapters\nprecompute_ref_log_probs: true\n"
                       "weight_decay: 0.25\nlearning_rate: 1.0e-4\n")
-    args = recipe_config.parse_args(["--config", str(config), "--beta", "0.3"])
+    args = recipe_config.parse_args(["--config", str(config), "--beta", "0.3", "--betas", "0.3"])
     run = {"name": "x", "method": "trl_dpo", "beta": args.training.beta}
     ours = train_methods.run_config(args.training, run, tmp_path)
     assert (ours.prefix_sharing, ours.reference, ours.precompute_ref_log_probs) == (True, "disabled_adapters", True)
     dpo = train_methods.trl_dpo_config(ours)
     assert (dpo.weight_decay, dpo.learning_rate, dpo.beta, dpo.precompute_ref_log_probs) == (0.25, 1e-4, 0.3, True)
-    assert args.training.per_device_train_batch_size == 32  # untouched keys keep default.yaml's values
+    assert args.training.per_device_train_batch_size == 64  # untouched keys keep default.yaml's values
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -98,6 +103,7 @@ def test_trainer_only_yaml_keys_reach_the_trainer_configs(tmp_path):
     (["--quick", "--max_length", "41"], "context_length"),
     (["--methods", "dpo", "ppo"], "Unknown methods"),
     (["--push_to_hub"], "hub_model_id"),
+    (["--beta", "0.3"], "not among betas"),
 ])
 def test_settings_the_recipe_cannot_run_are_refused(argv, message):
     with pytest.raises(ValueError, match=message):
@@ -192,7 +198,7 @@ def test_every_setting_is_checked_by_some_stage_or_deliberately_not():
     assert staged <= fields and set(stage_cache.NOT_SETTINGS) <= fields
     everything = stage_cache.all_settings(recipe_config.parse_args([]))
     train = stage_cache.stage_settings(everything, "train")
-    assert train["learning_rate"] == 0.002 and train["lora_r"] == 16 and train["prefix_sharing"] is False
+    assert train["learning_rate"] == 0.002 and train["lora_r"] == 16 and train["prefix_sharing"] is True
     assert not set(train) & set(stage_cache.NOT_SETTINGS)
     assert everything == json.loads(json.dumps(everything))  # what the marker records compares equal after a reload
 
@@ -214,9 +220,11 @@ def test_best_of_n_picks_by_disjoint_groups():
     """
     truth = torch.tensor([[0.0, 1, 2, 3], [4, 5, 6, 7]])
     scores = torch.tensor([[9.0, 1, 2, 10], [9, 1, 2, 10]])
-    assert best_of_n.picks_mean(scores, truth, 1) == pytest.approx(3.5)
-    assert best_of_n.picks_mean(scores, truth, 2) == pytest.approx(3.5)
-    assert best_of_n.picks_mean(scores, truth, 4) == pytest.approx(5.0)
+    assert best_of_n.picks_per_prompt(scores, truth, 1).mean().item() == pytest.approx(3.5)
+    assert best_of_n.picks_per_prompt(scores, truth, 2).mean().item() == pytest.approx(3.5)
+    assert best_of_n.picks_per_prompt(scores, truth, 4).mean().item() == pytest.approx(5.0)
+    # Per prompt at N=4: 3 and 7; standard deviation 2 * sqrt(2), standard error over 2 prompts 2.
+    assert best_of_n.mean_and_sem(best_of_n.picks_per_prompt(scores, truth, 4)) == (5.0, 2.0)
     assert best_of_n.pair_agreement(truth, truth) == 1.0
     assert best_of_n.pair_agreement(-truth, truth) == 0.0
 
@@ -236,7 +244,7 @@ def test_sampling_is_from_the_untouched_distribution():
     assert torch.equal(torch.stack(out.scores), torch.stack(out.logits))
 
 
-def test_fresh_adapter_has_zero_kl_and_zero_implicit_reward():
+def test_fresh_adapter_has_zero_kl_and_zero_implicit_reward(tmp_path):
     import evaluation
     import generation
     from peft import get_peft_model
@@ -246,6 +254,8 @@ def test_fresh_adapter_has_zero_kl_and_zero_implicit_reward():
 
     tokenizer = tiny_tokenizer()
     base = tiny_model(tokenizer)
+    base.save_pretrained(tmp_path / "sft")  # before LoRA wraps its modules (lm_head among them) in place
+    tokenizer.save_pretrained(tmp_path / "sft")
     model_args = recipe_config.parse_args(["--lora_r", "4", "--lora_alpha", "8"]).model
     model = get_peft_model(base, train_methods.lora_config(model_args, base))
     prompts = [tokenizer("the movie was")["input_ids"], tokenizer("i liked it")["input_ids"]]
@@ -253,8 +263,9 @@ def test_fresh_adapter_has_zero_kl_and_zero_implicit_reward():
                                        samples_per_prompt=3, max_new_tokens=5, seed=0)
     assert point["kl"] == 0.0 and point["num_samples"] == 6 and point["reward"] == 0.5
     samples = generation.sample(model, prompts, 2, 5, tokenizer.eos_token_id, tokenizer.pad_token_id, seed=1)
-    rewards = best_of_n.implicit_rewards(model, tokenizer, prompts, samples, 0.1)
-    assert torch.equal(rewards, torch.zeros(2, 2))
+    model.save_pretrained(tmp_path / "adapter")
+    rewards = best_of_n.implicit_rewards(tmp_path / "sft", tmp_path / "adapter", prompts, samples, 0.1)
+    assert rewards == [[0.0, 0.0], [0.0, 0.0]]
 
 
 def test_kl_log_ratios_match_a_manual_sum():
@@ -348,11 +359,14 @@ def test_quick_run_end_to_end_and_cached_rerun(tmp_path, hub, monkeypatch, capsy
                       + "prefix_sharing: true\nreference: disabled_adapters\n")
     settings = {**yaml.safe_load((RECIPE / "configs" / "default.yaml").read_text()),
                 **yaml.safe_load(config.read_text())}
-    run_recipe(out, tmp_path, config=config)
+    run_recipe(out, tmp_path, "--workers", "2", config=config)
 
     results = json.loads((out / "results.json").read_text())
+    # Reproducible: the same run again, every job in one process instead of two workers, writes the same file.
+    run_recipe(tmp_path / "again", tmp_path, "--workers", "1", config=config)
+    assert (tmp_path / "again" / "results.json").read_text() == (out / "results.json").read_text()
     methods = {r["method"] for r in results["runs"].values()}
-    assert methods == set(recipe_config.PREFERENCE_METHODS)
+    assert methods == set(recipe_config.PREFERENCE_METHODS) | {"rloo"}
     for name, run in results["runs"].items():
         assert isinstance(run["ground_truth_reward"], float) and 0.0 <= run["ground_truth_reward"] <= 1.0, name
         assert isinstance(run["kl"], float), name
@@ -360,8 +374,8 @@ def test_quick_run_end_to_end_and_cached_rerun(tmp_path, hub, monkeypatch, capsy
     check_runs_report_their_own_results(out, results, settings)
     assert 0.5 < results["reward_model"]["held_out_accuracy"] <= 1.0
     assert results["reward_model"] == json.loads((out / "reward" / "metrics.json").read_text())
-    assert set(results["best_of_n"]["picks"]) >= {"ground_truth", "random", "implicit_dpo_beta0.1",
-                                                   "implicit_pl_dpo_beta0.1"}
+    assert set(results["best_of_n"]["picks"]) >= {"ground_truth", "random", "implicit_dpo_beta1",
+                                                   "implicit_pl_dpo_beta1"}
     oracle, chance = results["best_of_n"]["picks"]["ground_truth"], results["best_of_n"]["picks"]["random"]
     assert oracle[0] == chance[0] and oracle == sorted(oracle) and oracle[-1] > chance[-1]  # N=1 is a random pick
     for plot in ("frontier.png", "best_of_n.png"):
@@ -378,7 +392,7 @@ def test_quick_run_end_to_end_and_cached_rerun(tmp_path, hub, monkeypatch, capsy
         if (folder / "README.md").exists():  # the model card, written through dpo_ext.hub.staging
             assert "ground_truth_reward" in (folder / "README.md").read_text()
 
-    weights = out / "adapters" / "pl_dpo_beta0.1" / "adapter_model.safetensors"
+    weights = out / "adapters" / "pl_dpo_beta1" / "adapter_model.safetensors"
     before = weights.stat().st_mtime_ns
     # The re-run also stages the Hub upload (dry run: no network), which needs only the finished folders.
     result = run_recipe(out, tmp_path, "--push_to_hub", "--hub_model_id", "my-org/imdb", "--hub_dry_run", config=config)
@@ -402,7 +416,7 @@ def test_quick_run_end_to_end_and_cached_rerun(tmp_path, hub, monkeypatch, capsy
 
     from dpo_ext.cli import main
 
-    push = ["push", str(out / "adapters" / "pl_dpo_beta0.1"), "--repo-id", "alice/imdb-pl-dpo",
+    push = ["push", str(out / "adapters" / "pl_dpo_beta1"), "--repo-id", "alice/imdb-pl-dpo",
             "--base-model", "alice/imdb-sft", "--endpoint", hub.url]
     assert main(push + ["--dry-run", str(tmp_path / "staged")]) == 0
     dry_run = {p.relative_to(tmp_path / "staged").as_posix(): p.read_bytes()
@@ -414,3 +428,26 @@ def test_quick_run_end_to_end_and_cached_rerun(tmp_path, hub, monkeypatch, capsy
     card = ModelCard(dry_run["README.md"].decode())
     metrics = {m["type"] for r in card.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]}
     assert {"ground_truth_reward", "kl"} <= metrics
+
+
+def test_sharded_sampling_gives_the_same_samples_on_one_or_two_workers(tmp_path, monkeypatch):
+    """The numbers must not depend on how many worker processes run the jobs: shards and their seeds are fixed by
+    the data, and every process runs torch on one thread."""
+    import generation
+    import parallel
+    from dpo_ext.testing import tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tiny_model(tokenizer).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    prompts = [tokenizer(text)["input_ids"] for text in ("the movie was", "i liked it", "the plot", "a film")]
+    monkeypatch.setattr(generation, "SHARD_SEQUENCES", 4)  # 2 prompts x 2 samples per shard: 2 shards
+    results = {}
+    for workers in (1, 2):
+        with parallel.JobPool(workers) as pool:
+            results[workers] = generation.sample_in_shards(pool, tmp_path, prompts, 2, 6, seed=3)
+    assert results[1] == results[2]
+    assert len(results[1]) == 4 and all(len(row) == 2 and all(row) for row in results[1])
+    # Shard 1 is seeded on its own: its samples are what sampling its prompts alone with that seed gives.
+    alone = generation.sample_job(tmp_path, prompts[2:], 2, 6, generation.shard_seed(3, 1))
+    assert results[1][2:] == alone

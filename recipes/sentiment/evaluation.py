@@ -28,8 +28,8 @@ def evaluate_policy(model, tokenizer, reward, prompts, samples_per_prompt, max_n
     """Reward and KL of ``model`` (a PeftModel; ``has_adapter=False`` for the SFT policy itself, KL 0).
 
     Returns:
-        `dict`: ``reward``, ``reward_sem``, ``kl``, ``kl_sem``, ``num_samples`` and ``examples`` (text and reward of the first
-            sample of each of the first `NUM_EXAMPLES` prompts).
+        `dict`: ``reward``, ``reward_sem``, ``kl``, ``kl_sem``, ``num_samples`` and ``examples`` (text and reward
+            of the first sample of each of the first `NUM_EXAMPLES` prompts).
     """
     completions = generation.sample(
         model, prompts, samples_per_prompt, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, seed=seed

@@ -56,7 +56,19 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def _die_with_parent() -> None:
+    """Linux: when the main process is killed, its workers are stopped too rather than finishing jobs for nobody."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _start_worker(level: int) -> None:
+    _die_with_parent()
     sys.path.insert(0, RECIPE_DIR)  # recipes/ is not a package: jobs name functions of the sibling modules
     set_up_cpu_process()
     logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S", level=level)
@@ -87,7 +99,12 @@ class JobPool:
                 max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker, initargs=(logging.getLogger().getEffectiveLevel(),))
         futures = [self._executor.submit(function, *arguments) for function, *arguments in jobs]
-        return [future.result() for future in futures]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:  # a failed job fails the stage: do not start the jobs still queued
+                future.cancel()
+            raise
 
     def close(self) -> None:
         if self._executor is not None:

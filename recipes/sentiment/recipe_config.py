@@ -70,7 +70,7 @@ class RecipeDataArguments:
                                  "held-out accuracy)."}
     )
     preference_prompts: int = field(
-        default=6144, metadata={"help": "Prompts sampled K times from the SFT policy to build preference data."}
+        default=4096, metadata={"help": "Prompts sampled K times from the SFT policy to build preference data."}
     )
     eval_prompts: int = field(
         default=256, metadata={"help": "Held-out prompts for reward / KL evaluation of each policy."}
@@ -102,7 +102,7 @@ class RecipeRunArguments:
     unlikelihood_alphas: list[float] = field(
         default_factory=lambda: [0.1, 1.0], metadata={"help": "Unlikelihood runs: one per weight alpha."}
     )
-    rl_max_steps: int = field(default=120, metadata={"help": "Optimizer steps of the RL baseline (rloo / grpo)."})
+    rl_max_steps: int = field(default=96, metadata={"help": "Optimizer steps of the RL baseline (rloo / grpo)."})
     rl_beta: float = field(
         default=0.05, metadata={"help": "KL coefficient of the RL baseline (TRL's beta; the DPO betas are on another "
                                 "scale)."}
@@ -171,6 +171,10 @@ def check(args: RecipeArguments) -> None:
     unknown = set(args.run.methods) - set(PREFERENCE_METHODS + RL_METHODS)
     if unknown:
         raise ValueError(f"Unknown methods {sorted(unknown)}; choose among {PREFERENCE_METHODS + RL_METHODS}.")
+    if "trl_dpo" in args.run.methods and "lm_head" in (args.model.lora_target_modules or []):
+        raise ValueError("trl.DPOTrainer refuses a LoRA adapter on lm_head, so the trl_dpo parity run cannot train the "
+                         "adapter dpo trains; pass --lora_target_modules c_attn c_proj c_fc to compare the two on the "
+                         "same adapter.")
     if args.training.beta not in args.run.betas:
         raise ValueError(f"beta={args.training.beta:g} picks the Best-of-N runs but is not among betas="
                          f"{args.run.betas}; add it to betas or pick one of them.")

@@ -136,7 +136,8 @@ def markdown(summary: dict) -> str:
                          + f" | {bon['pair_agreement'][picker]:.3f} |")
     if summary.get("samples"):
         lines += ["", "Samples: the first completion of each policy (final adapters) for the same held-out prompts, "
-                  "with its ground-truth reward.", "", "| prompt | policy | reward | review so far |", "|---|---|---|---|"]
+                  "with its ground-truth reward.", "", "| prompt | policy | reward | review so far |",
+                  "|---|---|---|---|"]
         for i, entry in enumerate(summary["samples"], 1):
             for policy, example in entry.items():
                 text = example["text"].replace("|", "/").replace("\n", " ")

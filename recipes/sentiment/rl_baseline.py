@@ -34,4 +34,18 @@ def make_trainer(method, run, model, tokenizer, prefs, config, peft_config, call
 
         args, trainer_class = trl_config(GRPOConfig, config, **overrides), GRPOTrainer
     return trainer_class(model=model, reward_funcs=ground_truth_reward, args=args, train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+                         processing_class=tokenizer, peft_config=head_trained_in_full(peft_config), callbacks=callbacks)
+
+
+def head_trained_in_full(peft_config):
+    """TRL's RL trainers compute log-probs from ``lm_head.weight`` directly and refuse a LoRA adapter on the LM head.
+    An adapter that cannot move the head can barely shift the probability of single words on this tiny model (see
+    the recipe README), so the RL run trains a full copy of the head instead (PEFT's ``modules_to_save``: its
+    ``weight`` is the trained copy, and disabling the adapter gives back the SFT head, the reference)."""
+    import copy
+
+    config = copy.deepcopy(peft_config)
+    if "lm_head" in config.target_modules:
+        config.target_modules = {m for m in config.target_modules if m != "lm_head"}
+        config.modules_to_save = sorted(set(config.modules_to_save or []) | {"lm_head"})
+    return config

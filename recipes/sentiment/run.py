@@ -17,9 +17,7 @@ sub-folder of --output_dir and marks it done (stage_cache.py), so a re-run skips
 sub-folder to redo it and, by hand, what depends on it).
 """
 
-import json
 import logging
-import os
 import sys
 from pathlib import Path
 

@@ -5,7 +5,6 @@ Offline: a tiny GPT-2 built from a config and trained from scratch with a plain 
 Paper scale: a Hub model (``gpt2-large``) fine-tuned on the reviews with `trl.SFTTrainer`.
 """
 
-import json
 import math
 import time
 from pathlib import Path
@@ -33,44 +32,27 @@ def build_tiny(recipe_model_args, tokenizer):
     return GPT2LMHeadModel(config)
 
 
-# Data-parallel processes of the tiny model's SFT, one torch thread each. Fixed, not taken from the machine: the
-# model (and so every later number) must not depend on how many cores happen to be free.
-SFT_RANKS = 2
-
-
 def train_tiny(out_dir: Path, args, tokenizer, texts: list[str], log) -> None:
-    """Next-token training on review beginnings, data-parallel over `SFT_RANKS` processes (gloo): each rank takes its
-    share of every batch, the gradients are summed, and every rank takes the same optimizer step. Rank 0 saves."""
-    import tempfile
-
-    import torch.multiprocessing
-
-    with tempfile.TemporaryDirectory() as rendezvous:
-        torch.multiprocessing.spawn(
-            _train_rank, args=(out_dir, args, tokenizer, texts, f"file://{rendezvous}/init"), nprocs=SFT_RANKS)
-    log(json.loads((Path(out_dir) / "sft_log.json").read_text())["summary"])
-
-
-def _train_rank(rank: int, out_dir: Path, args, tokenizer, texts: list[str], init_method: str) -> None:
-    """One SFT rank: AdamW, linear warm-up then cosine decay, loss = mean token NLL over the whole global batch."""
-    import torch.distributed as dist
-    import torch.nn.functional as F
+    """Next-token training on review beginnings; AdamW, linear warm-up then cosine decay, one progress bar."""
     from tqdm.auto import tqdm
 
-    import parallel
-
-    parallel.set_up_cpu_process()
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=SFT_RANKS)
-    torch.manual_seed(args.training.seed)  # the same initial weights on every rank
+    torch.manual_seed(args.training.seed)
     model = build_tiny(args.recipe_model, tokenizer)
     context = args.recipe_model.context_length
+    # Only the first `context` tokens are used: cut each review well past them (no token is 32 characters long)
+    # rather than tokenizing whole reviews.
+    texts = [text[: 32 * context] for text in texts]
     encoded = tokenizer(texts, truncation=True, max_length=context, padding="max_length", return_tensors="pt")
     input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]  # (N, T)
     labels = input_ids.masked_fill(attention_mask == 0, -100)
+    num_params = sum(p.numel() for p in model.parameters())
     batch_size = args.run.sft_batch_size
     steps_per_epoch = math.ceil(len(texts) / batch_size)
     total_steps = max(1, int(steps_per_epoch * args.run.sft_epochs))
     warmup = max(1, total_steps // 20)
+    log(f"SFT: tiny GPT-2 with {num_params / 1e6:.2f}M parameters, {len(texts)} reviews x {context} tokens, "
+        f"{total_steps} steps of {batch_size}")
+
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.run.sft_learning_rate, weight_decay=0.01)
 
     def lr_factor(step):
@@ -79,47 +61,28 @@ def _train_rank(rank: int, out_dir: Path, args, tokenizer, texts: list[str], ini
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    generator = torch.Generator().manual_seed(args.training.seed)  # every rank draws the same global batches
-    parameters = list(model.parameters())
+    generator = torch.Generator().manual_seed(args.training.seed)
     model.train()
     start, order, losses = time.time(), torch.empty(0, dtype=torch.long), []
-    progress = tqdm(range(total_steps), desc="SFT", mininterval=2, disable=rank != 0 or args.training.disable_tqdm)
-    for _ in progress:
+    progress = tqdm(range(total_steps), desc="SFT", mininterval=2, disable=args.training.disable_tqdm)
+    for step in progress:
         if len(order) < batch_size:
             order = torch.cat([order, torch.randperm(len(texts), generator=generator)])
         index, order = order[:batch_size], order[batch_size:]
-        tokens = (labels[index][:, 1:] != -100).sum()  # predicted tokens in the whole global batch
-        mine = index[rank::SFT_RANKS]
-        logits = model(input_ids=input_ids[mine], attention_mask=attention_mask[mine]).logits[:, :-1]
-        nll = F.cross_entropy(logits.flatten(0, 1), labels[mine][:, 1:].flatten(), ignore_index=-100,
-                              reduction="sum")
-        (nll / tokens).backward()
-        flat = torch.cat([p.grad.flatten() for p in parameters])
-        dist.all_reduce(flat)  # sum over ranks: the gradient of the global batch's mean NLL
-        offset = 0
-        for p in parameters:
-            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        loss = model(input_ids=input_ids[index], attention_mask=attention_mask[index], labels=labels[index]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        total = nll.detach().clone()
-        dist.all_reduce(total)
-        losses.append((total / tokens).item())
+        losses.append(loss.item())
         progress.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     seconds = time.time() - start
-    if rank == 0:
-        num_params = sum(p.numel() for p in parameters)
-        summary = (f"SFT: tiny GPT-2 with {num_params / 1e6:.2f}M parameters, {len(texts)} reviews x {context} "
-                   f"tokens, {total_steps} steps of {batch_size} on {SFT_RANKS} processes; final loss "
-                   f"{sum(losses[-20:]) / len(losses[-20:]):.3f}, {total_steps * batch_size * context / seconds:.0f} "
-                   "tokens/s")
-        model.eval()
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
-        (Path(out_dir) / "sft_log.json").write_text(json.dumps({"summary": summary, "losses": losses}))
-    dist.destroy_process_group()
+    log(f"SFT: final loss {sum(losses[-20:]) / len(losses[-20:]):.3f}, "
+        f"{total_steps * batch_size * context / seconds:.0f} tokens/s")
+    model.eval()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
 
 
 def train_hub_model(out_dir: Path, args, tokenizer, texts: list[str], log) -> None:

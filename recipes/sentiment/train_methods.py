@@ -206,6 +206,8 @@ def write_training_config(run_dir: Path, trainer, run: dict, args, seconds: floa
     if run["method"] != "unlikelihood":
         config.pop("unlikelihood_alpha", None)  # unused by every other loss
     lora = {name: getattr(args.model, name) for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
+    trained = trainer.model.peft_config["default"]  # what the trainer really adapted (the RL run: the head in full)
+    lora.update(lora_target_modules=sorted(trained.target_modules), modules_to_save=trained.modules_to_save)
     config.update({"datasets": ["stanfordnlp/imdb"], "method": run["method"], "run_name": run["name"],
                    "trainer": type(trainer).__name__,
                    "num_completions": args.data.num_completions if run["method"] == "pl_dpo" else 2,

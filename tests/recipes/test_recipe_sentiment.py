@@ -66,9 +66,9 @@ def test_default_run_trains_with_the_settings_behind_the_readme(tmp_path):
         assert (config.loss_type, config.beta, config.reference, config.prefix_sharing) == (
             loss_type, beta, "auto", True), name
     assert config.unlikelihood_alpha == 0.1
-    assert runs["rloo_beta0.05"] == {"name": "rloo_beta0.05", "method": "rloo", "beta": 0.05, "max_steps": 120}
-    dpo = train_methods.trl_dpo_config(train_methods.run_config(args.training, {**runs["dpo_beta1"], "method": "trl_dpo"},
-                                                                tmp_path))
+    assert runs["rloo_beta0.05"] == {"name": "rloo_beta0.05", "method": "rloo", "beta": 0.05, "max_steps": 96}
+    trl_run = {**runs["dpo_beta1"], "method": "trl_dpo"}
+    dpo = train_methods.trl_dpo_config(train_methods.run_config(args.training, trl_run, tmp_path))
     assert {k: getattr(dpo, k) for k in expected} == expected and dpo.loss_type == ["sigmoid"] and dpo.beta == 1.0
     assert dpo.remove_unused_columns  # TRL's default, not PLDPOConfig's
 
@@ -104,6 +104,7 @@ def test_trainer_only_yaml_keys_reach_the_trainer_configs(tmp_path):
     (["--methods", "dpo", "ppo"], "Unknown methods"),
     (["--push_to_hub"], "hub_model_id"),
     (["--beta", "0.3"], "not among betas"),
+    (["--methods", "dpo", "trl_dpo"], "lora_target_modules c_attn c_proj c_fc"),
 ])
 def test_settings_the_recipe_cannot_run_are_refused(argv, message):
     with pytest.raises(ValueError, match=message):
@@ -339,13 +340,21 @@ def check_runs_report_their_own_results(out: Path, results: dict, settings: dict
                                                               run["kl"]), name
         assert (f"| {name} | " in table and f"| {run['ground_truth_reward']:.3f} +- {run['ground_truth_reward_sem']:.3f}"
                 f" | {run['kl']:.2f} +- {run['kl_sem']:.2f} | {run['train_steps']} |" in table), name
-        data_rows = rows["ranked" if run["method"] == "pl_dpo" else "pairwise"]
-        assert run["train_steps"] == math.ceil(data_rows / settings["per_device_train_batch_size"]), name
         config = json.loads((folder / "training_config.json").read_text())
-        for key in ("learning_rate", "per_device_train_batch_size", "num_train_epochs", "warmup_steps", "seed",
-                    "max_length", "optim"):
+        if run["method"] == "rloo":  # its own step budget; its batch counts completions, not pairs
+            assert run["train_steps"] == settings["rl_max_steps"], name
+            keys = ("learning_rate", "warmup_steps", "seed", "optim")
+        else:
+            data_rows = rows["ranked" if run["method"] == "pl_dpo" else "pairwise"]
+            assert run["train_steps"] == math.ceil(data_rows / settings["per_device_train_batch_size"]), name
+            keys = ("learning_rate", "per_device_train_batch_size", "num_train_epochs", "warmup_steps", "seed",
+                    "max_length", "optim")
+        for key in keys:
             assert config[key] == settings[key], (name, key)
-        assert config["beta"] == run["beta"] and config["lora"] == lora, name
+        head = {"lora_target_modules": sorted(set(lora["lora_target_modules"]) - {"lm_head"}),
+                "modules_to_save": ["lm_head"]} if run["method"] == "rloo" else {
+            "lora_target_modules": sorted(lora["lora_target_modules"]), "modules_to_save": None}
+        assert config["beta"] == run["beta"] and config["lora"] == {**lora, **head}, name
         if config["trainer"] == "PLDPOTrainer":  # trainer-only keys of the YAML
             assert (config["prefix_sharing"], config["reference"]) == (True, "disabled_adapters"), name
 
@@ -366,7 +375,7 @@ def test_quick_run_end_to_end_and_cached_rerun(tmp_path, hub, monkeypatch, capsy
     run_recipe(tmp_path / "again", tmp_path, "--workers", "1", config=config)
     assert (tmp_path / "again" / "results.json").read_text() == (out / "results.json").read_text()
     methods = {r["method"] for r in results["runs"].values()}
-    assert methods == set(recipe_config.PREFERENCE_METHODS) | {"rloo"}
+    assert methods == set(recipe_config.DEFAULT_METHODS)
     for name, run in results["runs"].items():
         assert isinstance(run["ground_truth_reward"], float) and 0.0 <= run["ground_truth_reward"] <= 1.0, name
         assert isinstance(run["kl"], float), name
@@ -451,3 +460,17 @@ def test_sharded_sampling_gives_the_same_samples_on_one_or_two_workers(tmp_path,
     # Shard 1 is seeded on its own: its samples are what sampling its prompts alone with that seed gives.
     alone = generation.sample_job(tmp_path, prompts[2:], 2, 6, generation.shard_seed(3, 1))
     assert results[1][2:] == alone
+
+
+def test_trl_dpo_parity_run_matches_dpo(tmp_path):
+    """The opt-in trl_dpo run (trl.DPOTrainer, sigmoid loss) and the dpo run (PLDPOTrainer, K = 2) train the same
+    adapter on the same pairs: every checkpoint's reward and KL agree."""
+    out = tmp_path / "parity"
+    run_recipe(out, tmp_path, "--methods", "dpo", "trl_dpo", "--lora_target_modules", "c_attn", "c_proj", "c_fc",
+               "--workers", "1")
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    ours, theirs = runs["dpo_beta1"]["checkpoints"], runs["trl_dpo_beta1"]["checkpoints"]
+    assert [p["step"] for p in ours] == [p["step"] for p in theirs] and len(ours) >= 2
+    for a, b in zip(ours, theirs):
+        assert a["reward"] == pytest.approx(b["reward"], abs=2e-3) and a["kl"] == pytest.approx(b["kl"], abs=2e-3)
+    assert ours[-1]["kl"] > 0  # the adapters did train

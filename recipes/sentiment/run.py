@@ -3,7 +3,7 @@
 Prompts are IMDb review prefixes; a policy must continue them positively; a sentiment classifier is the
 ground-truth reward; methods are compared by their reward vs KL(pi || pi_ref) frontier and by Best-of-N.
 
-    # offline, CPU, ~15 minutes (make demo)
+    # offline, CPU, about 10 minutes on 2 cores (make demo)
     HF_HUB_OFFLINE=1 python recipes/sentiment/run.py --output_dir outputs/sentiment
     # test-sized, about a minute
     HF_HUB_OFFLINE=1 python recipes/sentiment/run.py --quick --output_dir /tmp/sentiment

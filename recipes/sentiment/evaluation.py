@@ -11,10 +11,10 @@ The same seed is used at every evaluation, so checkpoints and methods are compar
 import logging
 import math
 
-NUM_EXAMPLES = 4  # completions kept per evaluation, shown in the report
-
 import generation
 import preference_data
+
+NUM_EXAMPLES = 4  # completions kept per evaluation, shown in the report
 
 
 def _mean_and_sem(values):

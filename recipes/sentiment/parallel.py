@@ -78,8 +78,8 @@ class JobPool:
     """Run ``function(*arguments)`` jobs on ``workers`` processes (0: one per core) and return the results in job
     order. With one worker the jobs run here, one after the other: the same results, without process start-up.
 
-    Jobs must be module-level functions of the recipe with picklable arguments; they load what they need (models,
-    data) from the stage folders rather than receiving it.
+    Jobs must be module-level functions of the recipe with picklable arguments: paths, settings and plain data
+    (token ids, rows). Models are loaded inside the job, from the stage folders.
     """
 
     def __init__(self, workers: int = 0):

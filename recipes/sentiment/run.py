@@ -148,12 +148,12 @@ def train_stage(out: Path, args, pool, sft_eval_settings: dict, settings: dict) 
     import evaluation
     import train_methods
 
-    runs = sorted(train_methods.plan_runs(args), key=train_methods.relative_cost, reverse=True)
-    results = pool.run([(train_methods.train_job, out, args, run, settings) for run in runs]
+    planned = train_methods.plan_runs(args)  # the order of the tables
+    costliest_first = sorted(planned, key=train_methods.relative_cost, reverse=True)
+    results = pool.run([(train_methods.train_job, out, args, run, settings) for run in costliest_first]
                        + [(evaluation.sft_eval_job, out, args, sft_eval_settings)])
-    by_name = dict(zip((run["name"] for run in runs), results))
-    order = [run["name"] for run in train_methods.plan_runs(args)]  # tables list runs in plan order
-    return results[-1], {name: by_name[name] for name in order}
+    by_name = dict(zip((run["name"] for run in costliest_first), results))
+    return results[-1], {run["name"]: by_name[run["name"]] for run in planned}
 
 
 def best_of_n_stage(out: Path, args, pool, sft_dir: Path, tokenizer, reward, prefs: dict, runs: dict,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+import evaluation
 import generation
 import preference_data
 
@@ -35,10 +36,10 @@ def picks_per_prompt(scores: torch.Tensor, truth: torch.Tensor, n: int) -> torch
     return truth.gather(-1, best).squeeze(-1).mean(-1)
 
 
-def mean_and_sem(values: torch.Tensor) -> tuple[float, float]:
-    """Mean over prompts and its standard error (prompts are the independent units)."""
-    sem = values.std(unbiased=True).item() / len(values) ** 0.5 if len(values) > 1 else 0.0
-    return round(values.mean().item(), 4), round(sem, 4)
+def per_prompt_stats(values: torch.Tensor) -> tuple[float, float]:
+    """Mean over prompts and its standard error (prompts are the independent units), rounded as reported."""
+    mean, sem = evaluation.mean_and_sem(values.tolist())
+    return round(mean, 4), round(sem, 4)
 
 
 def implicit_rewards(sft_dir, adapter_dir, prompts, samples, beta: float, use_cpu: bool = True) -> list:
@@ -76,9 +77,10 @@ def build(out_dir: Path, pool, sft_dir: Path, tokenizer, reward, prompts, scorer
         pickers[f"implicit_{name}"] = torch.tensor(values)
         log(f"best-of-n: implicit reward of {name} scored {len(texts)} samples")
     ns = [2**i for i in range(n_max.bit_length()) if 2**i <= n_max]
-    stats = {name: [mean_and_sem(picks_per_prompt(scores, truth, n)) for n in ns] for name, scores in pickers.items()}
+    stats = {name: [per_prompt_stats(picks_per_prompt(scores, truth, n)) for n in ns]
+             for name, scores in pickers.items()}
     # A random pick's expected reward is the mean reward whatever N: use that exact value rather than a noisy draw.
-    stats["random"] = [mean_and_sem(truth.mean(-1))] * len(ns)
+    stats["random"] = [per_prompt_stats(truth.mean(-1))] * len(ns)
     agreement = {name: round(pair_agreement(scores, truth), 4) for name, scores in pickers.items()}
     agreement["random"] = 0.5
     result = {"N": ns, "prompts": len(prompts), "samples_per_prompt": n_max, "source": "SFT policy samples",

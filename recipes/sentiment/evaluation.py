@@ -17,7 +17,8 @@ import preference_data
 NUM_EXAMPLES = 4  # completions kept per evaluation, shown in the report
 
 
-def _mean_and_sem(values):
+def mean_and_sem(values) -> tuple[float, float]:
+    """Mean of ``values`` and its standard error (sample standard deviation / sqrt(n); 0 for one value)."""
     n = len(values)
     mean = sum(values) / n
     variance = sum((v - mean) ** 2 for v in values) / max(1, n - 1)
@@ -45,8 +46,8 @@ def evaluate_policy(model, tokenizer, reward, prompts, samples_per_prompt, max_n
         kls = log_ratios(model, tokenizer, prompts, completions).flatten().tolist()  # prompt-major, like texts
     else:
         kls = [0.0] * len(texts)
-    reward_mean, reward_sem = _mean_and_sem(rewards)
-    kl_mean, kl_sem = _mean_and_sem(kls)
+    reward_mean, reward_sem = mean_and_sem(rewards)
+    kl_mean, kl_sem = mean_and_sem(kls)
     return {
         "reward": round(reward_mean, 4),
         "reward_sem": round(reward_sem, 4),

@@ -225,7 +225,7 @@ def test_best_of_n_picks_by_disjoint_groups():
     assert best_of_n.picks_per_prompt(scores, truth, 2).mean().item() == pytest.approx(3.5)
     assert best_of_n.picks_per_prompt(scores, truth, 4).mean().item() == pytest.approx(5.0)
     # Per prompt at N=4: 3 and 7; standard deviation 2 * sqrt(2), standard error over 2 prompts 2.
-    assert best_of_n.mean_and_sem(best_of_n.picks_per_prompt(scores, truth, 4)) == (5.0, 2.0)
+    assert best_of_n.per_prompt_stats(best_of_n.picks_per_prompt(scores, truth, 4)) == (5.0, 2.0)
     assert best_of_n.pair_agreement(truth, truth) == 1.0
     assert best_of_n.pair_agreement(-truth, truth) == 0.0
 

@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "dpo_ext.cli.evaluate",
     "dpo_ext.cli.validate",
     "dpo_ext.cli.hub",
+    "dpo_ext.cli.train",
 )
 
 
@@ -34,11 +35,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # its flags are TrlParser's (every trainer field), not argparse subcommand flags
+        return _train(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except (ValueError, FileNotFoundError, PermissionError) as error:  # input problems: the user's to fix
         report_error(args.command, error)
+        return 2
+
+
+def _train(argv) -> int:
+    try:
+        from dpo_ext.cli.train import main as train_main
+    except ImportError as error:
+        report_error("train", f"{error}; the train command needs TRL: pip install 'dpo_ext[trl]'")
+        return 2
+    try:
+        return train_main(argv)
+    except (ValueError, FileNotFoundError, PermissionError) as error:
+        report_error("train", error)
         return 2
 
 

@@ -100,8 +100,10 @@ class Rows:
         return ValueError(f"{self.source}: {error}")
 
 
-def read_rows(source: str, split: str = "train") -> Rows:
-    """Rows of a JSONL / JSON / Parquet / CSV file, a dataset folder, or a Hub dataset split."""
+def read_rows(source: str, split: str = "train", config: str | None = None) -> Rows:
+    """Rows of a JSONL / JSON / Parquet / CSV file, a dataset folder, or a Hub dataset split (of configuration
+    ``config``). A file holds one split, whatever ``split`` says; a folder or Hub dataset without ``split`` raises
+    `KeyError` naming the splits it has."""
     path = Path(source)
     if path.is_file() and path.suffix in (".jsonl", ".json", ""):
         return _read_json(path)
@@ -114,6 +116,8 @@ def read_rows(source: str, split: str = "train") -> Rows:
         dataset = (datasets.load_dataset(kind, data_files=str(path), split="train") if kind
                    else datasets.load_from_disk(str(path)))
         if isinstance(dataset, datasets.DatasetDict):
+            if split not in dataset:
+                raise KeyError(f"{source} has no split {split!r} (its splits: {', '.join(dataset)})")
             dataset = dataset[split]
         return Rows(source, list(dataset))
     if not looks_like_hub_id(source):
@@ -121,7 +125,7 @@ def read_rows(source: str, split: str = "train") -> Rows:
     import datasets
 
     try:
-        return Rows(f"{source}[{split}]", list(datasets.load_dataset(source, split=split)))
+        return Rows(f"{source}[{split}]", list(datasets.load_dataset(source, name=config, split=split)))
     except Exception as error:  # noqa: BLE001 - offline, missing repo or split: say which and why
         raise ValueError(f"could not load the Hub dataset {source!r} (split {split!r}): {error}") from error
 

@@ -42,7 +42,7 @@ def check_tokenizer_fits(model, tokenizer, what: str = "the model") -> None:
                          "`model.resize_token_embeddings(len(tokenizer))`")
 
 
-def load_tokenizer(source: str, argument: str):
+def load_tokenizer(source: str, argument: str, revision: str | None = None):
     """The tokenizer saved at a model's name or folder; errors say to pass it as ``argument`` instead."""
     if not source:
         raise ValueError(f"{argument} is required here: the model was built from a config, so there is no name or "
@@ -50,7 +50,7 @@ def load_tokenizer(source: str, argument: str):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as error:
         raise ValueError(f"could not load a tokenizer from {source!r} ({error}); pass {argument}=") from None
 

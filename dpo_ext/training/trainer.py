@@ -203,11 +203,12 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
         mode = "train" if self.model.training else "eval"
         per_list = self.accelerator.gather_for_metrics(preference_metrics(policy, ref, ranks, self.args.beta))
         for key, values in per_list.items():
-            self._metrics[mode][key].append(values.float().mean().item())
+            self._metrics[mode][key].append(values.float().cpu())
 
     def log(self, logs, start_time=None):
         mode = "train" if self.model.training else "eval"
-        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        # Means over lists, not over batches: a smaller last batch must not weigh as much as a full one.
+        metrics = {k: torch.cat(v).mean().item() for k, v in self._metrics[mode].items() if v}
         prefix = "eval_" if mode == "eval" else ""
         logs.update({f"{prefix}{k}": v for k, v in metrics.items()})
         super().log(logs, start_time)

@@ -1,0 +1,242 @@
+"""`dpo-ext train`: train a causal LM on preference rows with `PLDPOTrainer`, the way ``trl dpo`` does for DPO.
+
+Arguments come from `trl.TrlParser` over three dataclasses, so every field is a command-line flag and a YAML key
+(``--config file.yaml``; the command line overrides the file):
+
+- `TrainScriptArguments` (below): the dataset (a Hub id, a saved dataset folder, or a JSONL/JSON/Parquet/CSV file),
+  its splits and column names, and the dry-run folder for ``--push_to_hub``;
+- `dpo_ext.PLDPOConfig`: every trainer field (``beta``, ``loss_type``, ``prefix_sharing``, ``reference``, ...);
+- `trl.ModelConfig`: ``model_name_or_path``, ``dtype``, LoRA (``use_peft``, ``lora_r``, ...) and QLoRA
+  (``load_in_4bit``).
+
+It runs under ``accelerate launch -m dpo_ext.cli.train`` (DDP, FSDP, DeepSpeed) as under plain ``python``. At the
+end it evaluates the implicit reward on the test split (``eval_rewards/accuracies`` and the ranking metrics, through
+the trainer, so sharded models work), writes ``eval_results.json`` next to the adapter, and with ``--push_to_hub``
+publishes the adapter with a card carrying those results (`dpo_ext.push_adapter`). Recipes call `run_training` with
+their own converted rows.
+"""
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# What the card reports of the end-of-training evaluation (trainer key -> card name).
+CARD_METRICS = {"eval_rewards/accuracies": "preference_accuracy", "eval_rewards/top1_accuracy": "top1_accuracy",
+                "eval_rewards/pairwise_accuracy": "pairwise_accuracy", "eval_rewards/kendall_tau": "kendall_tau",
+                "eval_rewards/margins": "reward_margin"}
+HELP = "train a causal LM on preference rows with PLDPOTrainer (TRL-style flags and --config YAML)"
+EVAL_RESULTS = "eval_results.json"
+
+
+@dataclass
+class TrainScriptArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset id, saved dataset folder, or a .jsonl/.json/.parquet/.csv file "
+                                        "of preference rows (pairwise, ranked or scored; see dpo_ext.data)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str | None = field(
+        default="test", metadata={"help": "Split evaluated at the end (implicit-reward accuracy); 'none' to skip."})
+    eval_dataset_name: str | None = field(
+        default=None, metadata={"help": "A separate file or dataset for evaluation (its split: dataset_test_split)."})
+    dataset_columns: list[str] | None = field(
+        default=None, metadata={"help": "Rename columns to the row format, as ours=theirs pairs, e.g. "
+                                        "prompt=question chosen=response_j rejected=response_k."})
+    hub_dry_run: str | None = field(
+        default=None, metadata={"help": "With --push_to_hub: stage the upload (adapter, card, results) in this "
+                                        "folder instead of sending it."})
+
+
+def make_parser():
+    from trl import ModelConfig, TrlParser
+
+    from dpo_ext.training.config import PLDPOConfig
+
+    return TrlParser((TrainScriptArguments, PLDPOConfig, ModelConfig), prog="dpo-ext train",
+                     description="Train a causal LM on preference rows with PLDPOTrainer (Plackett-Luce DPO; "
+                                 "K = 2 is DPO). Every field is a flag and a YAML key of --config.")
+
+
+def register(subparsers) -> None:
+    """Lists the command in ``dpo-ext --help``; `dpo_ext.cli.main` hands its arguments to `main` unparsed, because
+    `TrlParser` (not argparse subparsers) reads them."""
+    subparsers.add_parser("train", help=HELP, add_help=False)
+
+
+# -- data ----------------------------------------------------------------------------------------------------------
+
+def _renamed(rows: list[dict], columns: list[str] | None, source: str) -> list[dict]:
+    if not columns:
+        return rows
+    mapping = {}
+    for pair in columns:
+        ours, sep, theirs = pair.partition("=")
+        if not sep or not ours or not theirs:
+            raise ValueError(f"--dataset_columns {pair!r}: give ours=theirs, e.g. prompt=question")
+        mapping[theirs] = ours
+    missing = sorted(set(mapping) - set(rows[0]))
+    if missing:
+        raise ValueError(f"{source}: no column {', '.join(map(repr, missing))} to rename (columns: "
+                         f"{', '.join(rows[0])})")
+    return [{mapping.get(k, k): v for k, v in row.items()} for row in rows]
+
+
+def load_split(source: str, split: str, config: str | None = None, columns: list[str] | None = None) -> list[dict]:
+    """The rows of one split of ``source`` (see `TrainScriptArguments.dataset_name`), columns renamed."""
+    from dpo_ext.cli.common import read_rows
+
+    rows = read_rows(source, split, config)
+    return _renamed(rows.rows, columns, rows.source)
+
+
+def has_split(source: str, split: str | None) -> bool:
+    return split not in (None, "", "none", "None")
+
+
+# -- models --------------------------------------------------------------------------------------------------------
+
+def load_policy(model_args, training_args):
+    """The model and tokenizer ``model_args`` names (weights from safetensors only), quantized for QLoRA when asked."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import get_quantization_config
+
+    from dpo_ext.modeling.models import load_tokenizer
+
+    if not model_args.model_name_or_path:
+        raise ValueError("--model_name_or_path is required (a Hub id or a local model folder)")
+    quantization = get_quantization_config(model_args)
+    kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation,
+              "use_safetensors": True}
+    if model_args.dtype not in (None, "auto"):
+        kwargs["dtype"] = getattr(torch, model_args.dtype)
+    if quantization is not None:
+        if not model_args.use_peft:
+            raise ValueError("--load_in_4bit / --load_in_8bit train a LoRA on a quantized base (QLoRA): add "
+                             "--use_peft")
+        if not torch.cuda.is_available():
+            raise ValueError("--load_in_4bit / --load_in_8bit need a CUDA GPU (bitsandbytes); on this machine "
+                             "train in full precision without them")
+        from accelerate import PartialState
+
+        kwargs.update(quantization_config=quantization, device_map={"": PartialState().local_process_index})
+    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=training_args.gradient_checkpointing)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, "--model_name_or_path", model_args.model_revision)
+    return model, tokenizer
+
+
+def lora_config(model_args):
+    """`trl.get_peft_config`, except that one plain module name stays a name: `trl.ModelConfig` turns a one-item
+    ``lora_target_modules`` list into a string, which PEFT reads as a regular expression over full module paths
+    (``c_attn`` would then match no module)."""
+    from trl import get_peft_config
+
+    config = get_peft_config(model_args)
+    targets = getattr(config, "target_modules", None)
+    if isinstance(targets, str) and targets != "all-linear" and targets.isidentifier():
+        config.target_modules = {targets}
+    return config
+
+
+# -- the run -------------------------------------------------------------------------------------------------------
+
+def run_training(script_args, training_args, model_args, train_rows=None, eval_rows=None, card_kwargs=None) -> dict:
+    """Train, save the adapter (or model) to ``training_args.output_dir``, evaluate, and publish when asked.
+
+    Args:
+        train_rows, eval_rows (`list[dict]`, *optional*): preference rows; loaded from ``script_args`` when omitted
+            (``eval_rows``: only when a test split is named).
+        card_kwargs (`dict`, *optional*): extra arguments of `dpo_ext.push_adapter` (``datasets``, ``license``...).
+
+    Returns:
+        `dict`: the end-of-training evaluation (``eval_*`` metrics; empty without eval rows).
+    """
+    from dpo_ext.training.trainer import PLDPOTrainer
+
+    push, training_args.push_to_hub = training_args.push_to_hub, False  # dpo_ext publishes, after evaluation
+    if push:
+        _check_publishing(training_args, script_args)
+    if train_rows is None:
+        train_rows = load_split(script_args.dataset_name or _missing_dataset(), script_args.dataset_train_split,
+                                script_args.dataset_config, script_args.dataset_columns)
+    if eval_rows is None and has_split(script_args.dataset_name, script_args.dataset_test_split):
+        eval_rows = _eval_rows(script_args)
+    model, tokenizer = load_policy(model_args, training_args)
+    trainer = PLDPOTrainer(model, args=training_args, train_dataset=train_rows, eval_dataset=eval_rows,
+                           processing_class=tokenizer, peft_config=lora_config(model_args))
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    results = trainer.evaluate() if eval_rows else {}
+    if trainer.accelerator.is_main_process:
+        (Path(training_args.output_dir) / EVAL_RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+        if push:
+            _publish(training_args, script_args, model_args, results, card_kwargs or {})
+    trainer.accelerator.wait_for_everyone()
+    return results
+
+
+def _missing_dataset():
+    raise ValueError("--dataset_name is required (a Hub dataset id, a dataset folder, or a .jsonl file)")
+
+
+def _eval_rows(script_args):
+    source, split = script_args.eval_dataset_name or None, script_args.dataset_test_split
+    if source is None:
+        source = script_args.dataset_name
+        if Path(source).is_file():  # one file is one split: never evaluate on the training rows
+            logger.warning("%s is a single file (the training split): no evaluation at the end; give a test file "
+                           "with --eval_dataset_name, or --dataset_test_split none to silence this", source)
+            return None
+    try:
+        return load_split(source, split, script_args.dataset_config, script_args.dataset_columns)
+    except KeyError as error:  # a dataset folder without that split
+        logger.warning("%s: no evaluation at the end (name a split with --dataset_test_split, or a file with "
+                       "--eval_dataset_name)", error.args[0])
+        return None
+
+
+def _check_publishing(training_args, script_args) -> None:
+    """Before any work: a push needs a repository id, and (unless staged) a token that can write to it."""
+    if not training_args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (namespace/name of the adapter repository)")
+    if script_args.hub_dry_run is None:
+        from dpo_ext.hub.publish import check_hub_access
+
+        check_hub_access(training_args.hub_model_id, token=training_args.hub_token)
+
+
+def _publish(training_args, script_args, model_args, results: dict, card_kwargs: dict) -> None:
+    from dpo_ext.hub.adapters import push_adapter
+    from dpo_ext.hub.ids import looks_like_hub_id
+
+    dataset = script_args.eval_dataset_name or script_args.dataset_name
+    hub_datasets = [d for d in (script_args.dataset_name, script_args.eval_dataset_name)
+                    if d and not Path(d).exists() and looks_like_hub_id(d)]
+    card_kwargs = {"datasets": hub_datasets,
+                   "eval_dataset": dataset, "eval_split": script_args.dataset_test_split, **card_kwargs}
+    result = push_adapter(
+        training_args.output_dir, training_args.hub_model_id, token=training_args.hub_token,
+        private=bool(training_args.hub_private_repo), dry_run=script_args.hub_dry_run or False,
+        eval_results={name: results[key] for key, name in CARD_METRICS.items() if key in results},
+        base_model=model_args.model_name_or_path, **card_kwargs)
+    logger.warning("%s", result.summary())
+
+
+def main(argv=None) -> int:
+    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+    run_training(script_args, training_args, model_args)
+    return 0
+
+
+if __name__ == "__main__":  # accelerate launch -m dpo_ext.cli.train ...
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(main())

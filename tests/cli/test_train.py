@@ -1,0 +1,114 @@
+"""`dpo-ext train`: TrlParser flags and YAML, a LoRA run on a saved tiny model, the end-of-training evaluation (checked
+against the scorer, an independent computation), the staged push and its card, and the errors raised before any
+training."""
+
+import json
+
+import pytest
+import yaml
+
+from fixtures import make_model, ranked_rows
+from dpo_ext.cli import main
+from dpo_ext.scoring.evaluation import evaluate_preferences
+from dpo_ext.scoring.scorer import ImplicitRewardScorer
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_cli")
+    make_model(tokenizer).save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    write_jsonl(root / "train.jsonl", ranked_rows(16, k=3))
+    write_jsonl(root / "test.jsonl", ranked_rows(8, k=3, seed=1))
+    config = {  # one target module: TRL's ModelConfig turns it into a string (a regex to PEFT); it must still match
+        "model_name_or_path": str(root / "base"), "dataset_name": str(root / "train.jsonl"),
+        "eval_dataset_name": str(root / "test.jsonl"), "use_peft": True, "lora_r": 4,
+        "lora_target_modules": ["c_attn"], "learning_rate": 0.01, "beta": 0.5, "max_steps": 4,
+        "per_device_train_batch_size": 4, "per_device_eval_batch_size": 3, "report_to": "none", "use_cpu": True,
+        "save_strategy": "no", "output_dir": str(root / "out"), "logging_steps": 1,
+    }
+    (root / "config.yaml").write_text("# dpo-ext train --config config.yaml\n" + yaml.safe_dump(config))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(files):
+    code = main(["train", "--config", str(files / "config.yaml"), "--push_to_hub", "--hub_model_id", "me/tiny-pl",
+                 "--hub_dry_run", str(files / "staged")])
+    assert code == 0
+    return files
+
+
+def test_yaml_run_trains_a_lora_adapter_and_evaluates_it(trained):
+    out = trained / "out"
+    assert (out / "adapter_model.safetensors").is_file()
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and adapter["target_modules"] == ["c_attn"]
+    record = json.loads((out / "training_config.json").read_text())
+    assert record["beta"] == 0.5 and record["max_steps"] == 4  # YAML keys reach PLDPOConfig
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["epoch"] == pytest.approx(1.0)
+
+
+def test_end_of_training_evaluation_matches_the_scorer_on_the_saved_adapter(trained):
+    """The trainer's eval (batches of 3, 3 and 2 rows) and the scorer (prompt cache, no batching by rows) compute
+    the rewards independently; means over rows must agree, so the short last batch must not weigh like a full one."""
+    results = json.loads((trained / "out" / "eval_results.json").read_text())
+    scorer = ImplicitRewardScorer.from_pretrained(str(trained / "out"), beta=0.5)
+    expected = evaluate_preferences(scorer, ranked_rows(8, k=3, seed=1))
+    assert results["eval_rewards/accuracies"] == pytest.approx(expected["accuracy"], abs=1e-6)
+    assert results["eval_rewards/kendall_tau"] == pytest.approx(expected["kendall_tau"], abs=1e-6)
+    assert results["eval_rewards/chosen"] == pytest.approx(expected["rewards/chosen"], abs=1e-5)
+    assert results["eval_rewards/margins"] == pytest.approx(expected["rewards/margins"], abs=1e-5)
+    assert results["eval_rewards/margins"] != 0
+
+
+def test_staged_push_carries_the_adapter_and_the_evaluation_in_its_card(trained):
+    staged = trained / "staged"
+    results = json.loads((trained / "out" / "eval_results.json").read_text())
+    assert (staged / "adapter_model.safetensors").read_bytes() == \
+        (trained / "out" / "adapter_model.safetensors").read_bytes()
+    card = (staged / "README.md").read_text()
+    head = yaml.safe_load(card.split("---")[1])
+    reported = {m["type"]: m["value"] for m in head["model-index"][0]["results"][0]["metrics"]}
+    assert reported["preference_accuracy"] == pytest.approx(results["eval_rewards/accuracies"])
+    assert reported["kendall_tau"] == pytest.approx(results["eval_rewards/kendall_tau"])
+    assert head["base_model"] == str(trained / "base")
+
+
+def test_columns_are_renamed_to_the_row_format(files, tmp_path):
+    rows = [{"question": r["prompt"], "answers": r["completions"], "order": r["ranks"]} for r in ranked_rows(8, k=3)]
+    write_jsonl(tmp_path / "renamed.jsonl", rows)
+    code = main(["train", "--config", str(files / "config.yaml"), "--dataset_name", str(tmp_path / "renamed.jsonl"),
+                 "--dataset_columns", "prompt=question", "completions=answers", "ranks=order",
+                 "--dataset_test_split", "none",
+                 "--max_steps", "1", "--output_dir", str(tmp_path / "out")])
+    assert code == 0 and (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "out" / "eval_results.json").read_text()) == {}
+
+
+def test_a_single_training_file_is_never_evaluated_on(files, tmp_path, caplog):
+    code = main(["train", "--config", str(files / "config.yaml"), "--eval_dataset_name", "", "--max_steps", "1",
+                 "--output_dir", str(tmp_path / "out")])
+    assert code == 0
+    assert json.loads((tmp_path / "out" / "eval_results.json").read_text()) == {}
+    assert "is a single file (the training split): no evaluation" in caplog.text
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset_columns", "prompt=nothing"], "train.jsonl: no column 'nothing' to rename"),
+    (["--dataset_columns", "prompt"], "--dataset_columns 'prompt': give ours=theirs"),
+    (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+    (["--load_in_4bit"], "need a CUDA GPU"),
+    (["--model_name_or_path", ""], "--model_name_or_path is required"),
+])
+def test_refused_before_training_with_a_message(files, tmp_path, capsys, flags, message):
+    code = main(["train", "--config", str(files / "config.yaml"), "--output_dir", str(tmp_path / "out"), *flags])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()

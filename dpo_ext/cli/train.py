@@ -24,7 +24,8 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-# What the card reports of the end-of-training evaluation (trainer key -> card name).
+# What the card reports of the trainer's end-of-training evaluation (trainer key -> card name); numbers from
+# `run_training`'s more_results go to the card under their own names.
 CARD_METRICS = {"eval_rewards/accuracies": "preference_accuracy", "eval_rewards/top1_accuracy": "top1_accuracy",
                 "eval_rewards/pairwise_accuracy": "pairwise_accuracy", "eval_rewards/kendall_tau": "kendall_tau",
                 "eval_rewards/margins": "reward_margin"}
@@ -149,16 +150,20 @@ def lora_config(model_args):
 
 # -- the run -------------------------------------------------------------------------------------------------------
 
-def run_training(script_args, training_args, model_args, train_rows=None, eval_rows=None, card_kwargs=None) -> dict:
+def run_training(script_args, training_args, model_args, train_rows=None, eval_rows=None, card_kwargs=None,
+                 more_results=None) -> dict:
     """Train, save the adapter (or model) to ``training_args.output_dir``, evaluate, and publish when asked.
 
     Args:
         train_rows, eval_rows (`list[dict]`, *optional*): preference rows; loaded from ``script_args`` when omitted
             (``eval_rows``: only when a test split is named).
         card_kwargs (`dict`, *optional*): extra arguments of `dpo_ext.push_adapter` (``datasets``, ``license``...).
+        more_results (*optional*): called on the main process with the saved adapter's folder once training and
+            the trainer's evaluation are done; the numbers it returns join ``eval_results.json`` and the card
+            (a recipe's generation win rate, say).
 
     Returns:
-        `dict`: the end-of-training evaluation (``eval_*`` metrics; empty without eval rows).
+        `dict`: the end-of-training evaluation (``eval_*`` metrics, and ``more_results``'s; empty without either).
     """
     from dpo_ext.training.trainer import PLDPOTrainer
 
@@ -177,6 +182,8 @@ def run_training(script_args, training_args, model_args, train_rows=None, eval_r
     trainer.save_model(training_args.output_dir)
     results = trainer.evaluate() if eval_rows else {}
     if trainer.accelerator.is_main_process:
+        if more_results is not None:
+            results.update(more_results(training_args.output_dir))
         (Path(training_args.output_dir) / EVAL_RESULTS).write_text(json.dumps(results, indent=2) + "\n")
         if push:
             _publish(training_args, script_args, model_args, results, card_kwargs or {})
@@ -226,7 +233,8 @@ def _publish(training_args, script_args, model_args, results: dict, card_kwargs:
     result = push_adapter(
         training_args.output_dir, training_args.hub_model_id, token=training_args.hub_token,
         private=bool(training_args.hub_private_repo), dry_run=script_args.hub_dry_run or False,
-        eval_results={name: results[key] for key, name in CARD_METRICS.items() if key in results},
+        eval_results={CARD_METRICS.get(key, key): value for key, value in results.items()
+                      if key in CARD_METRICS or not key.startswith("eval_") and key != "epoch"},
         base_model=model_args.model_name_or_path, **card_kwargs)
     logger.warning("%s", result.summary())
 

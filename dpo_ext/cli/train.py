@@ -107,10 +107,13 @@ def load_policy(model_args, training_args):
     from trl import get_quantization_config
 
     from dpo_ext.modeling.models import load_tokenizer
+    from dpo_ext.training.engines import check_launch
 
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required (a Hub id or a local model folder)")
     quantization = get_quantization_config(model_args)
+    check_launch(quantized=quantization is not None, quant_storage=model_args.bnb_4bit_quant_storage,
+                 dtype=model_args.dtype)  # before minutes of loading
     kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation,
               "use_safetensors": True}
     if model_args.dtype not in (None, "auto"):

@@ -91,6 +91,24 @@ def eval_mode(*models):
 
 
 @contextlib.contextmanager
+def on_device(model, device):
+    """Keep ``model`` on ``device`` for a while, then move it back. FSDP and DeepSpeed keep the model on the CPU until
+    they shard it; work done before that (precomputed reference log-probs) belongs on the accelerator."""
+    import torch
+
+    device = torch.device(device)
+    previous = next(model.parameters()).device
+    if previous == device:
+        yield
+        return
+    model.to(device)
+    try:
+        yield
+    finally:
+        model.to(previous)
+
+
+@contextlib.contextmanager
 def active_adapter(model, name):
     """Make adapter ``name`` the active one for a while, leaving every parameter's requires_grad as it was."""
     previous = model.active_adapter

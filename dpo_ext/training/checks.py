@@ -81,3 +81,16 @@ def check_rows_fit(dataset, name: str, limit: int | None, max_length: int | None
                     f"{name} dataset, row {row}: prompt + completion is {length} tokens, more than the model's "
                     f"{limit} positions; set max_length={limit} or lower (longer rows are then truncated)"
                 )
+
+
+def check_weights_present(model, what: str) -> None:
+    """Refuse a model whose weights are not all on this process: empty "meta" tensors (loaded on another process
+    only) or DeepSpeed ZeRO-3 partitions. The trainer runs it before any engine shards it (`dpo_ext.training.engines`
+    says which launch settings cause this)."""
+    for name, param in model.named_parameters():
+        if param.is_meta or (hasattr(param, "ds_id") and param.numel() == 0):
+            raise ValueError(
+                f"{what}'s weight {name!r} is not on this process (an empty meta tensor, or a ZeRO-3 partition): "
+                "PLDPOTrainer runs the model before the engine shards it, so every process needs the whole model. "
+                "Under accelerate, set fsdp_cpu_ram_efficient_loading: false (FSDP) or zero3_init_flag: false "
+                "(DeepSpeed ZeRO-3), as the configs in recipes/accelerate/ do")

@@ -9,7 +9,7 @@ import torch
 from dpo_ext.data.tokenize import prepare_ranked_dataset
 from dpo_ext.modeling.models import check_tokenizer_fits, load_tokenizer, position_limit, vocabulary_size
 from dpo_ext.reference import check_reference_model, is_peft_model
-from dpo_ext.training.checks import check_rows_fit, ensure_pad_token, rows_to_dataset
+from dpo_ext.training.checks import check_rows_fit, check_weights_present, ensure_pad_token, rows_to_dataset
 
 
 def prepare_models(model, ref_model, tokenizer, peft_config, args):
@@ -26,10 +26,12 @@ def prepare_models(model, ref_model, tokenizer, peft_config, args):
         model = AutoModelForCausalLM.from_pretrained(model, use_safetensors=True)
     tokenizer = tokenizer or load_tokenizer(model.config._name_or_path, "processing_class")
     ensure_pad_token(tokenizer)
+    check_weights_present(model, "the policy")
     check_tokenizer_fits(model, tokenizer, "the policy")
     if ref_model is not None:
         if ref_model is model:
             raise ValueError("model and ref_model must be different objects; omit ref_model to share weights")
+        check_weights_present(ref_model, "ref_model")
         check_reference_model(model, ref_model, tokenizer)
     if peft_config is not None:
         if is_peft_model(model):

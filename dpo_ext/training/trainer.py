@@ -11,6 +11,7 @@ import os
 from collections import defaultdict
 
 import torch
+from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 from transformers import Trainer, set_seed
 
@@ -20,6 +21,7 @@ from dpo_ext.data.rows import REF_LOGPS
 from dpo_ext.logps import sequence_logps, to_grid
 from dpo_ext.losses import implicit_rewards, plackett_luce_loss, preferred_ft_loss, unlikelihood_loss
 from dpo_ext.modeling.batches import batch_token_logps
+from dpo_ext.modeling.models import on_device
 from dpo_ext.modeling.support import choose_collator
 from dpo_ext.ranking_metrics import (
     best_and_worst,
@@ -138,11 +140,20 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
         return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     def precompute_ref_logps(self, dataset, name: str):
-        """Add a ``ref_logps`` column (K floats per row) computed once by the chosen reference source."""
+        """Add a ``ref_logps`` column (K floats per row) computed once by the chosen reference source.
+
+        Under a multi-process launch each process computes one contiguous share of the rows and the shares are
+        gathered back in dataset order. It runs before any engine shards the model (see `dpo_ext.training.engines`),
+        with the model on this process's device."""
         batch_size = self.args.precompute_ref_batch_size or self.args.per_device_eval_batch_size
-        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False)
         self.model.eval()
-        rows = self.reference.column(self.model, (self._prepare_inputs(batch) for batch in loader))
+        with self.accelerator.split_between_processes(list(range(len(dataset)))) as share:
+            loader = DataLoader(dataset.select(share), batch_size=batch_size, collate_fn=self.data_collator,
+                                shuffle=False)
+            with on_device(self.model, self.args.device):
+                rows = self.reference.column(self.model, (self._prepare_inputs(batch) for batch in loader))
+        if self.accelerator.num_processes > 1:
+            rows = gather_object(rows)  # lists concatenated in process order: the dataset's order
         logger.info("Precomputed reference log-probs for %d %s rows (%s).", len(rows), name, self.reference.name)
         return dataset.add_column(REF_LOGPS, rows)
 

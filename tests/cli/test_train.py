@@ -112,3 +112,12 @@ def test_refused_before_training_with_a_message(files, tmp_path, capsys, flags, 
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_a_launch_that_cannot_work_is_refused_before_the_model_loads(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    code = main(["train", "--config", str(files / "config.yaml"), "--output_dir", str(tmp_path / "out"),
+                 "--model_name_or_path", str(tmp_path / "not-loaded")])  # would fail to load if it got that far
+    assert code == 2
+    assert "set fsdp_cpu_ram_efficient_loading: false" in capsys.readouterr().err

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from fixtures import make_model, ranked_rows
+
 TESTS = Path(__file__).resolve().parents[1]  # tests/: fixtures.py and scripts/
 SCRIPT = TESTS / "scripts" / "train_engines.py"
 RUNS = ("precomputed", "live")
@@ -57,3 +59,24 @@ def test_two_processes_train_exactly_like_one(engine, single, tmp_path):
         assert row_two == pytest.approx(row_one, abs=1e-6)
     # Precomputing is exact: the live reference trains identically
     assert two["precomputed"]["losses"] == pytest.approx(two["live"]["losses"], abs=1e-6)
+
+
+def test_train_command_under_two_processes(tmp_path, tokenizer):
+    """`dpo-ext train` as a module under a 2-process launch (what `accelerate launch -m dpo_ext.cli.train` runs)."""
+    make_model(tokenizer).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    for name, rows in (("train", ranked_rows(16, k=3)), ("test", ranked_rows(6, k=3, seed=1))):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+         "dpo_ext.cli.train", "--model_name_or_path", str(tmp_path / "base"), "--dataset_name",
+         str(tmp_path / "train.jsonl"), "--eval_dataset_name", str(tmp_path / "test.jsonl"), "--use_peft",
+         "--lora_r", "4", "--lora_target_modules", "c_attn", "--per_device_train_batch_size", "4", "--max_steps",
+         "4", "--use_cpu", "--report_to", "none", "--save_strategy", "no", "--output_dir", str(tmp_path / "out")],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert results["epoch"] == pytest.approx(2.0)  # 16 rows, 4 per process on 2 processes: 2 steps per epoch
+    assert 0.0 <= results["eval_rewards/accuracies"] <= 1.0
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()

@@ -1,7 +1,12 @@
 """Helpers the tests share (imported as `fixtures`; pytest fixtures themselves are in conftest.py): tiny models,
 preference rows with a learnable pattern, and the tokens of the loopback Hub."""
 
+import importlib.util
 import random
+import sys
+from pathlib import Path
+
+import yaml
 
 from dpo_ext.testing import TOY_WORDS as WORDS
 from dpo_ext.testing import tiny_model
@@ -44,3 +49,31 @@ def train_settings(tmp_path, **values) -> dict:
     log line every step; ``values`` add to or override them."""
     return {"output_dir": str(tmp_path / "out"), "report_to": "none", "use_cpu": True, "save_strategy": "no",
             "logging_steps": 1, **values}
+
+
+def load_recipe(name: str):
+    """``recipes/<name>/run.py`` as a module named ``<name>_run`` (every recipe script is called run.py)."""
+    module_name = f"{name}_run"
+    if module_name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "recipes" / name / "run.py"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        sys.modules[module_name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[module_name])
+    return sys.modules[module_name]
+
+
+def card_metrics(readme) -> dict:
+    """``{metric type: value}`` of the ``model-index`` in a model card's front matter (README.md path)."""
+    head = yaml.safe_load(Path(readme).read_text().split("---")[1])
+    return {m["type"]: m["value"] for result in head["model-index"][0]["results"] for m in result["metrics"]}
+
+
+def launch_commands(config) -> list[str]:
+    """The commands in the leading comment lines of a recipe config (each config starts with how to launch it)."""
+    commands = []
+    for line in Path(config).read_text().splitlines():
+        if not line.startswith("# "):
+            break
+        if line.startswith(("# python ", "# accelerate launch ", "# HF_HUB_OFFLINE=1 ")):
+            commands.append(line[2:])
+    return commands

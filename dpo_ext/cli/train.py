@@ -94,7 +94,7 @@ def load_split(source: str, split: str, config: str | None = None, columns: list
     return _renamed(rows.rows, columns, rows.source)
 
 
-def has_split(source: str, split: str | None) -> bool:
+def names_a_split(split: str | None) -> bool:
     return split not in (None, "", "none", "None")
 
 
@@ -176,7 +176,7 @@ def run_training(script_args, training_args, model_args, train_rows=None, eval_r
     if train_rows is None:
         train_rows = load_split(script_args.dataset_name or _missing_dataset(), script_args.dataset_train_split,
                                 script_args.dataset_config, script_args.dataset_columns)
-    if eval_rows is None and has_split(script_args.dataset_name, script_args.dataset_test_split):
+    if eval_rows is None and names_a_split(script_args.dataset_test_split):
         eval_rows = _eval_rows(script_args)
     model, tokenizer = load_policy(model_args, training_args)
     trainer = PLDPOTrainer(model, args=training_args, train_dataset=train_rows, eval_dataset=eval_rows,
@@ -202,6 +202,8 @@ def _eval_rows(script_args):
     source, split = script_args.eval_dataset_name or None, script_args.dataset_test_split
     if source is None:
         source = script_args.dataset_name
+        if source is None:  # rows given in Python, and no dataset named to evaluate on
+            return None
         if Path(source).is_file():  # one file is one split: never evaluate on the training rows
             logger.warning("%s is a single file (the training split): no evaluation at the end; give a test file "
                            "with --eval_dataset_name, or --dataset_test_split none to silence this", source)

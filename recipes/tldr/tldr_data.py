@@ -30,8 +30,9 @@ automatic parquet export of it sits on the ``refs/convert/parquet`` branch as ``
 loads as it is.
 
 SFT: the paper's SFT model was fine-tuned on human-written summaries of the filtered TL;DR dataset (``trl-lib/tldr``,
-already ``{"prompt", "completion"}``, same template but with the post's blank lines kept). `sft_rows` gives the
-alternative the HH recipe takes: the preferred summaries of the comparisons, with the prompts of the DPO rows.
+already ``{"prompt", "completion"}``, same template but with the post's blank lines kept). The recipe takes the
+alternative the HH recipe takes (`recipe_kit.sft.sft_rows`): the preferred summaries of the comparisons, with the
+prompts of the DPO rows.
 """
 
 from dpo_ext import PreferenceDataError
@@ -158,13 +159,3 @@ def load_rows(split: str = "train", data_files: str | list[str] | None = None,
         records = load_dataset(dataset, split=split)
     return any_to_rows(records)
 
-
-def sft_rows(rows: list[dict]) -> tuple[list[dict], dict]:
-    """``{"prompt", "completion"}`` rows for the SFT stage from preference rows: each pair's preferred summary, once
-    per (prompt, summary), since one post's summary often wins several comparisons. Returns the rows and counts."""
-    seen, out = set(), []
-    for row in rows:
-        if (row["prompt"], row["chosen"]) not in seen:
-            seen.add((row["prompt"], row["chosen"]))
-            out.append({"prompt": row["prompt"], "completion": row["chosen"]})
-    return out, {"pairs": len(rows), "kept": len(out), "left_out": {"repeated": len(rows) - len(out)}}

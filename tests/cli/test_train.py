@@ -121,3 +121,15 @@ def test_a_launch_that_cannot_work_is_refused_before_the_model_loads(files, tmp_
                  "--model_name_or_path", str(tmp_path / "not-loaded")])  # would fail to load if it got that far
     assert code == 2
     assert "set fsdp_cpu_ram_efficient_loading: false" in capsys.readouterr().err
+
+
+def test_rows_given_in_python_need_no_dataset_name(files, tmp_path):
+    """A recipe passes its converted rows; with no dataset named there is nothing to evaluate on, and no error."""
+    from dpo_ext.cli.train import make_parser, run_training
+
+    script_args, training_args, model_args = make_parser().parse_args_and_config(
+        ["--config", str(files / "config.yaml"), "--eval_dataset_name", "", "--max_steps", "1",
+         "--output_dir", str(tmp_path / "out")])
+    script_args.dataset_name = None
+    assert run_training(script_args, training_args, model_args, train_rows=ranked_rows(8, k=3)) == {}
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()

@@ -1,18 +1,22 @@
-"""The Anthropic HH data path (recipes/hh): published rows -> prompt / chosen / rejected, single-turn filter.
+"""The Anthropic HH recipe (recipes/hh): the data path (published rows -> prompt / chosen / rejected, single-turn
+filter), and run.py end to end at test size (SFT, DPO, evaluation, win rate, staged push) with its configs.
 
 The fixture holds rows in the dataset's published schema (``{"chosen": transcript, "rejected": transcript}``),
 including the awkward ones: a multi-turn dialogue, an empty response, identical responses.
 """
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes" / "hh"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "recipes" / "hh"),
+                str(Path(__file__).resolve().parents[2] / "recipes")]
 
 import hh_data  # noqa: E402
 from dpo_ext import PreferenceDataError  # noqa: E402
+from fixtures import card_metrics, launch_commands, load_recipe  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "hh_rlhf_sample.jsonl"
 
@@ -49,3 +53,117 @@ def test_fixture_in_the_published_schema_keeps_single_turn_pairs_and_counts_the_
                      "left_out": {"multi_turn": 1, "empty_response": 1, "identical_responses": 1}}
     multi, _ = hh_data.load_rows(data_files=str(FIXTURE), single_turn=False)
     assert len(multi) == 3 and multi[1]["chosen"] == " An apple."
+
+
+# -- the recipe end to end, at test size ------------------------------------------------------------------------------
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "hh"
+
+
+@pytest.fixture(scope="module")
+def hh_run(tmp_path_factory):
+    """recipes/hh/run.py with configs/test.yaml on the fixture (train and test split alike): SFT, DPO, evaluation,
+    the win rate and a staged push, with a tiny policy and reward model saved to a tmp folder."""
+    from recipe_kit import tiny_models
+
+    root = tmp_path_factory.mktemp("hh_recipe")
+    models = tiny_models.build(root / "tiny", [str(FIXTURE)])
+    results = load_recipe("hh").main([
+        "--config", str(RECIPE / "configs" / "test.yaml"), "--model_name_or_path", models["policy"],
+        "--reward_model_name", models["reward"], "--data_files", f"train={FIXTURE}", f"test={FIXTURE}",
+        "--sft_output_dir", str(root / "sft"), "--output_dir", str(root / "dpo"),
+        "--push_to_hub", "--hub_model_id", "me/hh-tiny", "--hub_dry_run", str(root / "staged")])
+    return root, models, results
+
+
+def test_sft_saves_a_complete_model_more_likely_to_give_the_preferred_responses(hh_run):
+    """The SFT model is a plain model folder (no adapter), and every SFT row (a single-turn prompt and its preferred
+    response) got more likely than under the model it started from: the SFT loss went down on its rows."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dpo_ext import ImplicitRewardScorer
+
+    root, models, _ = hh_run
+    sft = root / "sft"
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in sft.iterdir()}
+    assert not (sft / "adapter_config.json").exists()
+    rows, _ = hh_data.load_rows(data_files=str(FIXTURE))
+    scorer = ImplicitRewardScorer(AutoModelForCausalLM.from_pretrained(sft), AutoTokenizer.from_pretrained(sft),
+                                  ref_model=AutoModelForCausalLM.from_pretrained(models["policy"]), beta=1.0)
+    gained = scorer.score([r["prompt"] for r in rows], [r["chosen"] for r in rows]).rewards  # log pi_sft - log pi_0
+    assert (gained > 1.0).all(), gained
+
+
+def test_dpo_trains_an_adapter_on_the_sft_model(hh_run):
+    from safetensors.torch import load_file
+
+    root, _, results = hh_run
+    out = root / "dpo"
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(root / "sft")
+    weights = load_file(out / "adapter_model.safetensors")
+    lora_b = [w for name, w in weights.items() if "lora_B" in name]
+    assert lora_b and all(w.abs().max() > 0 for w in lora_b)  # LoRA B starts at zero: trained, and saved
+    assert json.loads((out / "training_config.json").read_text())["beta"] == 0.1
+    assert results == json.loads((out / "eval_results.json").read_text())
+    assert 0.0 <= results["eval_rewards/accuracies"] <= 1.0 and results["eval_rewards/margins"] != 0
+
+
+def test_win_rate_counts_its_samples_and_the_sft_side_is_the_sft_model(hh_run):
+    """Recomputed from the samples file: the win rate (ties half) and the mean rewards; the rewards, from the reward
+    model read one text at a time; and the SFT sample of each prompt, drawn again from the SFT model alone."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from dpo_ext.scoring.sampling import sample_completions
+    from recipe_kit.win_rate import SAMPLES_FILE, generation_config
+
+    root, models, results = hh_run
+    samples = [json.loads(line) for line in (root / "dpo" / SAMPLES_FILE).read_text().splitlines()]
+    assert len(samples) == results["win_rate_prompts"] == 2
+    assert any(s["policy"] != s["sft"] for s in samples)  # the adapter was on when the policy sampled
+    wins = [1.0 if s["reward_policy"] > s["reward_sft"] else 0.5 if s["reward_policy"] == s["reward_sft"] else 0.0
+            for s in samples]
+    assert results["win_rate"] == pytest.approx(sum(wins) / 2)
+    assert results["reward_policy"] == pytest.approx(sum(s["reward_policy"] for s in samples) / 2)
+    reward, reward_tokenizer = (AutoModelForSequenceClassification.from_pretrained(models["reward"]),
+                                AutoTokenizer.from_pretrained(models["reward"]))
+    sft, tokenizer = AutoModelForCausalLM.from_pretrained(root / "sft"), AutoTokenizer.from_pretrained(root / "sft")
+    run = load_recipe("hh").parse(["--config", str(RECIPE / "configs" / "test.yaml")])
+    for i, sample in enumerate(samples):
+        for side in ("policy", "sft"):
+            ids = reward_tokenizer(sample["prompt"] + sample[side], return_tensors="pt")
+            with torch.no_grad():
+                assert reward(**ids).logits[0, 0].item() == pytest.approx(sample[f"reward_{side}"], abs=1e-5)
+        torch.manual_seed(run.recipe.generation_seed + i)
+        again = sample_completions(sft.eval(), tokenizer, [sample["prompt"]], 1, generation_config(run.recipe))
+        assert again[0].texts[0] == sample["sft"]
+
+
+def test_staged_card_carries_the_preference_accuracy_and_the_win_rate(hh_run):
+    root, _, results = hh_run
+    staged = root / "staged"
+    adapter = "adapter_model.safetensors"
+    assert (staged / adapter).read_bytes() == (root / "dpo" / adapter).read_bytes()
+    metrics = card_metrics(staged / "README.md")
+    assert metrics["preference_accuracy"] == pytest.approx(results["eval_rewards/accuracies"])
+    assert metrics["win_rate"] == pytest.approx(results["win_rate"])
+    assert metrics["reward_sft"] == pytest.approx(results["reward_sft"])
+    assert json.loads((staged / "eval_results.json").read_text())["win_rate"] == results["win_rate"]
+
+
+@pytest.mark.parametrize("name", ["lora.yaml", "qlora.yaml", "test.yaml"])
+def test_configs_start_with_their_launch_commands_and_parse(name):
+    """Each config names the commands that run it, and the recipe's parser reads it (on a CPU: --use_cpu true)."""
+    config = f"recipes/hh/configs/{name}"
+    commands = launch_commands(RECIPE / "configs" / name)
+    assert commands and commands[0].endswith(f"python recipes/hh/run.py --config {config}")
+    run = load_recipe("hh").parse(["--config", str(RECIPE / "configs" / name), "--use_cpu", "true"])
+    if name == "test.yaml":
+        return
+    assert commands[1].startswith(f"accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/hh/run.py "
+                                  f"--config {config}")
+    training = run.training
+    assert (run.model.model_name_or_path, training.beta, training.learning_rate, training.warmup_steps) == (
+        "EleutherAI/pythia-2.8b", 0.1, 1e-6, 150)
+    assert training.per_device_train_batch_size * training.gradient_accumulation_steps == 64
+    assert run.model.load_in_4bit == (name == "qlora.yaml") and run.recipe.single_turn

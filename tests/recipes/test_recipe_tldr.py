@@ -1,4 +1,6 @@
-"""The Reddit TL;DR data path (recipes/tldr): published comparisons -> prompt / chosen / rejected, Reddit posts only.
+"""The Reddit TL;DR recipe (recipes/tldr): the data path (published comparisons -> prompt / chosen / rejected, Reddit
+posts only), and run.py end to end at test size (SFT as a merged LoRA, DPO, evaluation, win rate, staged push) with
+its configs.
 
 The fixture holds comparisons in the published schema of ``openai/summarize_from_feedback`` (``comparisons``),
 including the awkward ones: a CNN/DM article (``post`` null), identical summaries, an empty summary, a summary with no
@@ -11,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes" / "tldr"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "recipes" / "tldr"),
+                str(Path(__file__).resolve().parents[2] / "recipes")]
 
 import tldr_data  # noqa: E402
 from dpo_ext import PreferenceDataError  # noqa: E402
+from fixtures import card_metrics, launch_commands, load_recipe  # noqa: E402
+from recipe_kit.sft import sft_rows  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "tldr_comparisons_sample.jsonl"
 
@@ -123,8 +128,83 @@ def test_hub_datasets_are_read_the_way_datasets_5_can(monkeypatch):
 
 
 def test_sft_rows_are_the_preferred_summaries_once_each():
-    sft, stats = tldr_data.sft_rows(EXPECTED_ROWS)
+    sft, stats = sft_rows(EXPECTED_ROWS)
     assert sft == [{"prompt": BASIL, "completion": " I water my basil daily but it still wilts, why?"},
                    {"prompt": MOVE, "completion": " Offered a job elsewhere for 20% more pay; partner can work "
                                                   "remotely. Should I move?"}]
     assert stats == {"pairs": 3, "kept": 2, "left_out": {"repeated": 1}}
+
+
+# -- the recipe end to end, at test size ------------------------------------------------------------------------------
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tldr"
+
+
+@pytest.fixture(scope="module")
+def tldr_run(tmp_path_factory):
+    """recipes/tldr/run.py with configs/test.yaml (its SFT is a LoRA merged into the saved model) on the fixture,
+    train and test split alike, with a tiny policy and reward model saved to a tmp folder, and a staged push."""
+    from recipe_kit import tiny_models
+
+    root = tmp_path_factory.mktemp("tldr_recipe")
+    models = tiny_models.build(root / "tiny", [str(FIXTURE)])
+    results = load_recipe("tldr").main([
+        "--config", str(RECIPE / "configs" / "test.yaml"), "--model_name_or_path", models["policy"],
+        "--reward_model_name", models["reward"], "--data_files", f"train={FIXTURE}", f"test={FIXTURE}",
+        "--sft_output_dir", str(root / "sft"), "--output_dir", str(root / "dpo"),
+        "--push_to_hub", "--hub_model_id", "me/tldr-tiny", "--hub_dry_run", str(root / "staged")])
+    return root, models, results
+
+
+def test_sft_lora_is_merged_into_a_complete_model_more_likely_to_give_the_preferred_summaries(tldr_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dpo_ext import ImplicitRewardScorer
+
+    root, models, _ = tldr_run
+    sft = root / "sft"
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in sft.iterdir()}
+    assert not (sft / "adapter_config.json").exists()  # a plain model: the adapter is merged in (kept in adapter/)
+    assert json.loads((sft / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    summaries, _ = sft_rows(EXPECTED_ROWS)
+    scorer = ImplicitRewardScorer(AutoModelForCausalLM.from_pretrained(sft), AutoTokenizer.from_pretrained(sft),
+                                  ref_model=AutoModelForCausalLM.from_pretrained(models["policy"]), beta=1.0)
+    gained = scorer.score([r["prompt"] for r in summaries], [r["completion"] for r in summaries]).rewards
+    assert (gained > 1.0).all(), gained  # log pi_sft - log pi_0 of each SFT row: the SFT loss went down on them
+
+
+def test_dpo_adapter_evaluation_and_staged_card(tldr_run):
+    from safetensors.torch import load_file
+
+    root, _, results = tldr_run
+    out, staged = root / "dpo", root / "staged"
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(root / "sft")
+    assert all(w.abs().max() > 0 for name, w in load_file(out / "adapter_model.safetensors").items()
+               if "lora_B" in name)
+    assert json.loads((out / "training_config.json").read_text())["beta"] == 0.5
+    assert results == json.loads((out / "eval_results.json").read_text())
+    # Three comparisons of two posts: the win rate samples each post once
+    assert results["win_rate_prompts"] == 2 and results["win_rate"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    metrics = card_metrics(staged / "README.md")
+    assert metrics["preference_accuracy"] == pytest.approx(results["eval_rewards/accuracies"])
+    assert metrics["win_rate"] == pytest.approx(results["win_rate"])
+    assert metrics["reward_policy"] == pytest.approx(results["reward_policy"])
+
+
+@pytest.mark.parametrize("name", ["lora.yaml", "qlora.yaml", "test.yaml"])
+def test_configs_start_with_their_launch_commands_and_parse(name):
+    config = f"recipes/tldr/configs/{name}"
+    commands = launch_commands(RECIPE / "configs" / name)
+    assert commands and commands[0].endswith(f"python recipes/tldr/run.py --config {config}")
+    run = load_recipe("tldr").parse(["--config", str(RECIPE / "configs" / name), "--use_cpu", "true"])
+    if name == "test.yaml":
+        return
+    assert commands[1].startswith(f"accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/tldr/run.py "
+                                  f"--config {config}")
+    training = run.training
+    assert (training.beta, training.learning_rate, training.warmup_steps) == (0.5, 1e-6, 150)
+    assert training.per_device_train_batch_size * training.gradient_accumulation_steps == 64
+    assert run.model.load_in_4bit == (name == "qlora.yaml") and run.recipe.sft_use_peft  # 6.9B: SFT as a LoRA
+    if name == "lora.yaml":  # and the paper's SFT of every weight: fp32 weights, sharded by FSDP
+        assert commands[2].startswith("accelerate launch --config_file recipes/accelerate/fsdp.yaml")
+        assert commands[2].endswith("--sft_use_peft false --sft_learning_rate 5e-7 --dtype float32")

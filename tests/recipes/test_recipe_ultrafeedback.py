@@ -1,5 +1,6 @@
-"""The UltraFeedback data path (recipes/ultrafeedback): published records -> scored rows, the binarized pairs of
-``HuggingFaceH4/ultrafeedback_binarized`` and every pair, and the held-out split by prompt.
+"""The UltraFeedback recipe (recipes/ultrafeedback): the data path (published records -> scored rows, the binarized
+pairs of ``HuggingFaceH4/ultrafeedback_binarized`` and every pair, and the held-out split by prompt), and run.py end to
+end at test size (the three methods on the same prompts and steps, their evaluation, the comparison, staged pushes).
 
 The fixture holds six records in the dataset's published schema, with the awkward cases: ties (a different pair tied
 under each rating, and two completions tied for best), an ``"N/A"`` rating, a completion rated ``"N/A"`` on every
@@ -8,6 +9,7 @@ the same response twice. Expected scores are the means of the ratings written in
 """
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -16,10 +18,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes" / "ultrafeedback"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "recipes" / "ultrafeedback"),
+                str(Path(__file__).resolve().parents[2] / "recipes")]
 
 import ultrafeedback_data as uf  # noqa: E402
 from dpo_ext import PreferenceDataError, normalize_row  # noqa: E402
+from fixtures import card_metrics, launch_commands, load_recipe  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "ultrafeedback_sample.jsonl"
 FAST = settings(max_examples=60, deadline=None, derandomize=True, database=None)
@@ -224,3 +228,99 @@ def test_pairs_never_tie_and_binarized_pairs_are_among_all_pairs(prompts, seed):
         for completion in record["completions"]:
             numbers = [float(a["Rating"]) for a in completion["annotations"].values() if a["Rating"] != "N/A"]
             assert uf.score(completion) == (sum(numbers) / len(numbers) if numbers else None)
+
+
+# -- the recipe end to end, at test size ------------------------------------------------------------------------------
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "ultrafeedback"
+METHODS = ("pl_dpo", "binarized", "all_pairs")
+
+
+@pytest.fixture(scope="module")
+def uf_run(tmp_path_factory):
+    """recipes/ultrafeedback/run.py --method all with configs/test.yaml on the fixture (half the prompts held out),
+    chat rows through a tiny tokenizer's chat template, a tiny policy and reward model, and staged pushes."""
+    from recipe_kit import tiny_models
+
+    root = tmp_path_factory.mktemp("uf_recipe")
+    models = tiny_models.build(root / "tiny", [str(FIXTURE)], chat_template=True)
+    results = load_recipe("ultrafeedback").main([
+        "--config", str(RECIPE / "configs" / "test.yaml"), "--model_name_or_path", models["policy"],
+        "--reward_model_name", models["reward"], "--data_files", f"train={FIXTURE}", "--output_dir", str(root / "runs"),
+        "--push_to_hub", "--hub_model_id", "me/uf-tiny", "--hub_dry_run", str(root / "staged")])
+    return root, results
+
+
+def held_out_split():
+    rows, _ = uf.load_rows(data_files=str(FIXTURE), rating="overall")
+    return uf.split_by_prompt(rows, test_fraction=0.5)
+
+
+def test_three_methods_train_on_the_same_prompts_for_the_same_steps_and_are_evaluated_on_the_same_rows(uf_run):
+    root, results = uf_run
+    recipe = load_recipe("ultrafeedback")
+    train, test = held_out_split()
+    assert 0 < len(test) < len(test) + len(train)
+    info = {m: json.loads((root / "runs" / m / "run_info.json").read_text()) for m in METHODS}
+    expected_eval = recipe.prompts_digest([recipe.as_chat(row) for row in test])
+    expected_train = recipe.prompts_digest([recipe.as_chat(row) for row in train])
+    for method in METHODS:
+        assert info[method]["eval_prompts_sha256"] == expected_eval and info[method]["eval_rows"] == len(test)
+        assert info[method]["train_prompts_sha256"] == expected_train
+    assert [info[m]["train_rows"] for m in METHODS] == [len(train), len(train), len(uf.all_pairs(train))]
+    assert len(uf.all_pairs(train)) > len(train)  # so equal steps is a real constraint on all_pairs
+    for method in METHODS:  # the steps each trainer took, from its epoch count: max_steps of batches of 2 rows
+        steps_per_epoch = math.ceil(info[method]["train_rows"] / 2)
+        assert round(results[method]["epoch"] * steps_per_epoch) == info[method]["max_steps"] == 3
+        assert {"eval_rewards/accuracies", "eval_rewards/top1_accuracy", "eval_rewards/kendall_tau",
+                "win_rate"} <= set(results[method])
+
+
+def test_comparison_tabulates_each_methods_results(uf_run):
+    root, results = uf_run
+    table = json.loads((root / "runs" / "comparison.json").read_text())
+    assert list(table) == list(METHODS)
+    markdown = (root / "runs" / "comparison.md").read_text().splitlines()
+    for method in METHODS:
+        assert table[method]["eval_rewards/kendall_tau"] == results[method]["eval_rewards/kendall_tau"]
+        row = next(line for line in markdown if line.startswith(f"| {method} |"))
+        assert f"| {results[method]['eval_rewards/top1_accuracy']:.4f} |" in row
+        assert f"| {results[method]['win_rate']:.4f} |" in row
+    assert "Evaluated on the same" in markdown[-1]
+    # --method compare rebuilds the same table from the folders
+    assert load_recipe("ultrafeedback").compare(root / "runs") == table
+
+
+def test_each_method_is_staged_with_a_card_carrying_its_ranking_metrics_and_win_rate(uf_run):
+    root, results = uf_run
+    for method in METHODS:
+        staged = root / "staged" / method
+        assert (staged / "adapter_model.safetensors").read_bytes() == \
+            (root / "runs" / method / "adapter_model.safetensors").read_bytes()
+        assert (staged / "chat_template.jinja").is_file()  # the chat rows' template travels with the adapter
+        metrics = card_metrics(staged / "README.md")
+        for key, name in (("eval_rewards/accuracies", "preference_accuracy"), ("eval_rewards/top1_accuracy",
+                          "top1_accuracy"), ("eval_rewards/kendall_tau", "kendall_tau"), ("win_rate", "win_rate")):
+            assert metrics[name] == pytest.approx(results[method][key])
+
+
+@pytest.mark.parametrize("name", ["lora.yaml", "qlora.yaml", "test.yaml"])
+def test_configs_start_with_their_launch_commands_and_parse(name):
+    config = f"recipes/ultrafeedback/configs/{name}"
+    commands = launch_commands(RECIPE / "configs" / name)
+    assert commands and commands[0].endswith(f"python recipes/ultrafeedback/run.py --config {config}")
+    run = load_recipe("ultrafeedback").parse(["--config", str(RECIPE / "configs" / name), "--use_cpu", "true"])
+    assert run.recipe.stage == "dpo" and run.recipe.chat_format
+    if name == "test.yaml":
+        return
+    assert commands[1].startswith("accelerate launch --config_file recipes/accelerate/ddp.yaml "
+                                  f"recipes/ultrafeedback/run.py --config {config}")
+    assert run.model.model_name_or_path == "Qwen/Qwen2.5-0.5B-Instruct" and run.recipe.method == "all"
+    assert run.training.per_device_train_batch_size * run.training.gradient_accumulation_steps == 64
+    assert run.model.load_in_4bit == (name == "qlora.yaml")
+
+
+def test_an_sft_stage_is_refused():
+    with pytest.raises(ValueError, match="no SFT stage"):
+        load_recipe("ultrafeedback").main(["--config", str(RECIPE / "configs" / "test.yaml"), "--stage", "sft",
+                                           "--sft_output_dir", "unused"])

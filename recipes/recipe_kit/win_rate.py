@@ -1,0 +1,155 @@
+"""The win rate of a trained policy against the policy it started from (the SFT model), judged by a reward model.
+
+One completion per prompt is sampled from each, with the same settings and the same seed (``generation_seed + i``
+for prompt i, so a prompt's samples do not depend on which other prompts are in the set). A reward model
+(`AutoModelForSequenceClassification` with one output) scores ``prompt + completion``; the policy wins a prompt when
+its completion scores higher, and a tie counts half. The DPO paper judged with GPT-4 instead (section 6.2); a
+reward model is what can run offline and be reproduced.
+
+Both policies come from one load of the saved adapter (`dpo_ext.ImplicitRewardScorer.from_pretrained`): the adapter
+is the policy and, disabled, the SFT model. A full fine-tune (no adapter) is loaded with the SFT model beside it.
+"""
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from recipe_kit import free_memory
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_FILE = "win_rate_samples.jsonl"
+
+
+def distinct_prompts(rows: list[dict], limit: int) -> list:
+    """The first ``limit`` distinct prompts of ``rows``, in order (one post is often in several comparisons)."""
+    seen, prompts = set(), []
+    for row in rows:
+        key = json.dumps(row["prompt"], sort_keys=True)
+        if key not in seen and len(prompts) < limit:
+            seen.add(key)
+            prompts.append(row["prompt"])
+    return prompts
+
+
+def win_rate_hook(settings, eval_rows: list[dict], sft_model: str, dtype: str | None = None):
+    """The ``more_results`` callable of `dpo_ext.cli.train.run_training`: the win rate of the adapter it is given
+    against ``sft_model`` on the test prompts; `None` without a reward model (``settings``: `RecipeArguments`)."""
+    prompts = distinct_prompts(eval_rows, settings.win_rate_prompts)
+    if settings.reward_model_name is None or not prompts:
+        return None
+    return lambda policy_dir: win_rate(policy_dir, sft_model, prompts, settings, dtype)
+
+
+def generation_config(settings) -> dict:
+    """Sampling at ``settings.temperature`` without top-k / top-p (greedy at 0), up to ``max_new_tokens``."""
+    if settings.temperature == 0:
+        return {"do_sample": False, "max_new_tokens": settings.max_new_tokens}
+    return {"do_sample": True, "temperature": settings.temperature, "top_k": 0, "top_p": 1.0,
+            "max_new_tokens": settings.max_new_tokens}
+
+
+def sample_texts(model, tokenizer, prompts: list, settings) -> list[str]:
+    """One completion per prompt; prompt i is sampled under seed ``settings.generation_seed + i``."""
+    from dpo_ext.scoring.sampling import sample_completions
+
+    device = next(model.parameters()).device
+    texts = []
+    for i, prompt in enumerate(prompts):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(settings.generation_seed + i)
+            texts.append(sample_completions(model, tokenizer, [prompt], 1, generation_config(settings))[0].texts[0])
+    return texts
+
+
+def sample_policy_and_sft(policy_dir, sft_model: str, prompts: list, settings, dtype=None) -> tuple[list, list]:
+    """``(policy_texts, sft_texts)``: one completion per prompt from the trained policy in ``policy_dir`` and from
+    ``sft_model``, sampled alike (``dtype``: a `torch.dtype` or `None`)."""
+    from dpo_ext import ImplicitRewardScorer
+
+    is_adapter = (Path(policy_dir) / "adapter_config.json").is_file()
+    scorer = ImplicitRewardScorer.from_pretrained(str(policy_dir), dtype=dtype, base_model=sft_model if is_adapter
+                                                  else None, ref_model=None if is_adapter else sft_model)
+    model, tokenizer = scorer.model, scorer.tokenizer
+    model.eval()
+    policy = sample_texts(model, tokenizer, prompts, settings)
+    sft, context = (model, model.disable_adapter()) if is_adapter else (scorer.ref_model, contextlib.nullcontext())
+    with context:
+        reference = sample_texts(sft.eval(), tokenizer, prompts, settings)
+    del scorer, model, sft
+    free_memory()
+    return policy, reference
+
+
+def reward_text(prompt, completion: str, tokenizer) -> str:
+    """What the reward model reads: ``prompt + completion``, or for chat prompts the conversation rendered by the
+    reward model's own chat template."""
+    if isinstance(prompt, str):
+        return prompt + completion
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("the prompts are chat messages but the reward model's tokenizer has no chat template: use a "
+                         "reward model trained on chats, or give text prompts")
+    return tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=False)
+
+
+@torch.inference_mode()
+def reward_scores(reward_model_name: str, prompts: list, completions: list[str], batch_size: int = 8,
+                  dtype=None) -> list[float]:
+    """The reward model's score of each ``(prompt, completion)``; long texts lose their beginning, not the reply."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from dpo_ext.modeling.models import position_limit
+
+    model = AutoModelForSequenceClassification.from_pretrained(reward_model_name, use_safetensors=True, dtype=dtype)
+    if model.config.num_labels != 1:
+        raise ValueError(f"reward model {reward_model_name}: {model.config.num_labels} outputs; a reward model has one "
+                         "(num_labels=1), its score")
+    tokenizer = AutoTokenizer.from_pretrained(reward_model_name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id  # where a decoder reward model finds each text's last token
+    tokenizer.truncation_side = "left"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device).eval()
+    chat = not isinstance(prompts[0], str)  # a chat template writes its own special tokens
+    texts = [reward_text(p, c, tokenizer) for p, c in zip(prompts, completions)]
+    # The model's position table, or the tokenizer's limit; neither known (a huge placeholder): no truncation
+    limit = min(position_limit(model) or tokenizer.model_max_length, tokenizer.model_max_length)
+    limit = limit if limit < 1_000_000 else None
+    scores = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=limit is not None,
+                          max_length=limit, add_special_tokens=not chat, return_tensors="pt").to(device)
+        scores += model(**batch).logits[:, 0].float().tolist()  # (b,)
+    del model
+    free_memory()
+    return scores
+
+
+def win_rate(policy_dir, sft_model: str, prompts: list, settings, dtype: str | None = None) -> dict:
+    """Sample, score and count; the samples and their rewards go to ``policy_dir/win_rate_samples.jsonl``.
+    ``dtype``: `trl.ModelConfig.dtype` (``"bfloat16"``...; `None` or ``"auto"``: as saved).
+
+    Returns:
+        `dict`: ``win_rate`` (ties count half), ``reward_policy`` and ``reward_sft`` (mean rewards), and
+        ``win_rate_prompts`` (how many prompts).
+    """
+    dtype = None if dtype in (None, "auto") else getattr(torch, dtype)
+    policy, sft = sample_policy_and_sft(policy_dir, sft_model, prompts, settings, dtype)
+    rewards = reward_scores(settings.reward_model_name, prompts + prompts, policy + sft, settings.reward_batch_size,
+                            dtype)
+    policy_rewards, sft_rewards = rewards[:len(prompts)], rewards[len(prompts):]
+    wins = [1.0 if p > s else 0.5 if p == s else 0.0 for p, s in zip(policy_rewards, sft_rewards)]
+    with open(Path(policy_dir) / SAMPLES_FILE, "w") as f:
+        for row in zip(prompts, policy, sft, policy_rewards, sft_rewards):
+            f.write(json.dumps(dict(zip(("prompt", "policy", "sft", "reward_policy", "reward_sft"), row))) + "\n")
+    n = len(prompts)
+    results = {"win_rate": sum(wins) / n, "reward_policy": sum(policy_rewards) / n,
+               "reward_sft": sum(sft_rewards) / n, "win_rate_prompts": n}
+    logger.warning("Win rate against the starting (SFT) policy, judged by %s on %d prompts: %.3f",
+                   settings.reward_model_name, n, results["win_rate"])
+    return results
+

@@ -29,18 +29,10 @@ def texts_of(value) -> list[str]:
 
 
 def bpe_tokenizer(texts: list[str], vocab_size: int = 512, chat_template: bool = False):
-    """A byte-level BPE `PreTrainedTokenizerFast` trained on ``texts``, with ``<pad>`` and ``<eos>``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A byte-level BPE trained on ``texts``, with ``<pad>``, ``<eos>`` and the chat-turn markers."""
+    from recipe_kit.bpe import train_byte_level_bpe
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<pad>",
-                                      additional_special_tokens=SPECIAL_TOKENS[2:])
+    wrapped = train_byte_level_bpe(texts, vocab_size, SPECIAL_TOKENS, eos_token="<eos>", pad_token="<pad>")
     if chat_template:
         wrapped.chat_template = CHAT_TEMPLATE
     return wrapped
@@ -84,4 +76,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: recipe_kit from recipes/
     sys.exit(main())

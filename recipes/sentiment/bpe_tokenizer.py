@@ -12,20 +12,9 @@ PAD_TOKEN = "<|pad|>"  # distinct from EOS so that padding after an early EOS ca
 
 
 def build(out_dir: Path, texts: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from recipe_kit.bpe import train_byte_level_bpe
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS_TOKEN, PAD_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
+    wrapped = train_byte_level_bpe(texts, vocab_size, [EOS_TOKEN, PAD_TOKEN], EOS_TOKEN, PAD_TOKEN)
     wrapped.model_max_length = 1024
     wrapped.save_pretrained(out_dir)
     return wrapped

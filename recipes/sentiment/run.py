@@ -21,7 +21,8 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules; recipes/ is not a package
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # sibling modules, and recipe_kit in recipes/ (not a package)
 
 import parallel  # noqa: E402
 import recipe_config  # noqa: E402

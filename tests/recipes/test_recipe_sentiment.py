@@ -17,7 +17,7 @@ import torch
 import yaml
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sentiment"
-sys.path.insert(0, str(RECIPE))
+sys.path[:0] = [str(RECIPE), str(RECIPE.parent)]  # the recipe, and recipe_kit
 
 import best_of_n  # noqa: E402
 import preference_data  # noqa: E402

@@ -1,4 +1,4 @@
-"""RewardBench 2 (`dpo_ext.benchmarks.rewardbench2`): scores from hand-worked reward tables (best-of-4 with shared
+"""RewardBench 2 (`dpo_ext.rewardbench.v2`): scores from hand-worked reward tables (best-of-4 with shared
 credit for ties, and the Ties subset's own score), the published rows read into scoring inputs, and errors that name
 the row and field. No model runs here."""
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpo_ext import PreferenceDataError
-from dpo_ext.benchmarks import rewardbench2 as rb2
+from dpo_ext.rewardbench import v2 as rb2
 
 SAMPLE = Path(__file__).parent / "data" / "rewardbench2_sample.jsonl"
 NAN = float("nan")

@@ -1,4 +1,4 @@
-"""RewardBench 1 (`dpo_ext.benchmarks.rewardbench`): scores from hand-worked reward tables, the published rows read
+"""RewardBench 1 (`dpo_ext.rewardbench.v1`): scores from hand-worked reward tables, the published rows read
 into scoring inputs, and errors that name the row and field. No model runs here."""
 
 import json
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpo_ext import PreferenceDataError
-from dpo_ext.benchmarks import rewardbench as rb
+from dpo_ext.rewardbench import v1 as rb
 
 SAMPLE = Path(__file__).parent / "data" / "rewardbench_sample.jsonl"
 

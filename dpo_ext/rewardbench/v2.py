@@ -39,7 +39,7 @@ import math
 
 import torch
 
-from dpo_ext.benchmarks.rewardbench import (BenchmarkRow, as_prompt, check_fields, count_nonfinite, read_rows,
+from dpo_ext.rewardbench.v1 import (BenchmarkRow, as_prompt, check_fields, count_nonfinite, read_rows,
                                             reward_rows)
 from dpo_ext.data.rows import PreferenceDataError
 
@@ -110,7 +110,7 @@ def rows_to_inputs(rows, *, chat: bool = False) -> tuple[list, list[list[str]], 
     Args:
         rows: RewardBench 2 rows (`load_rows`), any iterable of dicts with the published fields.
         chat (`bool`): give prompts as one user message instead of the published string (see
-            `dpo_ext.benchmarks.rewardbench.as_prompt`).
+            `dpo_ext.rewardbench.v1.as_prompt`).
 
     Returns:
         `(prompts, completion_lists, meta)`: for ``ImplicitRewardScorer.score(prompts, completion_lists)``, and the
@@ -184,7 +184,7 @@ def aggregate(rewards, meta: list[BenchmarkRow]) -> dict:
 
     Args:
         rewards: each row's rewards, correct completions first (see
-            `dpo_ext.benchmarks.rewardbench.reward_rows` for the forms accepted).
+            `dpo_ext.rewardbench.v1.reward_rows` for the forms accepted).
         meta (`list[BenchmarkRow]`): from `rows_to_inputs`.
 
     Returns:

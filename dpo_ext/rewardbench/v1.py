@@ -24,7 +24,7 @@ Rules, read in allenai/reward-bench on GitHub (main at 05a9005, January 2026; th
 Where this differs from the reference, on purpose: ``calculate_scores_per_section`` scores a section none of whose
 subsets is present 0; here it is `None`, and so is the overall score unless all four sections are present.
 
-This module also holds what `dpo_ext.benchmarks.rewardbench2` shares with it: `BenchmarkRow`, the row checks, the
+This module also holds what `dpo_ext.rewardbench.v2` shares with it: `BenchmarkRow`, the row checks, the
 local JSON-lines reader and the reading of rewards.
 """
 

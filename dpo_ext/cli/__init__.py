@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:  # its flags are TrlParser's (every trainer field), not argparse subcommand flags
-        return _train(argv[1:])
+    if argv[:1] in (["train"], ["precompute-ref"]):  # their flags are TrlParser's (every trainer field)
+        return _train(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
@@ -46,16 +46,16 @@ def main(argv=None) -> int:
         return 2
 
 
-def _train(argv) -> int:
+def _train(command: str, argv) -> int:
     try:
         from dpo_ext.cli.train import main as train_main
     except ImportError as error:
-        report_error("train", f"{error}; the train command needs TRL: pip install 'dpo_ext[trl]'")
+        report_error(command, f"{error}; this command needs TRL: pip install 'dpo_ext[trl]'")
         return 2
     try:
-        return train_main(argv)
+        return train_main(argv, command)
     except (ValueError, FileNotFoundError, PermissionError) as error:
-        report_error("train", error)
+        report_error(command, error)
         return 2
 
 

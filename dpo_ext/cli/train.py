@@ -14,6 +14,10 @@ end it evaluates the implicit reward on the test split (``eval_rewards/accuracie
 the trainer, so sharded models work), writes ``eval_results.json`` next to the adapter, and with ``--push_to_hub``
 publishes the adapter with a card carrying those results (`dpo_ext.push_adapter`). Recipes call `run_training` with
 their own converted rows.
+
+``dpo-ext precompute-ref`` takes the same flags and only writes the reference log-probs, with their fingerprint, to
+``--ref_cache_dir`` (`dpo_ext.reference.cache`); a later ``dpo-ext train --precompute_ref_log_probs --ref_cache_dir``
+of the same inputs reuses them, and refuses them, naming what changed, otherwise.
 """
 
 import json
@@ -63,9 +67,12 @@ def make_parser():
 
 
 def register(subparsers) -> None:
-    """Lists the command in ``dpo-ext --help``; `dpo_ext.cli.main` hands its arguments to `main` unparsed, because
-    `TrlParser` (not argparse subparsers) reads them."""
+    """Lists the commands in ``dpo-ext --help``; `dpo_ext.cli.main` hands their arguments to `main` unparsed,
+    because `TrlParser` (not argparse subparsers) reads them."""
     subparsers.add_parser("train", help=HELP, add_help=False)
+    subparsers.add_parser("precompute-ref", add_help=False,
+                          help="write reference log-probs with their fingerprint to --ref_cache_dir (the flags of "
+                               "train); a train run with the same inputs reuses them")
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -168,8 +175,6 @@ def run_training(script_args, training_args, model_args, train_rows=None, eval_r
     Returns:
         `dict`: the end-of-training evaluation (``eval_*`` metrics, and ``more_results``'s; empty without either).
     """
-    from dpo_ext.training.trainer import PLDPOTrainer
-
     push, training_args.push_to_hub = training_args.push_to_hub, False  # dpo_ext publishes, after evaluation
     if push:
         _check_publishing(training_args, script_args)
@@ -178,9 +183,7 @@ def run_training(script_args, training_args, model_args, train_rows=None, eval_r
                                 script_args.dataset_config, script_args.dataset_columns)
     if eval_rows is None and names_a_split(script_args.dataset_test_split):
         eval_rows = _eval_rows(script_args)
-    model, tokenizer = load_policy(model_args, training_args)
-    trainer = PLDPOTrainer(model, args=training_args, train_dataset=train_rows, eval_dataset=eval_rows,
-                           processing_class=tokenizer, peft_config=lora_config(model_args))
+    trainer = build_trainer(training_args, model_args, train_rows, eval_rows)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     results = trainer.evaluate() if eval_rows else {}
@@ -192,6 +195,30 @@ def run_training(script_args, training_args, model_args, train_rows=None, eval_r
             _publish(training_args, script_args, model_args, results, card_kwargs or {})
     trainer.accelerator.wait_for_everyone()
     return results
+
+
+def build_trainer(training_args, model_args, train_rows, eval_rows):
+    """`PLDPOTrainer` on the model ``model_args`` names, with the LoRA its flags ask for."""
+    from dpo_ext.training.trainer import PLDPOTrainer
+
+    model, tokenizer = load_policy(model_args, training_args)
+    return PLDPOTrainer(model, args=training_args, train_dataset=train_rows, eval_dataset=eval_rows,
+                        processing_class=tokenizer, peft_config=lora_config(model_args))
+
+
+def precompute_reference(script_args, training_args, model_args) -> dict:
+    """`dpo-ext precompute-ref`: fill ``training_args.ref_cache_dir`` with the reference log-probs of the train (and
+    test) rows, each file with the fingerprint of what produced it; no training. A `dpo-ext train` of the same
+    model, adapter settings, tokenizer, ``max_length`` and data, given the folder, reuses them, on this machine or
+    another. Returns the fingerprint of the train rows."""
+    if not training_args.ref_cache_dir:
+        raise ValueError("--ref_cache_dir is required: the folder to write the reference log-probs to")
+    train_rows = load_split(script_args.dataset_name or _missing_dataset(), script_args.dataset_train_split,
+                            script_args.dataset_config, script_args.dataset_columns)
+    eval_rows = _eval_rows(script_args) if names_a_split(script_args.dataset_test_split) else None
+    trainer = build_trainer(training_args, model_args, train_rows, eval_rows)
+    logger.warning("Reference log-probs (%s) written to %s", trainer.reference.name, training_args.ref_cache_dir)
+    return trainer.reference_fingerprint
 
 
 def _missing_dataset():
@@ -244,9 +271,16 @@ def _publish(training_args, script_args, model_args, results: dict, card_kwargs:
     logger.warning("%s", result.summary())
 
 
-def main(argv=None) -> int:
+def main(argv=None, command: str = "train") -> int:
+    """``dpo-ext train`` (or, with ``command="precompute-ref"``, ``dpo-ext precompute-ref``) on ``argv``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if command == "precompute-ref":
+        argv = ["--precompute_ref_log_probs", "true", *argv]  # what the command is for
     script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
-    run_training(script_args, training_args, model_args)
+    if command == "precompute-ref":
+        precompute_reference(script_args, training_args, model_args)
+    else:
+        run_training(script_args, training_args, model_args)
     return 0
 
 

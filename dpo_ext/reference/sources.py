@@ -45,6 +45,11 @@ class ReferenceSource:
     def prepare(self, accelerator) -> None:
         """Called once the trainer's accelerator exists, before any log-probs are asked for."""
 
+    def weights(self, policy) -> tuple:
+        """``(model, includes_adapter)``: the model whose weights the reference runs, and whether its adapter weights
+        are part of the reference (what `dpo_ext.reference.fingerprint` digests)."""
+        return policy, True
+
     def ref_logps(self, model, batch: dict) -> torch.Tensor:
         """Reference log-probs (B, K) of every completion of ``batch``, with no gradient."""
         ranks = batch["ranks"]  # (B, K)
@@ -63,6 +68,9 @@ class DisabledAdapterReference(ReferenceSource):
 
     def __init__(self, unwrap):
         self._unwrap = unwrap
+
+    def weights(self, policy) -> tuple:
+        return policy, False  # the base weights alone
 
     def _completion_logps(self, model, batch):
         with self._unwrap(model).disable_adapter():
@@ -106,6 +114,9 @@ class ModelReference(ReferenceSource):
         for param in self.ref_model.parameters():
             param.requires_grad_(False)
 
+    def weights(self, policy) -> tuple:
+        return self.ref_model, True
+
     def prepare(self, accelerator) -> None:
         # placed (and, under DeepSpeed/FSDP, sharded) like the policy, but never trained
         self.ref_model = accelerator.prepare_model(self.ref_model, evaluation_mode=True)
@@ -139,6 +150,9 @@ class PrecomputedReference(ReferenceSource):
 
     def prepare(self, accelerator) -> None:
         self.source.prepare(accelerator)
+
+    def weights(self, policy) -> tuple:
+        return self.source.weights(policy)
 
     def ref_logps(self, model, batch: dict) -> torch.Tensor:
         if REF_LOGPS in batch:

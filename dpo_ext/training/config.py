@@ -31,6 +31,9 @@ class PLDPOConfig(TrainingArguments):
         precompute_ref_log_probs (`bool`, defaults to `False`): compute reference log-probs once, before training,
             and store them as a `ref_logps` column.
         precompute_ref_batch_size (`int`, *optional*): batch size of that pass (defaults to the eval batch size).
+        ref_cache_dir (`str`, *optional*): a folder that keeps precomputed reference log-probs between runs, each
+            dataset's tied to a fingerprint of what produced them (`dpo_ext.reference.cache`): reused when the
+            fingerprint matches, refused naming what changed when it does not. Needs `precompute_ref_log_probs`.
         disable_dropout (`bool`, defaults to `True`): turn dropout off in the policy and reference.
         dataset_num_proc (`int`, *optional*): processes used to tokenize the datasets.
         prefix_sharing (`bool`, defaults to `False`): process each prompt once per list of K completions (one
@@ -63,6 +66,10 @@ class PLDPOConfig(TrainingArguments):
     precompute_ref_batch_size: int | None = field(
         default=None, metadata={"help": "Batch size of the reference precompute pass (default: eval batch size)."}
     )
+    ref_cache_dir: str | None = field(
+        default=None, metadata={"help": "Folder keeping precomputed reference log-probs between runs, reused only "
+                                        "when their fingerprint (weights, adapter, tokenizer, max_length, data) matches."}
+    )
     disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in policy and reference."})
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset tokenization."})
     prefix_sharing: bool = field(
@@ -80,4 +87,7 @@ class PLDPOConfig(TrainingArguments):
         as_number("PLDPOConfig.learning_rate", self.learning_rate, minimum=0.0)
         if self.max_length is not None:
             as_number("PLDPOConfig.max_length", self.max_length, int, minimum=2)
+        if self.ref_cache_dir and not self.precompute_ref_log_probs:
+            raise SettingError("PLDPOConfig.ref_cache_dir keeps precomputed reference log-probs: set "
+                               "precompute_ref_log_probs=True too (or leave ref_cache_dir unset)")
         super().__post_init__()

@@ -31,6 +31,8 @@ from dpo_ext.ranking_metrics import (
     top1_accuracy,
 )
 from dpo_ext.reference import REFERENCE_RECORD, choose_reference
+from dpo_ext.reference.cache import ReferenceCache
+from dpo_ext.reference.fingerprint import model_digests, reference_fingerprint
 from dpo_ext.safe_files import scrub_config
 from dpo_ext.training.checks import check_output_dir
 from dpo_ext.training.checkpointing import CompleteCheckpointsMixin
@@ -112,6 +114,10 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
             args.reference, model, ref_model, _first_rows_batch(collator, train_dataset, model), self._unwrap,
             precompute=args.precompute_ref_log_probs or has_ref_column,
         )
+        # Digests of what the reference is, recorded with the adapter and checked against a reference cache
+        self._reference_weights = model_digests(*self.reference.weights(model))
+        self.reference_fingerprint = reference_fingerprint(self._reference_weights, processing_class,
+                                                           args.max_length, train_dataset)
         super().__init__(model=model, args=args, data_collator=data_collator or collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class,
                          compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers)
@@ -140,11 +146,25 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
         return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     def precompute_ref_logps(self, dataset, name: str):
-        """Add a ``ref_logps`` column (K floats per row) computed once by the chosen reference source.
+        """Add a ``ref_logps`` column (K floats per row) computed once by the chosen reference source, or read from
+        ``args.ref_cache_dir`` when the rows cached there under ``name`` have this run's fingerprint.
 
         Under a multi-process launch each process computes one contiguous share of the rows and the shares are
         gathered back in dataset order. It runs before any engine shards the model (see `dpo_ext.training.engines`),
         with the model on this process's device."""
+        fingerprint = (self.reference_fingerprint if dataset is self.train_dataset else
+                       reference_fingerprint(self._reference_weights, self.processing_class, self.args.max_length,
+                                             dataset))
+        cache = ReferenceCache(self.args.ref_cache_dir) if self.args.ref_cache_dir else None
+        rows = cache.load(name, fingerprint) if cache else None
+        if rows is None:
+            rows = self._compute_ref_logps(dataset, name)
+            if cache and self.accelerator.is_main_process:
+                logger.info("Reference log-probs of the %s dataset cached in %s.", name,
+                            cache.save(name, fingerprint, self.reference.name, rows))
+        return dataset.add_column(REF_LOGPS, rows)
+
+    def _compute_ref_logps(self, dataset, name: str) -> list:
         batch_size = self.args.precompute_ref_batch_size or self.args.per_device_eval_batch_size
         self.model.eval()
         with self.accelerator.split_between_processes(list(range(len(dataset)))) as share:
@@ -155,7 +175,7 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
         if self.accelerator.num_processes > 1:
             rows = gather_object(rows)  # lists concatenated in process order: the dataset's order
         logger.info("Precomputed reference log-probs for %d %s rows (%s).", len(rows), name, self.reference.name)
-        return dataset.add_column(REF_LOGPS, rows)
+        return rows
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -243,7 +263,8 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
             self._write_training_record(output_dir)
 
     def _write_training_record(self, output_dir) -> None:
-        record = {"reference": self.reference.name, "beta": self.args.beta, "loss_type": self.args.loss_type}
+        record = {"reference": self.reference.name, "beta": self.args.beta, "loss_type": self.args.loss_type,
+                  "reference_fingerprint": self.reference_fingerprint}
         with open(os.path.join(output_dir, REFERENCE_RECORD), "w") as f:
             json.dump(record, f, indent=2)
         # What `dpo-ext push` publishes as the training config: training_args.bin is a pickle and is never read

@@ -133,3 +133,22 @@ def test_rows_given_in_python_need_no_dataset_name(files, tmp_path):
     script_args.dataset_name = None
     assert run_training(script_args, training_args, model_args, train_rows=ranked_rows(8, k=3)) == {}
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+
+
+def test_precompute_ref_then_train_reuses_the_cache_and_records_its_fingerprint(files, tmp_path, monkeypatch, capsys):
+    from dpo_ext.training.trainer import PLDPOTrainer
+
+    cache = tmp_path / "ref_cache"
+    assert main(["precompute-ref", "--config", str(files / "config.yaml"), "--ref_cache_dir", str(cache),
+                 "--output_dir", str(tmp_path / "unused")]) == 0
+    assert sorted(p.name for p in cache.iterdir()) == ["eval.json", "train.json"]
+    assert not (tmp_path / "unused" / "adapter_model.safetensors").exists()  # nothing trained
+    monkeypatch.setattr(PLDPOTrainer, "_compute_ref_logps", lambda *a: pytest.fail("recomputed"))
+    train = ["train", "--config", str(files / "config.yaml"), "--precompute_ref_log_probs", "true",
+             "--ref_cache_dir", str(cache), "--output_dir", str(tmp_path / "out")]
+    assert main(train) == 0
+    record = json.loads((tmp_path / "out" / "dpo_ext_reference.json").read_text())
+    assert record["reference_fingerprint"] == json.loads((cache / "train.json").read_text())["fingerprint"]
+    assert main([*train, "--max_length", "48"]) == 2
+    assert "changed since then: max_length. Reusing them would train against the wrong reference" in \
+        capsys.readouterr().err

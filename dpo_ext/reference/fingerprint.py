@@ -1,0 +1,95 @@
+"""What precomputed reference log-probs depend on, as digests: a fingerprint stored with them so that they are reused
+only for the run they were computed for.
+
+A reference log-prob is a function of the reference's weights and of the token ids scored. The fingerprint keeps one
+digest per input a user can change, so that a mismatch says which one changed:
+
+- ``reference_weights``: the weights the reference runs with, adapters excluded (the base model, or ``ref_model``);
+- ``starting_adapter``: the adapter weights the reference includes (a frozen copy of the starting adapter, or the
+  policy itself before training), ``"none"`` when its adapters are disabled;
+- ``tokenizer``: the vocabulary, merges, special tokens and chat template;
+- ``max_length``: where sequences are cut;
+- ``dataset``: the rows as tokenized (prompt and completion ids and ranks), in order.
+
+Digests are BLAKE2b over every tensor's name, dtype, shape and bytes: exact, and about a second per GB on a CPU.
+"""
+
+import hashlib
+import json
+
+PARTS = ("reference_weights", "starting_adapter", "tokenizer", "max_length", "dataset")
+# Parameter-name fragments of PEFT adapter weights (LoRA, its DoRA magnitude, and trained full copies)
+ADAPTER_MARKERS = ("lora_", "modules_to_save", "lora_magnitude_vector")
+
+
+def _digest() -> "hashlib._Hash":
+    return hashlib.blake2b(digest_size=16)
+
+
+def tensors_digest(named_tensors) -> str:
+    """Digest of ``(name, tensor)`` pairs, in the order given."""
+    import torch
+
+    digest = _digest()
+    for name, tensor in named_tensors:
+        tensor = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def is_adapter_weight(name: str) -> bool:
+    return any(marker in name for marker in ADAPTER_MARKERS)
+
+
+def weights_digests(model) -> tuple[str, str]:
+    """``(weights without adapters, adapter weights)`` of ``model`` (``"none"`` when it has no adapter weights)."""
+    named = list(model.named_parameters())
+    adapters = [(n, p) for n, p in named if is_adapter_weight(n)]
+    base = [(n, p) for n, p in named if not is_adapter_weight(n)]
+    return tensors_digest(base), tensors_digest(adapters) if adapters else "none"
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """Digest of what turns text into ids: the fast tokenizer's full definition (or the vocabulary), the special
+    tokens and the chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    digest = _digest()
+    for part in (definition, json.dumps(tokenizer.special_tokens_map, sort_keys=True),
+                 str(getattr(tokenizer, "chat_template", None))):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def dataset_digest(dataset, columns=("prompt_ids", "completion_ids", "ranks")) -> str:
+    """Digest of a tokenized dataset's rows, in order."""
+    digest = _digest()
+    for row in dataset.select_columns(list(columns)):
+        digest.update(json.dumps([row[c] for c in columns]).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def model_digests(reference_model, includes_adapter: bool) -> dict:
+    """The weight parts of a fingerprint.
+
+    Args:
+        reference_model: the model the reference runs (the policy when the reference is its adapters disabled or
+            its starting adapter; ``ref_model`` when separate).
+        includes_adapter (`bool`): whether the reference runs with ``reference_model``'s adapter weights.
+    """
+    weights, adapter = weights_digests(reference_model)
+    return {"reference_weights": weights, "starting_adapter": adapter if includes_adapter else "none"}
+
+
+def reference_fingerprint(weights: dict, tokenizer, max_length, dataset) -> dict:
+    """The fingerprint (`PARTS` -> digest) of the reference log-probs of ``dataset``, given `model_digests`."""
+    return {**weights, "tokenizer": tokenizer_digest(tokenizer), "max_length": str(max_length),
+            "dataset": dataset_digest(dataset)}
+
+
+def changed_parts(stored: dict, current: dict) -> list[str]:
+    """The parts of two fingerprints that differ, in `PARTS` order (a part missing from either counts as changed)."""
+    return [part for part in PARTS if stored.get(part) != current.get(part)]

@@ -46,9 +46,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
 
 
-def add_input_arguments(parser: argparse.ArgumentParser, output_help: str, output_required: bool = True) -> None:
-    parser.add_argument("--input", "-i", required=True, help="JSONL/JSON/Parquet file, or a Hub dataset id")
-    parser.add_argument("--split", default="train", help="dataset split, for Hub datasets (default: train)")
+def add_input_arguments(parser: argparse.ArgumentParser, output_help: str, output_required: bool = True,
+                        input_required: bool = True) -> None:
+    parser.add_argument("--input", "-i", required=input_required, help="JSONL/JSON/Parquet file, or a Hub dataset id")
+    parser.add_argument("--split", help="dataset split, for Hub datasets (default: train; with --benchmark, the "
+                                        "benchmark's own)")
     parser.add_argument("--output", "-o", required=output_required, type=Path, help=output_help)
 
 
@@ -103,7 +105,8 @@ class Rows:
 def read_rows(source: str, split: str = "train", config: str | None = None) -> Rows:
     """Rows of a JSONL / JSON / Parquet / CSV file, a dataset folder, or a Hub dataset split (of configuration
     ``config``). A file holds one split, whatever ``split`` says; a folder or Hub dataset without ``split`` raises
-    `KeyError` naming the splits it has."""
+    `KeyError` naming the splits it has. ``split`` `None` is ``"train"``."""
+    split = split or "train"
     path = Path(source)
     if path.is_file() and path.suffix in (".jsonl", ".json", ""):
         return _read_json(path)

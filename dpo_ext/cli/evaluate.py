@@ -14,7 +14,16 @@ def register(subparsers) -> None:
                     "rejected, as RewardBench counts), and for ranked rows top-1 accuracy, pairwise accuracy and "
                     "Kendall's tau. Rows: {prompt, chosen, rejected}, or {prompt, completions, ranks|scores}.")
     add_model_arguments(evaluate)
-    add_input_arguments(evaluate, "also write the metrics to this JSON file", output_required=False)
+    add_input_arguments(evaluate, "also write the metrics (with --benchmark: the leaderboard's results record and "
+                                  "every score) to this JSON file", output_required=False, input_required=False)
+    benchmark = evaluate.add_argument_group("benchmarks")
+    benchmark.add_argument("--benchmark", choices=("rewardbench", "rewardbench2"),
+                           help="score RewardBench (allenai/reward-bench, split filtered) or RewardBench 2 "
+                                "(allenai/reward-bench-2, split test) and aggregate as the benchmark does; --input "
+                                "then names local JSON lines in the benchmark's published schema instead of the Hub")
+    benchmark.add_argument("--chat", action="store_true",
+                           help="with --benchmark: give each prompt as a user message, rendered with the chat "
+                                "template")
     evaluate.set_defaults(handler=_eval)
 
 
@@ -22,6 +31,10 @@ def _eval(args: argparse.Namespace) -> int:
     from dpo_ext.scoring.evaluation import evaluate_preferences
 
     check_output(args.output)
+    if args.benchmark:
+        return _eval_benchmark(args)
+    if args.input is None:
+        raise ValueError("give --input (a preference file or Hub dataset), or --benchmark")
     rows = read_rows(args.input, args.split)
     for i, row in enumerate(rows.rows):  # before the model loads: bad input fails fast
         try:
@@ -40,4 +53,23 @@ def _eval(args: argparse.Namespace) -> int:
     print(text)
     if args.output is not None:
         args.output.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+def _eval_benchmark(args: argparse.Namespace) -> int:
+    from dpo_ext.rewardbench.evaluate import benchmark_module, evaluate_rewardbench, leaderboard_record, results_table
+
+    module = benchmark_module(args.benchmark)
+    rows = module.load_rows(args.split or module.DEFAULT_SPLIT, args.input)  # before the model loads
+    scorer = scorer_from_arguments(args)
+    results = evaluate_rewardbench(scorer, args.benchmark, rows, split=args.split, chat=args.chat,
+                                   normalize=args.normalize, progress=True)
+    if args.input is not None:
+        results["split"] = f"local files ({args.input})"
+    record = leaderboard_record(results, args.model, args.ref_model or args.base_model or "adapters disabled",
+                                reference_free=args.reference_free)
+    print(results_table(results))
+    if args.output is not None:
+        args.output.write_text(json.dumps({"leaderboard": record, "results": results}, indent=2) + "\n",
+                               encoding="utf-8")
     return 0

@@ -1,0 +1,86 @@
+"""RewardBench 1 and 2 scored end to end with a saved tiny adapter: `evaluate_rewardbench` and `dpo-ext eval
+--benchmark` (fixtures in the benchmarks' published schemas, local files in place of the Hub)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from fixtures import make_model
+from dpo_ext.cli import main
+from dpo_ext.rewardbench import v1, v2
+from dpo_ext.rewardbench.evaluate import evaluate_rewardbench, leaderboard_record
+from dpo_ext.scoring.scorer import ImplicitRewardScorer
+
+DATA = Path(__file__).resolve().parent / "data"
+FIXTURES = {"rewardbench": (v1, DATA / "rewardbench_sample.jsonl"),
+            "rewardbench2": (v2, DATA / "rewardbench2_sample.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def adapter(tokenizer, tmp_path_factory):
+    """A saved LoRA adapter with non-zero weights (its rewards are not all zero)."""
+    root = tmp_path_factory.mktemp("rewardbench_adapter")
+    make_model(tokenizer).save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(root / "base"),
+                           LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    model.save_pretrained(root / "adapter")
+    tokenizer.save_pretrained(root / "adapter")
+    return str(root / "adapter")
+
+
+@pytest.mark.parametrize("benchmark", ["rewardbench", "rewardbench2"])
+def test_scores_are_the_aggregate_of_each_rows_own_rewards(adapter, benchmark):
+    """The rewards of all rows scored in one call (batched, prompts shared) equal each row scored alone, correct
+    completions first; the evaluation is the benchmark's aggregate of them. (Scores are compared on the batched
+    rewards: this toy tokenizer maps unknown words to one token, so different texts can tie exactly when scored alone
+    and differ by 1e-7 in a batch, and a tie moves a best-of-4 score.)"""
+    module, path = FIXTURES[benchmark]
+    scorer = ImplicitRewardScorer.from_pretrained(adapter, device="cpu")
+    rows = module.load_rows(data_files=str(path))
+    results = evaluate_rewardbench(scorer, benchmark, rows)
+    prompts, completions, meta = module.rows_to_inputs(rows)
+    batched = scorer.score(prompts, completions).rewards
+    for i, (prompt, row_completions) in enumerate(zip(prompts, completions)):
+        alone = scorer.score([prompt], [row_completions]).rewards[0, :len(row_completions)]
+        assert batched[i, :len(row_completions)].tolist() == pytest.approx(alone.tolist(), abs=1e-5)
+    expected = module.aggregate(batched, meta)
+    assert results["subsets"] == expected["subsets"] and results["overall"] == expected["overall"]
+    assert results["split"] == "rows given" and results["num_rows"] == len(rows)
+    assert batched.nan_to_num().abs().max() > 1e-3  # the adapter is not a no-op
+
+
+def test_cli_writes_the_leaderboard_record_and_prints_the_table(adapter, tmp_path, capsys):
+    out = tmp_path / "rb2.json"
+    assert main(["eval", "--benchmark", "rewardbench2", adapter, "--input", str(FIXTURES["rewardbench2"][1]),
+                 "-o", str(out)]) == 0
+    written = json.loads(out.read_text())
+    record, results = written["leaderboard"], written["results"]
+    assert record["model"] == adapter and record["model_type"] == "DPO" and "ref_model" not in record
+    assert {k: record[k] for k in results["subsets"]} == results["subsets"]
+    assert set(results["subsets"]) == set(v2.SUBSETS)  # the fixture has every subset, Ties included
+    table = capsys.readouterr().out
+    assert "| **rewardbench2 overall** |" in table and "| Ties |" in table
+
+
+def test_leaderboard_record_of_rewardbench_names_the_reference():
+    results = {"benchmark": "rewardbench", "subsets": {"alpacaeval-easy": 0.5}}
+    assert leaderboard_record(results, "me/adapter", "base/model") == {
+        "model": "me/adapter", "ref_model": "base/model", "model_type": "DPO", "chat_template": "tokenizer",
+        "alpacaeval-easy": 0.5}
+    assert leaderboard_record(results, "me/adapter", None, reference_free=True)["model_type"] == "DPO Ref. Free"
+
+
+def test_unknown_benchmark_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="unknown benchmark 'rb3': choose one of rewardbench, rewardbench2"):
+        evaluate_rewardbench(None, "rb3", rows=[])

@@ -2,8 +2,9 @@
 
 What is staged is an allowlist: adapter weights (safetensors only, verified in full), `adapter_config.json`
 (base model set to its Hub id), tokenizer files, and the files we write (card, training config, evaluation results,
-plots). Optimizer and scheduler state, `checkpoint-*/`, `training_args.bin`, `.bin` weights and a frozen
-reference-adapter copy (`ref/`, written by TRL when it clones the adapter as the reference) are never published.
+their `.eval_results/` files for a benchmark's leaderboard, plots). Optimizer and scheduler state, `checkpoint-*/`,
+`training_args.bin`, `.bin` weights and a frozen reference-adapter copy (`ref/`, written by TRL when it clones the
+adapter as the reference) are never published.
 Reading and checking the folder is `dpo_ext.hub.adapter_folder` and `dpo_ext.hub.training_files`; the upload itself
 is `dpo_ext.hub.publish`.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from dpo_ext.hub.adapter_folder import AdapterInfo, adapter_weights, inspect_adapter
+from dpo_ext.hub.benchmarks import HubBenchmark, eval_results_files, unpublished_benchmark_results
 from dpo_ext.hub.cards import render_model_card
 from dpo_ext.hub.publish import PushResult, publish_folder
 from dpo_ext.hub.staging import StagedFile, copy_file, list_folder, resolve_staging, write_card, write_file, write_json
@@ -43,10 +45,11 @@ def build_model_card(
         repo_id (`str`): where it will be published.
         base_model (`str`, *optional*), beta (`float`, *optional*): checked against the folder.
         training_config (`dict` or path, *optional*): see `dpo_ext.hub.training_files.read_training_config`.
-        eval_results (`dict` or path to JSON, *optional*): metric name -> value.
+        eval_results (`dict` or path to JSON, *optional*): metric name -> value; results on a benchmark under
+            ``"benchmarks"``, by dataset id (see `dpo_ext.hub.benchmarks`).
         plots (`Sequence`): PNG files; they are referenced as `plots/<file name>`, where staging puts them.
         card_kwargs: passed to [`render_model_card`] (`datasets`, `license`, `eval_dataset`, `eval_split`,
-            `num_completions`).
+            `num_completions`, `hub_benchmarks`).
 
     Returns:
         `huggingface_hub.ModelCard`.
@@ -75,12 +78,14 @@ def stage_adapter_folder(
     eval_results: Mapping | str | Path | None = None,
     plots: Sequence[str | Path] = (),
     secrets: Sequence[str] = (),
+    hub_benchmarks: Sequence[HubBenchmark] = (),
     **card_kwargs,
 ) -> list[StagedFile]:
     """Write into `staging_dir` exactly what gets published for the adapter in `adapter_dir`:
 
     `adapter_model.safetensors`, `adapter_config.json` (base model set to its Hub id), tokenizer files,
-    `training_config.yaml`, `eval_results.json`, `plots/*.png` and the `README.md` card. Nothing else from
+    `training_config.yaml`, `eval_results.json`, `.eval_results/*.yaml` (results on a registered Hub benchmark, see
+    `dpo_ext.hub.benchmarks`), `plots/*.png` and the `README.md` card. Nothing else from
     `adapter_dir` is copied (no optimizer/scheduler/rng state, `checkpoint-*/`, `training_args.bin`, `.bin`
     weights, `ref/`), and `adapter_dir` itself is only read. Everything is checked before the first file is written.
 
@@ -91,10 +96,14 @@ def stage_adapter_folder(
         base_model, beta, training_config: checked against the folder, see
             `dpo_ext.hub.adapter_folder.inspect_adapter`.
         eval_results (`dict` or path to JSON, *optional*): metric name -> value; defaults to the folder's own
-            `eval_results.json` when it has one.
+            `eval_results.json` when it has one. Results on a benchmark go under ``"benchmarks"``, by dataset id:
+            ``{"benchmarks": {"allenai/reward-bench-2": {"overall": 0.71}}}``; the card's `model-index` and, for a
+            benchmark registered on the Hub, its `.eval_results/` file are both rendered from these numbers.
         plots (`Sequence`): PNG files to publish under `plots/` and embed in the card; defaults to the folder's
             own `plots/*.png`.
         secrets (`Sequence[str]`): strings (the Hub token) that must not appear in the published files.
+        hub_benchmarks (`Sequence[HubBenchmark]`): benchmarks registered on the Hub, with their task ids, added to
+            (or replacing entries of) `dpo_ext.hub.benchmarks.KNOWN_BENCHMARKS`.
         card_kwargs: passed to [`render_model_card`].
 
     Returns:
@@ -111,8 +120,13 @@ def stage_adapter_folder(
                            secrets=secrets)
     plots = check_plots(plots)
     eval_results = read_eval_results(eval_results)
-    card = _card(info, repo_id, eval_results, plots, card_kwargs)
+    card = _card(info, repo_id, eval_results, plots, {**card_kwargs, "hub_benchmarks": hub_benchmarks})
+    leaderboard_files = eval_results_files(eval_results, hub_benchmarks)
     _write_files(staging_dir, adapter_dir, weights, info, eval_results, plots)
+    for path, text in leaderboard_files.items():
+        write_file(staging_dir, path, text)
+    for reason in unpublished_benchmark_results(eval_results, hub_benchmarks):
+        logger.info("%s", reason)
     write_card(staging_dir, card, secrets)
     _log_left_out(adapter_dir, {weights.name, "adapter_config.json", *info.tokenizer_files})
     return list_folder(staging_dir)
@@ -153,6 +167,7 @@ def push_adapter(
     plots: Sequence[str | Path] = (),
     base_model: str | None = None,
     beta: float | None = None,
+    hub_benchmarks: Sequence[HubBenchmark] = (),
     endpoint: str | None = None,
     commit_message: str = "Upload aligned adapter with dpo_ext",
     max_attempts: int = 4,
@@ -174,12 +189,17 @@ def push_adapter(
         dry_run (`bool`, `str` or `Path`): a folder path to stage into without touching the network (`True`: a new
             temporary folder). The staged folder is exactly what a real push sends.
         eval_results (`dict` or path to JSON, *optional*): metric name -> value (ground-truth reward, KL,
-            preference accuracy, win rate, ...); numeric ones go to the card's `model-index`.
+            preference accuracy, win rate, ...); numeric ones go to the card's `model-index`. Results on a benchmark
+            go under ``"benchmarks"``, by dataset id (``{"benchmarks": {"allenai/reward-bench-2": {...}}}``): for a
+            benchmark registered on the Hub, the same numbers also go to its `.eval_results/` file, which puts the
+            adapter on the benchmark's leaderboard (see `dpo_ext.hub.benchmarks`).
         training_config (`dict` or path to YAML/JSON, *optional*): defaults to `training_config.yaml` or
             `training_config.json` in `adapter_dir`. `training_args.bin` is never read (it is a pickle).
         plots (`Sequence`): PNG files to publish under `plots/` and embed in the card.
         base_model (`str`, *optional*), beta (`float`, *optional*): must agree with `adapter_config.json` and the
             training config; required when those do not record them.
+        hub_benchmarks (`Sequence[HubBenchmark]`): benchmarks registered on the Hub and their task ids, beyond
+            `dpo_ext.hub.benchmarks.KNOWN_BENCHMARKS`.
         endpoint (`str`, *optional*): Hub URL; defaults to `HF_ENDPOINT` or https://huggingface.co.
         commit_message (`str`): message of the commit.
         max_attempts (`int`), retry_delay (`float`): attempts on transient errors and the first delay in seconds
@@ -197,7 +217,8 @@ def push_adapter(
         `HubUploadError`: the Hub refused the upload or kept failing; the local folder is unchanged, re-run to retry.
     """
     stage = partial(stage_adapter_folder, adapter_dir, base_model=base_model, beta=beta,
-                    training_config=training_config, eval_results=eval_results, plots=plots, **card_kwargs)
+                    training_config=training_config, eval_results=eval_results, plots=plots,
+                    hub_benchmarks=hub_benchmarks, **card_kwargs)
     return publish_folder(stage, repo_id, repo_type="model", token=token, private=private, dry_run=dry_run,
                           endpoint=endpoint, commit_message=commit_message, max_attempts=max_attempts,
                           retry_delay=retry_delay)

@@ -2,18 +2,20 @@
 
 A card is rendered from a Jinja template in `model_cards/` through `huggingface_hub.ModelCard.from_template` /
 `DatasetCard.from_template`. Its YAML metadata carries a `model-index` built from `huggingface_hub.EvalResult`s, so
-evaluation results show on the Hub page (TRL's own card has none). Rendering only: no files are read here except
-the templates (reading an adapter folder is `dpo_ext.hub.adapter_folder`, staging and publishing
+evaluation results show on the Hub page (TRL's own card has none); results on a registered Hub benchmark also go to
+`.eval_results/` files, rendered from the same numbers by `dpo_ext.hub.benchmarks`. Rendering only: no files are read
+here except the templates (reading an adapter folder is `dpo_ext.hub.adapter_folder`, staging and publishing
 `dpo_ext.hub.adapters` and `dpo_ext.hub.datasets`).
 """
 
 import importlib.metadata
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dpo_ext.data.rows import CHOSEN, COMPLETIONS, PROMPT, RANKS, REJECTED, SCORES
+from dpo_ext.hub.benchmarks import (HubBenchmark, benchmark_table, eval_results_files, numeric_metrics,
+                                    split_eval_results)
 from dpo_ext.hub.ids import looks_like_hub_id
 
 _METRIC_NAMES = {
@@ -70,20 +72,27 @@ def describe_method(training_config: Mapping, num_completions: int | None = None
     return ("Plackett-Luce DPO" if plackett_luce else "DPO"), loss, k
 
 
-def eval_results_to_card(metrics: Mapping, dataset: str, split: str | None = None) -> list:
-    """One `huggingface_hub.EvalResult` per finite numeric metric (others stay in eval_results.json only)."""
+def eval_results_to_card(metrics: Mapping, dataset: str, split: str | None = None,
+                         hub_benchmarks: Sequence[HubBenchmark] = ()) -> list:
+    """One `huggingface_hub.EvalResult` per finite numeric metric (others stay in eval_results.json only): those of
+    `metrics` on `dataset` (`split`), and those under ``metrics["benchmarks"]`` on each benchmark named there, with
+    the split `dpo_ext.hub.benchmarks.benchmark_table(hub_benchmarks)` gives it."""
     from huggingface_hub import EvalResult
 
-    results = []
-    for key, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            continue
-        results.append(EvalResult(
-            task_type="text-generation", task_name="Preference alignment", dataset_type=dataset,
-            dataset_name=dataset, dataset_split=split, metric_type=key, metric_name=_METRIC_NAMES.get(key, key),
-            metric_value=value,
-        ))
-    return results
+    flat, by_benchmark = split_eval_results(metrics)
+    table = benchmark_table(hub_benchmarks)
+    groups = [(dataset, dataset, split, flat)]
+    for dataset_id, results in by_benchmark.items():
+        benchmark = table.get(dataset_id)
+        groups.append((dataset_id, (benchmark and benchmark.name) or dataset_id, benchmark and benchmark.split,
+                       results))
+    return [
+        EvalResult(task_type="text-generation", task_name="Preference alignment", dataset_type=dataset_type,
+                   dataset_name=dataset_name, dataset_split=dataset_split, metric_type=key,
+                   metric_name=_METRIC_NAMES.get(key, key), metric_value=value)
+        for dataset_type, dataset_name, dataset_split, results in groups
+        for key, value in numeric_metrics(results).items()
+    ]
 
 
 def library_versions(training_config: Mapping) -> tuple[list[tuple[str, str]], str]:
@@ -117,6 +126,7 @@ def render_model_card(
     eval_split: str | None = None,
     num_completions: int | None = None,
     includes_tokenizer: bool = True,
+    hub_benchmarks: Sequence[HubBenchmark] = (),
 ):
     """Render the card of an aligned adapter. Pure: no files are read; see
     `dpo_ext.hub.adapters.build_model_card` for that.
@@ -127,13 +137,16 @@ def render_model_card(
         beta (`float`): the DPO β, needed to read the implicit reward.
         training_config (`Mapping`): training settings (hyper-parameters, `seed`, `loss_type`, `num_completions`).
         adapter_config (`Mapping`): the content of `adapter_config.json` (LoRA rank, targets, bias).
-        eval_results (`Mapping`, *optional*): metric name -> value; numeric ones go to the `model-index`.
+        eval_results (`Mapping`, *optional*): metric name -> value; numeric ones go to the `model-index`. Results on
+            a benchmark go under ``"benchmarks"``: ``{"benchmarks": {"allenai/reward-bench-2": {"overall": 0.71}}}``
+            (see `dpo_ext.hub.benchmarks`).
         plots (`Sequence[str]`): paths, inside the repository, of PNG files to embed.
         datasets (`Sequence[str]`): training data; Hub ids are also listed in the metadata.
         license (`str`): license id for the metadata.
         eval_dataset (`str`, *optional*), eval_split (`str`, *optional*): what `eval_results` were measured on.
         num_completions (`int`, *optional*): K, when the training config does not record it.
         includes_tokenizer (`bool`): whether tokenizer files are published with the adapter.
+        hub_benchmarks (`Sequence[HubBenchmark]`): benchmarks added to `dpo_ext.hub.benchmarks.KNOWN_BENCHMARKS`.
 
     Returns:
         `huggingface_hub.ModelCard`: `str(card)` is the README.md text.
@@ -142,6 +155,7 @@ def render_model_card(
 
     method, loss_type, k = describe_method(training_config, num_completions)
     eval_results = dict(eval_results or {})
+    flat_results, by_benchmark = split_eval_results(eval_results)
     eval_dataset = eval_dataset or (datasets[0] if datasets else None)
     model_name = repo_id.split("/")[-1]
     tags = ["dpo", "trl", "peft", "lora", "dpo_ext"] + (["plackett-luce"] if method == "Plackett-Luce DPO" else [])
@@ -149,7 +163,7 @@ def render_model_card(
         base_model=base_model, library_name="peft", license=license, pipeline_tag="text-generation", tags=tags,
         # Only Hub ids: anything else (a local path, a URL) is not metadata the Hub can link.
         datasets=[d for d in datasets if looks_like_hub_id(d)] or None, model_name=model_name,
-        eval_results=eval_results_to_card(eval_results, eval_dataset or "custom", eval_split) or None,
+        eval_results=eval_results_to_card(eval_results, eval_dataset or "custom", eval_split, hub_benchmarks) or None,
     )
     return _tidy(ModelCard, ModelCard.from_template(
         card_data,
@@ -157,12 +171,28 @@ def render_model_card(
         repo_id=repo_id, model_name=model_name, base_model=base_model, beta=beta, method=method,
         method_note=_METHOD_NOTES.get(method, _BASELINE_NOTE), loss_type=loss_type, num_completions=k,
         datasets=list(datasets), base_model_url=f"https://huggingface.co/{base_model}",
-        eval_rows=[(_METRIC_NAMES.get(key, key), _format(value)) for key, value in eval_results.items()],
-        eval_dataset=eval_dataset if eval_results else None, eval_split=eval_split,
+        eval_rows=_rows(flat_results), eval_dataset=eval_dataset if flat_results else None, eval_split=eval_split,
+        benchmark_groups=_benchmark_groups(by_benchmark, eval_results, hub_benchmarks),
         plots=[{"path": p, "stem": Path(p).stem.replace("_", " ")} for p in plots],
         tokenizer_repo=repo_id if includes_tokenizer else base_model,
         **_training_sections(training_config, adapter_config),
     ))
+
+
+def _rows(results: Mapping) -> list[tuple[str, str]]:
+    return [(_METRIC_NAMES.get(key, key), _format(value)) for key, value in results.items()]
+
+
+def _benchmark_groups(by_benchmark: dict, eval_results: Mapping, hub_benchmarks) -> list[dict]:
+    """The template variables of each benchmark's results: dataset, split, rows, and its `.eval_results/` file."""
+    table, files = benchmark_table(hub_benchmarks), eval_results_files(eval_results, hub_benchmarks)
+    groups = []
+    for dataset_id, results in by_benchmark.items():
+        benchmark = table.get(dataset_id)
+        path = benchmark.path if benchmark is not None and benchmark.path in files else None
+        groups.append({"dataset": dataset_id, "split": benchmark and benchmark.split, "rows": _rows(results),
+                       "path": path})
+    return groups
 
 
 def _training_sections(training_config: Mapping, adapter_config: Mapping) -> dict:

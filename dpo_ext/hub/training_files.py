@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from dpo_ext.hub.benchmarks import split_eval_results
 from dpo_ext.safe_files import scrub_config
 from dpo_ext.settings import positive
 
@@ -82,10 +83,12 @@ def dataset_names(training_config: Mapping) -> list[str]:
 
 
 def read_eval_results(eval_results: Mapping | str | Path | None) -> dict:
-    """Evaluation metrics as a flat {name: value} dict of plain JSON values, from a dict or a JSON file.
+    """Evaluation metrics as a {name: value} dict of plain JSON values, from a dict or a JSON file. Results on
+    benchmarks are under ``"benchmarks"``, by dataset id (see `dpo_ext.hub.benchmarks.split_eval_results`).
 
     Raises:
-        `ValueError`: naming the file, when it is not a JSON object, or the metric, when a value is not finite.
+        `ValueError`: naming the file, when it is not a JSON object or its ``"benchmarks"`` is malformed, or the
+            metric, when a value is not finite.
     """
     if eval_results is None:
         return {}
@@ -99,11 +102,14 @@ def read_eval_results(eval_results: Mapping | str | Path | None) -> dict:
         if not isinstance(eval_results, Mapping):
             raise ValueError(f"{path}: expected a JSON object of metric names to values")
     eval_results = scrub_config(eval_results)  # numpy / torch scalars become numbers JSON and YAML can write
-    for name, value in eval_results.items():
-        # JSON readers accept NaN and Infinity; a published NaN metric misleads everyone who reads the card.
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"eval result {name!r} in {source} is {value}, expected a finite number: re-run the "
-                             "evaluation, or leave that metric out")
+    metrics, by_benchmark = split_eval_results(eval_results, str(source))
+    groups = [("", metrics)] + [(f" (on {dataset_id})", results) for dataset_id, results in by_benchmark.items()]
+    for where, results in groups:
+        for name, value in results.items():
+            # JSON readers accept NaN and Infinity; a published NaN metric misleads everyone who reads the card.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"eval result {name!r}{where} in {source} is {value}, expected a finite number: "
+                                 "re-run the evaluation, or leave that metric out")
     return eval_results
 
 

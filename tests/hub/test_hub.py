@@ -36,6 +36,11 @@ def png_bytes() -> bytes:
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
+    """See `make_adapter`."""
+    return make_adapter(tmp_path_factory)
+
+
+def make_adapter(tmp_path_factory):
     """A trained-adapter folder as the trainer leaves it: LoRA weights and config, tokenizer, and the files that
     must never be published. Returns (folder, names of the tokenizer files, PNG plot path)."""
     import peft

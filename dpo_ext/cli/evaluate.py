@@ -70,6 +70,9 @@ def _eval_benchmark(args: argparse.Namespace) -> int:
                                 reference_free=args.reference_free)
     print(results_table(results))
     if args.output is not None:
-        args.output.write_text(json.dumps({"leaderboard": record, "results": results}, indent=2) + "\n",
-                               encoding="utf-8")
+        # "benchmarks" is what `dpo-ext push --eval-results` publishes: the same file goes to the card
+        card = {"overall": results["overall"], **results.get("sections", {}), **results["subsets"]}
+        written = {"benchmarks": {results["dataset"]: {k: v for k, v in card.items() if v is not None}},
+                   "leaderboard": record, "results": results}
+        args.output.write_text(json.dumps(written, indent=2) + "\n", encoding="utf-8")
     return 0

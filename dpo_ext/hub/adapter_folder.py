@@ -4,6 +4,7 @@ weights), checked for agreement with what the caller passed. Only reads: nothing
 truncated file is never published.
 """
 
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,7 @@ class AdapterInfo:
     beta: float
     training_config: dict
     tokenizer_files: list[str]  # names, in `TOKENIZER_FILES` order, of those the folder has
+    reference_record: dict | None = None  # `dpo_ext_reference.json`: the reference it was trained against
 
 
 def inspect_adapter(
@@ -64,7 +66,25 @@ def inspect_adapter(
     training_config = read_training_config(adapter_dir, training_config, secrets)
     beta = _training_beta(adapter_dir, beta, training_config)
     tokenizer_files = [name for name in TOKENIZER_FILES if (adapter_dir / name).is_file()]
-    return AdapterInfo(adapter_config, base_model, beta, training_config, tokenizer_files)
+    return AdapterInfo(adapter_config, base_model, beta, training_config, tokenizer_files,
+                       _reference_record(adapter_dir))
+
+
+def _reference_record(adapter_dir: Path) -> dict | None:
+    """What `PLDPOTrainer` recorded of the reference (its source and fingerprint), when the folder has it."""
+    from dpo_ext.reference.sources import REFERENCE_RECORD  # here: the module imports torch
+
+    path = adapter_dir / REFERENCE_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); restore it from the training run, or delete it (the "
+                         "card then says nothing of the reference)") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object, as PLDPOTrainer writes it")
+    return record
 
 
 def _base_model(config_path: Path, recorded: str | None, base_model: str | None) -> str:

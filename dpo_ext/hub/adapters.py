@@ -63,7 +63,7 @@ def _card(info: AdapterInfo, repo_id: str, eval_results: dict, plots: list[Path]
     return render_model_card(
         repo_id=repo_id, base_model=info.base_model, beta=info.beta, training_config=info.training_config,
         adapter_config=info.adapter_config, eval_results=eval_results, plots=[f"plots/{p.name}" for p in plots],
-        includes_tokenizer=bool(info.tokenizer_files), **card_kwargs,
+        includes_tokenizer=bool(info.tokenizer_files), reference_record=info.reference_record, **card_kwargs,
     )
 
 
@@ -128,7 +128,7 @@ def stage_adapter_folder(
     for reason in unpublished_benchmark_results(eval_results, hub_benchmarks):
         logger.info("%s", reason)
     write_card(staging_dir, card, secrets)
-    _log_left_out(adapter_dir, {weights.name, "adapter_config.json", *info.tokenizer_files})
+    _log_left_out(adapter_dir, {weights.name, "adapter_config.json", "dpo_ext_reference.json", *info.tokenizer_files})
     return list_folder(staging_dir)
 
 
@@ -144,6 +144,10 @@ def _write_files(staging_dir: Path, adapter_dir: Path, weights: Path, info: Adap
                    yaml.safe_dump(info.training_config, sort_keys=False, allow_unicode=True))
     if eval_results:
         write_json(staging_dir, "eval_results.json", eval_results)
+    if info.reference_record is not None:  # the scorer reads it to pick (or refuse) the reference
+        from dpo_ext.reference.sources import REFERENCE_RECORD
+
+        write_json(staging_dir, REFERENCE_RECORD, info.reference_record)
     for plot in plots:
         copy_file(staging_dir, plot, f"plots/{plot.name}")
 

@@ -127,6 +127,7 @@ def render_model_card(
     num_completions: int | None = None,
     includes_tokenizer: bool = True,
     hub_benchmarks: Sequence[HubBenchmark] = (),
+    reference_record: Mapping | None = None,
 ):
     """Render the card of an aligned adapter. Pure: no files are read; see
     `dpo_ext.hub.adapters.build_model_card` for that.
@@ -147,6 +148,8 @@ def render_model_card(
         num_completions (`int`, *optional*): K, when the training config does not record it.
         includes_tokenizer (`bool`): whether tokenizer files are published with the adapter.
         hub_benchmarks (`Sequence[HubBenchmark]`): benchmarks added to `dpo_ext.hub.benchmarks.KNOWN_BENCHMARKS`.
+        reference_record (`Mapping`, *optional*): `dpo_ext_reference.json` as `PLDPOTrainer` writes it: the
+            reference source and the fingerprint of what it was (`dpo_ext.reference.fingerprint`).
 
     Returns:
         `huggingface_hub.ModelCard`: `str(card)` is the README.md text.
@@ -175,6 +178,8 @@ def render_model_card(
         benchmark_groups=_benchmark_groups(by_benchmark, eval_results, hub_benchmarks),
         plots=[{"path": p, "stem": Path(p).stem.replace("_", " ")} for p in plots],
         tokenizer_repo=repo_id if includes_tokenizer else base_model,
+        reference=(reference_record or {}).get("reference"),
+        fingerprint=sorted(((reference_record or {}).get("reference_fingerprint") or {}).items()),
         **_training_sections(training_config, adapter_config),
     ))
 

@@ -79,6 +79,11 @@ def test_staged_push_carries_the_adapter_and_the_evaluation_in_its_card(trained)
     assert reported["preference_accuracy"] == pytest.approx(results["eval_rewards/accuracies"])
     assert reported["kendall_tau"] == pytest.approx(results["eval_rewards/kendall_tau"])
     assert head["base_model"] == str(trained / "base")
+    # Which reference it was trained against, with the fingerprint: published, and named on the card
+    record = json.loads((trained / "out" / "dpo_ext_reference.json").read_text())
+    assert json.loads((staged / "dpo_ext_reference.json").read_text()) == record
+    assert "- **Reference:** `disabled_adapters`" in card
+    assert f"reference_weights `{record['reference_fingerprint']['reference_weights']}`" in card
 
 
 def test_columns_are_renamed_to_the_row_format(files, tmp_path):

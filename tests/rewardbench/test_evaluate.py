@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from peft import LoraConfig, get_peft_model
 
 from fixtures import make_model
@@ -71,6 +72,16 @@ def test_cli_writes_the_leaderboard_record_and_prints_the_table(adapter, tmp_pat
     assert set(results["subsets"]) == set(v2.SUBSETS)  # the fixture has every subset, Ties included
     table = capsys.readouterr().out
     assert "| **rewardbench2 overall** |" in table and "| Ties |" in table
+    # The same file publishes the scores on the card, under the benchmark's dataset id
+    staged = tmp_path / "staged"
+    assert main(["push", adapter, "--repo-id", "me/tiny-dpo", "--base-model", "me/tiny-base", "--beta", "0.1",
+                 "--eval-results", str(out), "--dry-run", str(staged)]) == 0
+    card = (staged / "README.md").read_text()
+    head = yaml.safe_load(card.split("---")[1])
+    (group,) = [r for r in head["model-index"][0]["results"] if r["dataset"]["type"] == "allenai/reward-bench-2"]
+    reported = {m["type"]: m["value"] for m in group["metrics"]}
+    assert reported["overall"] == pytest.approx(results["overall"])
+    assert reported["Ties"] == pytest.approx(results["subsets"]["Ties"])
 
 
 def test_leaderboard_record_of_rewardbench_names_the_reference():

@@ -37,6 +37,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--beta", type=float, default=0.1, help="the DPO beta of training (default: 0.1)")
     group.add_argument("--normalize", choices=("sum", "mean"), default="sum",
                        help="sum of token log-ratios (the DPO reward), or their mean per token (default: sum)")
+    group.add_argument("--tokenization", choices=("trl", "rewardbench"), default="trl",
+                       help="trl: as the model was trained (TRL's DPOTrainer); rewardbench: RewardBench's DPO "
+                            "tokenization, to reproduce its numbers (default: trl)")
     speed = parser.add_argument_group("speed")
     speed.add_argument("--max-length", type=int, help="truncate prompt + completion to this many tokens")
     speed.add_argument("--max-batch-tokens", type=int,
@@ -71,6 +74,7 @@ def scorer_from_arguments(args: argparse.Namespace):
         args.model, base_model=args.base_model, ref_model=args.ref_model, ref_adapter=ref_adapter,
         reference_free=args.reference_free, device=args.device, beta=args.beta, max_length=args.max_length,
         max_batch_tokens=args.max_batch_tokens, prefix_sharing=not args.no_prefix_sharing,
+        tokenization=args.tokenization,
     )
 
 

@@ -1,5 +1,6 @@
 """Tokenizing normalised rows the way `trl.DPOTrainer` does, and preparing a whole dataset by the row rules of
-`dpo_ext.data`.
+`dpo_ext.data`. Also RewardBench's DPO tokenization (`tokenize_rewardbench`), which only the scorer uses, on request,
+to reproduce RewardBench's numbers.
 """
 
 import logging
@@ -7,6 +8,7 @@ from collections import Counter
 
 from dpo_ext.data.rows import (
     COMPLETION_IDS,
+    COMPLETIONS,
     PROMPT,
     PROMPT_IDS,
     RANKS,
@@ -65,6 +67,94 @@ def tokenize_ranked(prompt, completions, tokenizer) -> tuple[list[int], list[lis
             "token, so nothing would predict that token. End the prompt where a token ends (with a space or a "
             "newline, say), or start it with the tokenizer's BOS token text", field=PROMPT)
     return prompt_ids[:prompt_len], [ids[prompt_len:] for ids in full]
+
+
+# RewardBench's fixed settings (``DPOInference.__init__``: ``max_length``, ``max_prompt_length``, keeping the prompt's
+# end)
+REWARDBENCH_MAX_LENGTH = 2048
+REWARDBENCH_MAX_PROMPT_LENGTH = 128
+
+
+def _rewardbench_texts(prompt, completions, tokenizer) -> tuple[str, list[str]]:
+    """The prompt string and the completion strings RewardBench gives its DPO tokenizer. Chat messages are rendered
+    with the chat template as RewardBench renders them (``prepare_dialogue_from_tokenizer``): the prompt *without* a
+    generation prompt, each completion as the whole conversation (its prompt is removed again afterwards)."""
+    if not isinstance(prompt, list):
+        return prompt, list(completions)
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise PreferenceDataError("the prompt is a list of chat messages but the tokenizer has no chat template "
+                                  "(set tokenizer.chat_template, or give text prompts)", field=PROMPT)
+    return (tokenizer.apply_chat_template(prompt, tokenize=False),
+            [tokenizer.apply_chat_template(prompt + c, tokenize=False) for c in completions])
+
+
+def check_rewardbench_tokenizer(tokenizer) -> None:
+    """Raise a `ValueError` unless ``tokenizer`` has the BOS and EOS tokens RewardBench's tokenization adds."""
+    missing = [name for name in ("bos", "eos") if getattr(tokenizer, f"{name}_token_id", None) is None]
+    if missing:
+        raise ValueError(f"RewardBench's tokenization puts the tokenizer's BOS token before every prompt and its EOS "
+                         f"token after every completion, and this tokenizer has no {' and no '.join(missing)} token "
+                         f"(RewardBench cannot score with it either): set tokenizer.{missing[0]}_token to the token "
+                         "the model expects there, or use TRL's tokenization")
+
+
+def tokenize_rewardbench(prompt, completions, tokenizer, max_length: int = REWARDBENCH_MAX_LENGTH,
+                         max_prompt_length: int = REWARDBENCH_MAX_PROMPT_LENGTH) -> list[tuple[list[int], list[int]]]:
+    """Tokenize a prompt and its K completions the way RewardBench scores DPO models (``rewardbench`` 0.1.4,
+    ``rewardbench/dpo.py``, ``DPOInference.tokenize_row`` and ``build_tokenized_answer``), so that log-probs sum over
+    the tokens RewardBench sums over. Unlike `tokenize_ranked` (TRL's convention, the one models are trained with):
+
+    1. The prompt string is removed from each completion wherever it occurs (``str.replace``). RewardBench's
+       completion is the whole rendered conversation, and this is how it drops the prompt from it; passing the
+       completion alone or ``prompt + completion`` gives the same ids.
+    2. ``prompt`` and ``prompt + completion`` are tokenized without special tokens. The completion starts after as
+       many tokens as the prompt alone has, or one token earlier when those are not the joint text's first tokens
+       (a token merged across the boundary, which then counts as the completion's).
+    3. The tokenizer's BOS id goes before the prompt, whether or not the tokenizer adds a BOS token itself.
+    4. The EOS id goes after the completion, even when its text already ends in EOS.
+    5. With L the longest completion of this prompt (EOS included; RewardBench pairs chosen and rejected): where
+       prompt + L is longer than ``max_length``, the prompt keeps its last ``max_prompt_length`` ids (the BOS is
+       among the first to go), and where that is still longer, the completion keeps its first
+       ``max_length - max_prompt_length`` ids.
+
+    Chat messages are rendered by the chat template as RewardBench renders them (see `_rewardbench_texts`): the
+    generation prompt (``"<|assistant|>"``...) is then part of each completion, and scored.
+
+    Returns:
+        `list`: K ``(prompt_ids, completion_ids)`` pairs; the prompt ids may differ between completions (by the
+        boundary token, or by truncation).
+
+    Raises:
+        `ValueError`: for a tokenizer without a BOS or EOS token (RewardBench cannot score with it either).
+        `PreferenceDataError`: when ``prompt + completion`` has fewer tokens than the prompt alone (RewardBench stops
+            on such a row too), or for chat messages and a tokenizer without a chat template.
+    """
+    if max_prompt_length < 1 or max_length <= max_prompt_length:
+        raise ValueError(f"max_length ({max_length}) must be above max_prompt_length ({max_prompt_length}), which "
+                         "must be at least 1")
+    check_rewardbench_tokenizer(tokenizer)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    prompt_text, texts = _rewardbench_texts(prompt, completions, tokenizer)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    pairs = []
+    for k, text in enumerate(texts):
+        joint = tokenizer(prompt_text + text.replace(prompt_text, ""), add_special_tokens=False)["input_ids"]
+        if len(joint) < len(prompt_ids):
+            raise PreferenceDataError(
+                f"prompt + completion is {len(joint)} tokens, fewer than the prompt's {len(prompt_ids)} alone, so "
+                "RewardBench's tokenization cannot place the completion (RewardBench itself stops on such a row)",
+                field=f"{COMPLETIONS}[{k}]", completion=k)
+        start = len(prompt_ids) - (joint[: len(prompt_ids)] != prompt_ids)
+        pairs.append(([bos] + joint[:start], joint[start:] + [eos]))
+    longest = max(len(ids) for _, ids in pairs)
+    out = []
+    for prompt_part, completion in pairs:
+        if len(prompt_part) + longest > max_length:
+            prompt_part = prompt_part[-max_prompt_length:]
+            if len(prompt_part) + longest > max_length:
+                completion = completion[: max_length - max_prompt_length]
+        out.append((prompt_part, completion))
+    return out
 
 
 def prepare_ranked_dataset(dataset, tokenizer, max_length: int | None = None, num_proc=None, name="train"):

@@ -218,7 +218,7 @@ def load_scorer(cls, model_id_or_path: str, *, base_model=None, ref_model=None, 
         dtype (*optional*): dtype to load the weights in.
         device (*optional*): defaults to CUDA when available, else CPU.
         reference_free (`bool`): allow a full model with no reference; scores are then ``beta * log pi``.
-        scorer_kwargs: passed to `ImplicitRewardScorer` (``beta``, ``max_length``, ...).
+        scorer_kwargs: passed to `ImplicitRewardScorer` (``beta``, ``max_length``, ``tokenization``, ...).
     """
     import torch
 

@@ -2,7 +2,9 @@
 
 The implicit reward of a completion y of a prompt x is ``r(x, y) = beta * log pi(y|x) / pi_ref(y|x)``, with
 ``log pi(y|x)`` the summed log-prob of the completion's tokens, tokenized exactly as the trainer tokenizes them
-(`dpo_ext.data.tokenize.tokenize_ranked`), so scores of training rows equal the trainer's logged ``rewards/chosen``.
+(`dpo_ext.data.tokenize.tokenize_ranked`, TRL's convention), so scores of training rows equal the trainer's logged
+``rewards/chosen``. ``tokenization="rewardbench"`` tokenizes as RewardBench does instead
+(`dpo_ext.data.tokenize.tokenize_rewardbench`), to reproduce its numbers.
 
 The reference comes from the same weights where it can (no second copy of the model):
 
@@ -20,13 +22,20 @@ import logging
 
 import torch
 
+from dpo_ext.data.tokenize import REWARDBENCH_MAX_PROMPT_LENGTH, check_rewardbench_tokenizer
 from dpo_ext.losses import implicit_rewards
 from dpo_ext.modeling.models import (
     check_tokenizer_fits,
     load_tokenizer,
 )
 from dpo_ext.reference import ReferenceMismatchError, bias_is_trained, check_reference_model, is_peft_model
-from dpo_ext.scoring.inputs import completion_lists, token_groups, tokenize_inputs
+from dpo_ext.scoring.inputs import (
+    TOKENIZATIONS,
+    completion_lists,
+    token_groups,
+    tokenize_inputs,
+    tokenize_inputs_rewardbench,
+)
 from dpo_ext.modeling.prompt_cache import Runner, prompt_cache_problem, score_groups
 from dpo_ext.modeling.models import active_adapter, eval_mode
 from dpo_ext.scoring.results import BestOfN, ScoredCandidate, ScoreResult, candidates_of
@@ -51,8 +60,16 @@ class ImplicitRewardScorer:
         policy_adapter (`str`, *optional*): adapter that is the policy (defaults to the active one).
         beta (`float`, defaults to 0.1): the DPO beta the model was trained with.
         reference_free (`bool`, defaults to `False`): score with ``beta * log pi`` only (RewardBench's
-            reference-free mode); the default of `score`'s argument of the same name.
+            reference-free mode, which by default also averages over tokens: ``normalize="mean"``); the default of
+            `score`'s argument of the same name.
         max_length (`int`, *optional*): truncate ``prompt + completion`` to this many tokens, as the trainer does.
+            With ``tokenization="rewardbench"``: RewardBench's ``max_length`` (2048 when `None`), truncating by its
+            rule (see `dpo_ext.data.tokenize.tokenize_rewardbench`); it must then be above 128, its prompt length.
+        tokenization (`str`, defaults to ``"trl"``): how texts become token ids. ``"trl"``: as ``trl.DPOTrainer``
+            (and `PLDPOTrainer`) tokenize them, the convention the model was trained with. ``"rewardbench"``: as
+            RewardBench's DPO scoring does (BOS always prepended, the prompt string removed from completions, EOS
+            always appended, the completion's start moved back one token where prompt and completion merge), to
+            reproduce a RewardBench number. Token ids given to `score_tokens` are scored as given either way.
         prefix_sharing (`bool`, defaults to `True`): process each prompt once per model (checked against the plain
             computation on first use; falls back with one warning where unsupported).
         mixed_adapter_batches (`bool`, *optional*): run policy and adapters-off/adapter reference in one forward
@@ -68,8 +85,10 @@ class ImplicitRewardScorer:
     def __init__(self, model, tokenizer=None, *, ref_model=None, ref_adapter=None, policy_adapter=None,
                  beta: float = 0.1, reference_free: bool = False, max_length: int | None = None,
                  prefix_sharing: bool = True, mixed_adapter_batches: bool | None = None,
-                 max_batch_tokens: int | None = None, max_row_tokens: int = 128):
+                 max_batch_tokens: int | None = None, max_row_tokens: int = 128, tokenization: str = "trl"):
         beta = positive("beta", beta)
+        if tokenization not in TOKENIZATIONS:
+            raise ValueError(f"tokenization must be one of {TOKENIZATIONS}, got {tokenization!r}")
         if ref_model is not None and ref_adapter is not None:
             raise ValueError("pass ref_model or ref_adapter, not both")
         if ref_model is not None and ref_model is model:
@@ -94,7 +113,14 @@ class ImplicitRewardScorer:
         if ref_model is not None:
             check_reference_model(model, ref_model, tokenizer)
         if max_length is not None:
-            max_length = as_number("max_length", max_length, int, minimum=2)
+            if tokenization == "trl":
+                max_length = as_number("max_length", max_length, int, minimum=2)
+            else:  # RewardBench keeps up to 128 prompt tokens and cuts completions to max_length - 128
+                max_length = as_number("max_length (RewardBench's, above its 128 prompt tokens)", max_length, int,
+                                       minimum=REWARDBENCH_MAX_PROMPT_LENGTH + 1)
+        if tokenization == "rewardbench":
+            check_rewardbench_tokenizer(tokenizer)
+        self.tokenization = tokenization
         self.model, self.tokenizer, self.ref_model, self.ref_adapter = model, tokenizer, ref_model, ref_adapter
         self.beta, self.reference_free, self.max_length = beta, reference_free, max_length
         on_cpu = next(model.parameters()).device.type == "cpu"
@@ -173,13 +199,21 @@ class ImplicitRewardScorer:
     def score_tokens(self, prompt_ids, completion_ids, *, beta=None, normalize="sum", reference_free=None,
                      progress=False) -> ScoreResult:
         """`score` for already tokenized inputs: ``prompt_ids`` (B lists of ints) and ``completion_ids`` (B lists
-        of K_b lists of ints). Returns (B, K) results, NaN-padded."""
+        of K_b lists of ints), scored as given whatever the scorer's ``tokenization``. Returns (B, K) results,
+        NaN-padded."""
+        return self._score_ids(prompt_ids, completion_ids, beta=beta, normalize=normalize,
+                               reference_free=reference_free, progress=progress)
+
+    def _score_ids(self, prompt_ids, completion_ids, completion_prompts=None, *, beta=None, normalize="sum",
+                   reference_free=None, progress=False) -> ScoreResult:
+        """`score_tokens`, or with ``completion_prompts`` (B lists of K_b prompt-id lists) one prompt per completion
+        (see `token_groups`)."""
         if normalize not in NORMALIZE_CHOICES:
             raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
         beta = self.beta if beta is None else positive("beta", beta)
         reference_free = self.reference_free if reference_free is None else reference_free
         models = [m for m in (self.model, self.ref_model) if m is not None]
-        groups, counts = token_groups(prompt_ids, completion_ids, models, self.max_length)
+        groups, counts, slots = token_groups(prompt_ids, completion_ids, models, self.max_length, completion_prompts)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -199,7 +233,7 @@ class ImplicitRewardScorer:
         else:
             policy_n, ref_n = policy, ref
         rewards = implicit_rewards(policy_n, torch.zeros_like(policy_n) if ref_n is None else ref_n, beta)
-        return ScoreResult.from_slots([g.slots for g in groups], rewards, policy, ref, num_tokens, beta=beta,
+        return ScoreResult.from_slots(slots, rewards, policy, ref, num_tokens, beta=beta,
                                       normalize=normalize, reference_free=reference_free)
 
     def score(self, prompts, completions, *, beta=None, normalize="sum", reference_free=None,
@@ -225,6 +259,10 @@ class ImplicitRewardScorer:
 
     def _score_texts(self, prompts, lists, allow_empty=False, **kwargs) -> ScoreResult:
         """Score B prompts with B lists of completions, checked by the row rules (`dpo_ext.scoring.inputs`)."""
+        if self.tokenization == "rewardbench":
+            completion_prompts, completion_ids = tokenize_inputs_rewardbench(prompts, lists, self.tokenizer,
+                                                                             allow_empty, self.max_length)
+            return self._score_ids(None, completion_ids, completion_prompts, **kwargs)
         prompt_ids, completion_ids = tokenize_inputs(prompts, lists, self.tokenizer, allow_empty)
         return self.score_tokens(prompt_ids, completion_ids, **kwargs)
 
@@ -244,13 +282,14 @@ class ImplicitRewardScorer:
                 (``do_sample=True, top_k=0, top_p=1.0``) with ``max_new_tokens=64``.
             sampler (*optional*): the model to sample from (defaults to the policy).
             sampler_tokenizer (*optional*): the sampler's tokenizer when it differs from the scorer's; samples are
-                then decoded and scored as text. Otherwise the sampled token ids themselves are scored.
+                then decoded and scored as text. Otherwise the sampled token ids themselves are scored (with
+                ``tokenization="rewardbench"``: decoded and scored as text, tokenized RewardBench's way).
         """
         from dpo_ext.scoring.sampling import sample_completions
 
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        same_tokens = sampler_tokenizer is None or sampler_tokenizer is self.tokenizer
+        same_tokens = (sampler_tokenizer is None or sampler_tokenizer is self.tokenizer) and self.tokenization == "trl"
         context = self._policy_context() if sampler is None else contextlib.nullcontext()
         with context, eval_mode(sampler or self.model):
             samples = sample_completions(sampler or self.model, sampler_tokenizer or self.tokenizer, prompts, n,
@@ -264,7 +303,8 @@ class ImplicitRewardScorer:
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str, **kwargs) -> "ImplicitRewardScorer":
-        """Load a scorer from a local directory or Hub repo id; see `dpo_ext.scoring.loading.load_scorer`."""
+        """Load a scorer from a local directory or Hub repo id; see `dpo_ext.scoring.loading.load_scorer`. Keyword
+        arguments it does not take (``beta``, ``max_length``, ``tokenization``...) go to the scorer."""
         from dpo_ext.scoring.loading import load_scorer
 
         return load_scorer(cls, model_id_or_path, **kwargs)

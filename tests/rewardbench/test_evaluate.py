@@ -10,7 +10,8 @@ import yaml
 from peft import LoraConfig, get_peft_model
 
 from fixtures import make_model
-from dpo_ext.cli import main
+from dpo_ext.cli import build_parser, main
+from dpo_ext.cli.common import scorer_from_arguments
 from dpo_ext.rewardbench import v1, v2
 from dpo_ext.rewardbench.evaluate import evaluate_rewardbench, leaderboard_record
 from dpo_ext.scoring.scorer import ImplicitRewardScorer
@@ -95,3 +96,28 @@ def test_leaderboard_record_of_rewardbench_names_the_reference():
 def test_unknown_benchmark_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="unknown benchmark 'rb3': choose one of rewardbench, rewardbench2"):
         evaluate_rewardbench(None, "rb3", rows=[])
+
+
+def test_cli_tokenization_option_reaches_the_scorer(adapter, tmp_path):
+    """--tokenization rewardbench scores other tokens (BOS first, EOS always appended): the CLI's scores are those of
+    a scorer built with that option. (RewardBench needs a BOS token: this copy of the adapter's tokenizer uses EOS.)"""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    adapter = str(shutil.copytree(adapter, tmp_path / "adapter"))
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    tokenizer.bos_token = tokenizer.eos_token
+    tokenizer.save_pretrained(adapter)
+    outputs = {}
+    for convention in ("trl", "rewardbench"):
+        out = tmp_path / f"{convention}.json"
+        assert main(["eval", "--benchmark", "rewardbench", adapter, "--input", str(FIXTURES["rewardbench"][1]),
+                     "--tokenization", convention, "-o", str(out)]) == 0
+        outputs[convention] = json.loads(out.read_text())["results"]
+    scorer = ImplicitRewardScorer.from_pretrained(adapter, device="cpu", tokenization="rewardbench")
+    expected = evaluate_rewardbench(scorer, "rewardbench", v1.load_rows(data_files=str(FIXTURES["rewardbench"][1])))
+    assert outputs["rewardbench"]["subsets"] == expected["subsets"]
+    for convention in ("trl", "rewardbench"):  # the flag reaches the scorer the command builds
+        args = build_parser().parse_args(["eval", "--benchmark", "rewardbench", adapter, "--tokenization", convention])
+        assert scorer_from_arguments(args).tokenization == convention

@@ -29,6 +29,7 @@ _EXPORTS = {
     "ScoredCandidate": "dpo_ext.scoring.results",
     "BestOfN": "dpo_ext.scoring.results",
     "evaluate_preferences": "dpo_ext.scoring.evaluation",
+    "evaluate_rewardbench": "dpo_ext.rewardbench.evaluate",
     "push_adapter": "dpo_ext.hub.adapters",
     "check_hub_access": "dpo_ext.hub.publish",
     "HubAccessError": "dpo_ext.hub.publish",
@@ -37,6 +38,7 @@ _EXPORTS = {
     "build_model_card": "dpo_ext.hub.adapters",
     "render_model_card": "dpo_ext.hub.cards",
     "push_preference_dataset": "dpo_ext.hub.datasets",
+    "HubBenchmark": "dpo_ext.hub.benchmarks",
 }
 
 # Old name -> new name. `ReferenceError` shadowed the Python builtin of that name.

@@ -77,3 +77,53 @@ def launch_commands(config) -> list[str]:
         if line.startswith(("# python ", "# accelerate launch ", "# HF_HUB_OFFLINE=1 ")):
             commands.append(line[2:])
     return commands
+
+
+# A LoRA on every linear layer, with the fan-in/fan-out of GPT-2's Conv1D
+SCORING_LORA = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True,
+                    lora_dropout=0.0)
+
+
+def perturbed_lora(tokenizer, seed=0, attn="sdpa", lora_seed=1):
+    """(PeftModel with a non-zero LoRA, deep copy of its base): policy and reference differ."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base = make_model(tokenizer, seed=seed)
+    base.config._attn_implementation = attn
+    reference = copy.deepcopy(base).eval()
+    model = get_peft_model(base, LoraConfig(**SCORING_LORA))
+    generator = torch.Generator().manual_seed(lora_seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return model.eval(), reference
+
+
+def save_base_and_adapter(tokenizer, root, target_modules=("c_attn",), lora_scale=None, seed=None,
+                          adapter_tokenizer=False, **lora_kwargs):
+    """``root/base`` (a model with its tokenizer) and ``root/adapter`` (a LoRA on it), as `save_pretrained` writes
+    them. ``lora_scale``: its B matrices drawn from N(0, lora_scale) (seeded by ``seed`` when given), so that it is
+    not a no-op."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    make_model(tokenizer).save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(root / "base"),
+                           LoraConfig(r=4, target_modules=list(target_modules), fan_in_fan_out=True, **lora_kwargs))
+    if lora_scale is not None:
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, lora_scale)
+    model.save_pretrained(root / "adapter")
+    if adapter_tokenizer:
+        tokenizer.save_pretrained(root / "adapter")
+    return root

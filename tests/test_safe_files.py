@@ -9,10 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 
-from fixtures import make_model
+from fixtures import save_base_and_adapter
 from dpo_ext.scoring import loading as scoring_load
 from dpo_ext.safe_files import WeightsFileError, scrub_config, verify_safetensors
 from dpo_ext.scoring.scorer import ImplicitRewardScorer
@@ -103,15 +102,7 @@ def test_scrub_config_keeps_plain_values_and_drops_tokens():
 @pytest.fixture(scope="module")
 def saved(tokenizer, tmp_path_factory):
     """A base model folder and a LoRA adapter saved on it, as `save_pretrained` writes them (safetensors)."""
-    root = tmp_path_factory.mktemp("safe_load")
-    make_model(tokenizer).save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(root / "base"),
-                           LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False))
-    model.save_pretrained(root / "adapter")
-    return root
+    return save_base_and_adapter(tokenizer, tmp_path_factory.mktemp("safe_load"), init_lora_weights=False)
 
 
 def pickle_only_copy(adapter: Path, dest: Path) -> Path:

@@ -5,10 +5,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
 
-from fixtures import make_model
+from fixtures import save_base_and_adapter
 from dpo_ext.cli import main
 from dpo_ext.data.rows import PreferenceDataError
 from dpo_ext.scoring.evaluation import evaluate_preferences
@@ -27,20 +25,7 @@ PAIRS = [{"prompt": "the movie was", "chosen": " good", "rejected": " bad"},
 @pytest.fixture(scope="module")
 def saved(tokenizer, tmp_path_factory):
     """A base model directory and a non-zero LoRA adapter saved on it."""
-    root = tmp_path_factory.mktemp("cli_models")
-    base = make_model(tokenizer)
-    base.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(root / "base"),
-                           LoraConfig(r=4, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.3)
-    model.save_pretrained(root / "adapter")
-    return root
+    return save_base_and_adapter(tokenizer, tmp_path_factory.mktemp("cli_models"), ["c_attn", "c_proj"], lora_scale=0.3)
 
 
 def _jsonl(path, rows):

@@ -5,11 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from peft import LoraConfig, get_peft_model
 
-from fixtures import make_model
+from fixtures import save_base_and_adapter
 from dpo_ext.cli import build_parser, main
 from dpo_ext.cli.common import scorer_from_arguments
 from dpo_ext.rewardbench import v1, v2
@@ -24,20 +22,8 @@ FIXTURES = {"rewardbench": (v1, DATA / "rewardbench_sample.jsonl"),
 @pytest.fixture(scope="module")
 def adapter(tokenizer, tmp_path_factory):
     """A saved LoRA adapter with non-zero weights (its rewards are not all zero)."""
-    root = tmp_path_factory.mktemp("rewardbench_adapter")
-    make_model(tokenizer).save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(root / "base"),
-                           LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    model.save_pretrained(root / "adapter")
-    tokenizer.save_pretrained(root / "adapter")
+    root = save_base_and_adapter(tokenizer, tmp_path_factory.mktemp("rewardbench_adapter"), lora_scale=0.5, seed=0,
+                                 adapter_tokenizer=True)
     return str(root / "adapter")
 
 

@@ -7,9 +7,10 @@ import math
 import datasets
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 
-from fixtures import make_model, ranked_rows, train_settings
+from fixtures import SCORING_LORA as LORA
+from fixtures import make_model, perturbed_lora, ranked_rows, train_settings
 from dpo_ext.modeling import prompt_cache
 from dpo_ext.data.collate import RankedCollator
 from dpo_ext.data.tokenize import tokenize_ranked
@@ -25,21 +26,6 @@ COMPLETIONS = [[" good fun", " bad", " very very boring plot", " fine"], [" grea
                [" awful film really", " fine music"], [" it", " the ending and the story and it was bad"]]
 CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}i {% else %}we {% endif %}{{ m['content'] }} "
                  "<eos> {% endfor %}{% if add_generation_prompt %}we {% endif %}")
-LORA = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True, lora_dropout=0.0)
-
-
-def perturbed_lora(tokenizer, seed=0, attn="sdpa", lora_seed=1):
-    """(PeftModel with a non-zero LoRA, deep copy of its base): policy and reference differ."""
-    base = make_model(tokenizer, seed=seed)
-    base.config._attn_implementation = attn
-    reference = copy.deepcopy(base).eval()
-    model = get_peft_model(base, LoraConfig(**LORA))
-    generator = torch.Generator().manual_seed(lora_seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    return model.eval(), reference
 
 
 @torch.no_grad()

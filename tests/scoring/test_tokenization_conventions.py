@@ -2,7 +2,6 @@
 (``tokenization="rewardbench"``), worked out by hand on tokenizers with a fixed vocabulary, and RewardBench rewards
 checked against a naive computation (one forward per prompt + completion with RewardBench's ids)."""
 
-import copy
 
 import pytest
 import torch
@@ -10,7 +9,8 @@ from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from fixtures import make_model
+from fixtures import SCORING_LORA as LORA
+from fixtures import make_model, perturbed_lora
 from dpo_ext.data.rows import PreferenceDataError
 from dpo_ext.data.tokenize import tokenize_ranked, tokenize_rewardbench
 from dpo_ext.scoring.inputs import token_groups
@@ -25,7 +25,6 @@ LETTERS = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "a": 3, "b": 4, "c": 5, "ab": 6}
 A, B, C, AB = 3, 4, 5, 6
 CHAT_TEMPLATE = ("{{ bos_token }} {% for m in messages %}{% if m['role'] == 'user' %}i {% else %}we {% endif %}"
                  "{{ m['content'] }} <eos> {% endfor %}{% if add_generation_prompt %}we {% endif %}")
-LORA = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True, lora_dropout=0.0)
 
 
 def word_tokenizer(adds_bos=False):
@@ -156,19 +155,6 @@ def test_tokenizers_rewardbench_cannot_use_are_refused():
 
 
 # -- the scorer ------------------------------------------------------------------------------------------------------
-
-def perturbed_lora(tokenizer, seed=0):
-    """(PeftModel with a non-zero LoRA, deep copy of its base): policy and reference differ."""
-    base = make_model(tokenizer, seed=seed)
-    reference = copy.deepcopy(base).eval()
-    model = get_peft_model(base, LoraConfig(**LORA))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    return model.eval(), reference
-
 
 @torch.no_grad()
 def naive_rewardbench(policy, reference, tokenizer, prompts, completion_lists, **tokenize_kwargs):

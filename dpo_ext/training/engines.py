@@ -9,9 +9,12 @@ other processes hold empty "meta" tensors until sharding) or partitioned at load
 4-bit (QLoRA) model needs its storage dtype to be the dtype of the other weights.
 """
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
 
 
 def _flag(environ: Mapping, name: str) -> bool:
@@ -70,8 +73,18 @@ def launch_problems(launch: Launch, *, quantized: bool = False, quant_storage: s
     return problems
 
 
-def check_launch(launch: Launch | None = None, **settings) -> None:
-    """Raise `ValueError` listing every `launch_problems` of ``launch`` (default: the current launch)."""
-    problems = launch_problems(launch or Launch.from_environment(), **settings)
+def check_launch(launch: Launch | None = None, *, on_accelerator: bool | None = None, **settings) -> None:
+    """Raise `ValueError` listing every `launch_problems` of ``launch`` (default: the current launch). An FSDP or
+    DeepSpeed launch without an accelerator (``on_accelerator``, default: whether CUDA is available) gets a warning:
+    accelerate then runs plain data parallelism and ignores the engine's settings, without a word."""
+    launch = launch or Launch.from_environment()
+    problems = launch_problems(launch, **settings)
     if problems:
         raise ValueError("this launch cannot work: " + "; and ".join(problems))
+    if on_accelerator is None:
+        import torch
+
+        on_accelerator = torch.cuda.is_available()
+    if launch.engine is not None and not on_accelerator:
+        logger.warning("%s was asked for, but there is no GPU: accelerate runs plain data parallelism on CPUs and "
+                       "ignores the %s settings (nothing is sharded).", launch.engine, launch.engine)

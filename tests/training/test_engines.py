@@ -75,3 +75,13 @@ def test_trainer_refuses_weights_that_are_not_on_this_process(tokenizer, tmp_pat
     with pytest.raises(ValueError, match="the policy's weight 'transformer.wte.weight' is not on this process.*"
                                          "fsdp_cpu_ram_efficient_loading: false"):
         PLDPOTrainer(model, args=args, train_dataset=ranked_rows(4), processing_class=tokenizer)
+
+
+def test_an_engine_without_a_gpu_is_said_to_be_plain_data_parallelism(caplog):
+    """accelerate drops FSDP and DeepSpeed settings on CPUs without a word (it runs DDP): say so."""
+    check_launch(Launch("fsdp"), on_accelerator=False)
+    assert "fsdp was asked for, but there is no GPU: accelerate runs plain data parallelism" in caplog.text
+    caplog.clear()
+    check_launch(Launch("fsdp"), on_accelerator=True)
+    check_launch(Launch(None), on_accelerator=False)
+    assert "no GPU" not in caplog.text

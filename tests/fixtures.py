@@ -79,6 +79,21 @@ def launch_commands(config) -> list[str]:
     return commands
 
 
+def parse_recipe_config(recipe: str, name: str):
+    """A recipe's config ``recipes/<recipe>/configs/<name>``, checked to start with its launch commands (``python
+    recipes/<recipe>/run.py --config ...``, then, except for ``test.yaml``, the same under
+    ``accelerate launch --config_file recipes/accelerate/ddp.yaml``) and parsed by the recipe's parser on a CPU.
+    Returns the parsed run."""
+    config = f"recipes/{recipe}/configs/{name}"
+    path = Path(__file__).resolve().parents[1] / config
+    commands = launch_commands(path)
+    assert commands and commands[0].endswith(f"python recipes/{recipe}/run.py --config {config}")
+    if name != "test.yaml":
+        assert commands[1].startswith("accelerate launch --config_file recipes/accelerate/ddp.yaml "
+                                      f"recipes/{recipe}/run.py --config {config}")
+    return load_recipe(recipe).parse(["--config", str(path), "--use_cpu", "true"])
+
+
 # A LoRA on every linear layer, with the fan-in/fan-out of GPT-2's Conv1D
 SCORING_LORA = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True,
                     lora_dropout=0.0)

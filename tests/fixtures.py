@@ -94,6 +94,23 @@ def parse_recipe_config(recipe: str, name: str):
     return load_recipe(recipe).parse(["--config", str(path), "--use_cpu", "true"])
 
 
+def run_sft_dpo_recipe(recipe: str, fixture, root):
+    """``recipes/<recipe>/run.py`` with ``configs/test.yaml`` on ``fixture`` (train and test split alike): SFT, DPO,
+    evaluation, the win rate and a push staged in ``root/staged``, with a tiny policy and reward model built in
+    ``root/tiny``. Returns ``(models, results)``."""
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    sys.path.insert(0, str(recipes))
+    from recipe_kit import tiny_models
+
+    models = tiny_models.build(root / "tiny", [str(fixture)])
+    results = load_recipe(recipe).main([
+        "--config", str(recipes / recipe / "configs" / "test.yaml"), "--model_name_or_path", models["policy"],
+        "--reward_model_name", models["reward"], "--data_files", f"train={fixture}", f"test={fixture}",
+        "--sft_output_dir", str(root / "sft"), "--output_dir", str(root / "dpo"),
+        "--push_to_hub", "--hub_model_id", f"me/{recipe}-tiny", "--hub_dry_run", str(root / "staged")])
+    return models, results
+
+
 # A LoRA on every linear layer, with the fan-in/fan-out of GPT-2's Conv1D
 SCORING_LORA = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True,
                     lora_dropout=0.0)

@@ -16,7 +16,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "recipes" / "hh"),
 
 import hh_data  # noqa: E402
 from dpo_ext import PreferenceDataError  # noqa: E402
-from fixtures import card_metrics, load_recipe, parse_recipe_config  # noqa: E402
+from fixtures import card_metrics, load_recipe, parse_recipe_config, run_sft_dpo_recipe  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "hh_rlhf_sample.jsonl"
 
@@ -64,15 +64,8 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "hh"
 def hh_run(tmp_path_factory):
     """recipes/hh/run.py with configs/test.yaml on the fixture (train and test split alike): SFT, DPO, evaluation,
     the win rate and a staged push, with a tiny policy and reward model saved to a tmp folder."""
-    from recipe_kit import tiny_models
-
     root = tmp_path_factory.mktemp("hh_recipe")
-    models = tiny_models.build(root / "tiny", [str(FIXTURE)])
-    results = load_recipe("hh").main([
-        "--config", str(RECIPE / "configs" / "test.yaml"), "--model_name_or_path", models["policy"],
-        "--reward_model_name", models["reward"], "--data_files", f"train={FIXTURE}", f"test={FIXTURE}",
-        "--sft_output_dir", str(root / "sft"), "--output_dir", str(root / "dpo"),
-        "--push_to_hub", "--hub_model_id", "me/hh-tiny", "--hub_dry_run", str(root / "staged")])
+    models, results = run_sft_dpo_recipe("hh", FIXTURE, root)
     return root, models, results
 
 

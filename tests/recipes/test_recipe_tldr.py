@@ -18,7 +18,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "recipes" / "tldr"),
 
 import tldr_data  # noqa: E402
 from dpo_ext import PreferenceDataError  # noqa: E402
-from fixtures import card_metrics, launch_commands, load_recipe, parse_recipe_config  # noqa: E402
+from fixtures import card_metrics, launch_commands, parse_recipe_config, run_sft_dpo_recipe  # noqa: E402
 from recipe_kit.sft import sft_rows  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "tldr_comparisons_sample.jsonl"
@@ -144,15 +144,8 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tldr"
 def tldr_run(tmp_path_factory):
     """recipes/tldr/run.py with configs/test.yaml (its SFT is a LoRA merged into the saved model) on the fixture,
     train and test split alike, with a tiny policy and reward model saved to a tmp folder, and a staged push."""
-    from recipe_kit import tiny_models
-
     root = tmp_path_factory.mktemp("tldr_recipe")
-    models = tiny_models.build(root / "tiny", [str(FIXTURE)])
-    results = load_recipe("tldr").main([
-        "--config", str(RECIPE / "configs" / "test.yaml"), "--model_name_or_path", models["policy"],
-        "--reward_model_name", models["reward"], "--data_files", f"train={FIXTURE}", f"test={FIXTURE}",
-        "--sft_output_dir", str(root / "sft"), "--output_dir", str(root / "dpo"),
-        "--push_to_hub", "--hub_model_id", "me/tldr-tiny", "--hub_dry_run", str(root / "staged")])
+    models, results = run_sft_dpo_recipe("tldr", FIXTURE, root)
     return root, models, results
 
 

@@ -178,11 +178,7 @@ def run_training(script_args, training_args, model_args, train_rows=None, eval_r
     push, training_args.push_to_hub = training_args.push_to_hub, False  # dpo_ext publishes, after evaluation
     if push:
         _check_publishing(training_args, script_args)
-    if train_rows is None:
-        train_rows = load_split(script_args.dataset_name or _missing_dataset(), script_args.dataset_train_split,
-                                script_args.dataset_config, script_args.dataset_columns)
-    if eval_rows is None and names_a_split(script_args.dataset_test_split):
-        eval_rows = _eval_rows(script_args)
+    train_rows, eval_rows = _rows(script_args, train_rows, eval_rows)
     trainer = build_trainer(training_args, model_args, train_rows, eval_rows)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
@@ -213,12 +209,20 @@ def precompute_reference(script_args, training_args, model_args) -> dict:
     another. Returns the fingerprint of the train rows."""
     if not training_args.ref_cache_dir:
         raise ValueError("--ref_cache_dir is required: the folder to write the reference log-probs to")
-    train_rows = load_split(script_args.dataset_name or _missing_dataset(), script_args.dataset_train_split,
-                            script_args.dataset_config, script_args.dataset_columns)
-    eval_rows = _eval_rows(script_args) if names_a_split(script_args.dataset_test_split) else None
-    trainer = build_trainer(training_args, model_args, train_rows, eval_rows)
+    trainer = build_trainer(training_args, model_args, *_rows(script_args))
     logger.warning("Reference log-probs (%s) written to %s", trainer.reference.name, training_args.ref_cache_dir)
     return trainer.reference_fingerprint
+
+
+def _rows(script_args, train_rows=None, eval_rows=None) -> tuple:
+    """``(train_rows, eval_rows)``: those given, else loaded as ``script_args`` say (eval rows only when a test split
+    is named; `None` when there are none)."""
+    if train_rows is None:
+        train_rows = load_split(script_args.dataset_name or _missing_dataset(), script_args.dataset_train_split,
+                                script_args.dataset_config, script_args.dataset_columns)
+    if eval_rows is None and names_a_split(script_args.dataset_test_split):
+        eval_rows = _eval_rows(script_args)
+    return train_rows, eval_rows
 
 
 def _missing_dataset():

@@ -152,11 +152,13 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
         Under a multi-process launch each process computes one contiguous share of the rows and the shares are
         gathered back in dataset order. It runs before any engine shards the model (see `dpo_ext.training.engines`),
         with the model on this process's device."""
-        fingerprint = (self.reference_fingerprint if dataset is self.train_dataset else
-                       reference_fingerprint(self._reference_weights, self.processing_class, self.args.max_length,
-                                             dataset))
-        cache = ReferenceCache(self.args.ref_cache_dir) if self.args.ref_cache_dir else None
-        rows = cache.load(name, fingerprint) if cache else None
+        cache, rows = None, None
+        if self.args.ref_cache_dir:
+            cache = ReferenceCache(self.args.ref_cache_dir)
+            fingerprint = (self.reference_fingerprint if dataset is self.train_dataset else
+                           reference_fingerprint(self._reference_weights, self.processing_class, self.args.max_length,
+                                                 dataset))
+            rows = cache.load(name, fingerprint)
         if rows is None:
             rows = self._compute_ref_logps(dataset, name)
             if cache and self.accelerator.is_main_process:

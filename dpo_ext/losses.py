@@ -15,6 +15,9 @@ import torch.nn.functional as F
 __all__ = [
     "implicit_rewards",
     "plackett_luce_loss",
+    "all_pairs_loss",
+    "lipo_lambda_loss",
+    "rank_labels",
     "dpo_loss",
     "preferred_ft_loss",
     "unlikelihood_loss",
@@ -114,6 +117,149 @@ def plackett_luce_loss(
     contributes = sorted_present & (sort_key < sort_key[:, -1:])
     log_likelihood = torch.where(contributes, sorted_rewards - normaliser, torch.zeros_like(sorted_rewards))
     return -log_likelihood.sum(-1)
+
+
+def _ranked_inputs(policy_logps, ref_logps, ranks):
+    """Check shapes; the (B, K) rewards' inputs and int64 ranks (a full best-first ranking when ``ranks`` is None)."""
+    if policy_logps.shape != ref_logps.shape or policy_logps.dim() != 2:
+        raise ValueError(
+            f"policy_logps and ref_logps must both have shape (B, K); got {tuple(policy_logps.shape)} and "
+            f"{tuple(ref_logps.shape)}"
+        )
+    if ranks is None:
+        return ranks_from_order(*policy_logps.shape, device=policy_logps.device)
+    if ranks.shape != policy_logps.shape:
+        raise ValueError(f"ranks must have shape {tuple(policy_logps.shape)}, got {tuple(ranks.shape)}")
+    return ranks.to(device=policy_logps.device, dtype=torch.long)
+
+
+def _present_rewards(rewards: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``rewards`` with missing slots set to 0 *before* any pair is formed: a NaN or inf there would otherwise reach
+    the present slots' gradients through the masked-out pairs (0 * NaN is NaN in backward)."""
+    return torch.where(present, rewards, torch.zeros((), dtype=rewards.dtype))
+
+
+def _pair_margins(rewards: torch.Tensor) -> torch.Tensor:
+    """(B, K, K) reward margins ``r_i - r_j`` of every ordered pair (i, j) of each list."""
+    return rewards.unsqueeze(-1) - rewards.unsqueeze(-2)
+
+
+def all_pairs_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    beta: float,
+    ranks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""The sigmoid DPO loss (DPO paper, Eq. 7) averaged over every strictly ordered pair of each list.
+
+    With rewards r_k = beta * (log pi(y_k|x) - log pi_ref(y_k|x)) and P the pairs (i, j) where y_i is ranked
+    strictly above y_j (both present):
+
+        loss = (1 / |P|) * sum_{(i, j) in P} -log sigmoid(r_i - r_j)
+
+    This is pairwise DPO trained on every pair the list implies, in one forward of the list: the pairwise baseline
+    that sees the same data as the listwise losses. Averaging over the list's pairs keeps one list's weight equal to
+    one DPO pair's, so a batch of lists with the same number of pairs each has exactly the loss (and gradient) of
+    ``trl.DPOTrainer`` on the expanded pairs. K = 2 is exactly `dpo_loss`. Tied completions form no pair; a list with
+    no strict pair (all tied) has loss 0 and no gradient. Missing slots (negative rank) are in no pair.
+
+    Args:
+        policy_logps (`torch.Tensor`): (B, K) summed log-probabilities of each completion under the policy.
+        ref_logps (`torch.Tensor`): (B, K) the same under the reference policy.
+        beta (`float`): the KL-penalty coefficient.
+        ranks (`torch.Tensor`, *optional*): (B, K) ranks as in `plackett_luce_loss` (lower = better, equal = tie,
+            negative = missing); `None`: a full best-first ranking.
+
+    Returns:
+        `torch.Tensor`: (B,) per-example loss in float32 (float64 if the inputs are float64).
+    """
+    ranks = _ranked_inputs(policy_logps, ref_logps, ranks)
+    present = ranks >= 0
+    rewards = _present_rewards(implicit_rewards(policy_logps, ref_logps, beta), present)  # (B, K)
+    # pairs[b, i, j]: y_i strictly above y_j, both present
+    pairs = (ranks.unsqueeze(-1) < ranks.unsqueeze(-2)) & present.unsqueeze(-1) & present.unsqueeze(-2)  # (B, K, K)
+    pair_losses = torch.where(pairs, -F.logsigmoid(_pair_margins(rewards)), torch.zeros((), dtype=rewards.dtype))
+    return pair_losses.sum((-2, -1)) / pairs.sum((-2, -1)).clamp(min=1)
+
+
+def rank_labels(ranks: torch.Tensor) -> torch.Tensor:
+    """Label values for lists that carry ranks only: the fraction of the list's other present completions that a
+    completion is ranked strictly above, in [0, 1].
+
+    A full ranking of K gets ``1, (K-2)/(K-1), ..., 0`` best first (evenly spaced, like labels from a reward on the
+    same scale); tied completions get equal labels; a top-m partial ranking gives its shared bottom group 0.
+    Missing slots (negative rank) get 0 and are never compared.
+
+    Args:
+        ranks (`torch.Tensor`): (B, K) ranks (lower = better, equal = tie, negative = missing).
+
+    Returns:
+        `torch.Tensor`: (B, K) float32 labels.
+    """
+    present = ranks >= 0
+    beats = (ranks.unsqueeze(-1) < ranks.unsqueeze(-2)) & present.unsqueeze(-1) & present.unsqueeze(-2)  # (B, K, K)
+    others = (present.sum(-1, keepdim=True) - 1).clamp(min=1)  # (B, 1)
+    return torch.where(present, beats.sum(-1) / others, torch.zeros(())).float()
+
+
+def lipo_lambda_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    beta: float,
+    ranks: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""LiPO-lambda (Liu et al. 2024, "LiPO: Listwise Preference Optimization through Learning-to-Rank", arXiv
+    2402.01878, section 4): a pairwise logistic loss over every pair with different labels, each pair weighted by its
+    LambdaLoss weight (Wang et al. 2018).
+
+    With s_i = beta * (log pi(y_i|x) - log pi_ref(y_i|x)) and label values psi_i:
+
+        loss = - sum_{i, j: psi_i > psi_j} Delta_ij * log sigmoid(s_i - s_j)
+        Delta_ij = |G_i - G_j| * |1 / D(tau(i)) - 1 / D(tau(j))|,   G_i = 2^psi_i - 1,   D(tau) = log2(1 + tau)
+
+    where tau(i) is the 1-based position of y_i when the list's present completions are sorted by s_i, highest
+    first (the current implicit-reward order; ties in s keep slot order). The weights are constants of the step:
+    tau comes from a sort and carries no gradient. The discount's base only scales the loss (log2 is the NDCG
+    convention of LambdaLoss). The sum is over pairs, as in the paper, not a mean.
+
+    Pairs with equal labels contribute nothing. For K = 2 with psi_1 > psi_2 the loss is
+    ``(G_1 - G_2) * (1 - 1/log2(3)) * dpo_loss``: DPO weighted by the label gap.
+
+    Args:
+        policy_logps (`torch.Tensor`): (B, K) summed log-probabilities of each completion under the policy.
+        ref_logps (`torch.Tensor`): (B, K) the same under the reference policy.
+        beta (`float`): the KL-penalty coefficient.
+        ranks (`torch.Tensor`, *optional*): (B, K) ranks; only their sign is used when ``labels`` is given
+            (negative = missing slot). `None`: every slot present, a full best-first ranking.
+        labels (`torch.Tensor`, *optional*): (B, K) label values psi (higher = better; the paper's are in [0, 1],
+            and gains grow as 2^psi, so rescale wider scales first). `None`: `rank_labels` of ``ranks``. Values in
+            missing slots are ignored.
+
+    Returns:
+        `torch.Tensor`: (B,) per-example loss in float32 (float64 if the inputs are float64).
+    """
+    ranks = _ranked_inputs(policy_logps, ref_logps, ranks)
+    present = ranks >= 0
+    rewards = _present_rewards(implicit_rewards(policy_logps, ref_logps, beta), present)  # (B, K)
+    if labels is None:
+        labels = rank_labels(ranks)
+    elif labels.shape != rewards.shape:
+        raise ValueError(f"labels must have shape {tuple(rewards.shape)}, got {tuple(labels.shape)}")
+    labels = torch.where(present, labels.to(device=rewards.device, dtype=rewards.dtype), torch.zeros(()))
+    with torch.no_grad():
+        # Positions in the current reward order, missing slots last (they take no position among present ones).
+        key = torch.where(present, rewards, torch.full_like(rewards, -torch.inf))
+        order = torch.sort(key, dim=-1, descending=True, stable=True).indices  # (B, K)
+        position = torch.empty_like(order).scatter_(-1, order, torch.arange(1, order.shape[-1] + 1).expand_as(order))
+        inverse_discount = 1.0 / torch.log2(1.0 + position.to(rewards.dtype))  # (B, K)
+        gains = torch.exp2(labels) - 1.0
+        weights = (gains.unsqueeze(-1) - gains.unsqueeze(-2)).abs() * \
+            (inverse_discount.unsqueeze(-1) - inverse_discount.unsqueeze(-2)).abs()  # (B, K, K)
+    pairs = (labels.unsqueeze(-1) > labels.unsqueeze(-2)) & present.unsqueeze(-1) & present.unsqueeze(-2)
+    pair_losses = torch.where(pairs, -weights * F.logsigmoid(_pair_margins(rewards)),
+                              torch.zeros((), dtype=rewards.dtype))
+    return pair_losses.sum((-2, -1))
 
 
 def dpo_loss(

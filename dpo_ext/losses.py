@@ -182,7 +182,7 @@ def all_pairs_loss(
     return pair_losses.sum((-2, -1)) / pairs.sum((-2, -1)).clamp(min=1)
 
 
-def rank_labels(ranks: torch.Tensor) -> torch.Tensor:
+def rank_labels(ranks: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Label values for lists that carry ranks only: the fraction of the list's other present completions that a
     completion is ranked strictly above, in [0, 1].
 
@@ -192,14 +192,16 @@ def rank_labels(ranks: torch.Tensor) -> torch.Tensor:
 
     Args:
         ranks (`torch.Tensor`): (B, K) ranks (lower = better, equal = tie, negative = missing).
+        dtype (`torch.dtype`, defaults to `torch.float32`): of the labels.
 
     Returns:
-        `torch.Tensor`: (B, K) float32 labels.
+        `torch.Tensor`: (B, K) labels of ``dtype``.
     """
     present = ranks >= 0
     beats = (ranks.unsqueeze(-1) < ranks.unsqueeze(-2)) & present.unsqueeze(-1) & present.unsqueeze(-2)  # (B, K, K)
     others = (present.sum(-1, keepdim=True) - 1).clamp(min=1)  # (B, 1)
-    return torch.where(present, beats.sum(-1) / others, torch.zeros(())).float()
+    labels = beats.sum(-1).to(dtype) / others.to(dtype)
+    return torch.where(present, labels, torch.zeros((), dtype=dtype))
 
 
 def lipo_lambda_loss(
@@ -243,7 +245,7 @@ def lipo_lambda_loss(
     present = ranks >= 0
     rewards = _present_rewards(implicit_rewards(policy_logps, ref_logps, beta), present)  # (B, K)
     if labels is None:
-        labels = rank_labels(ranks)
+        labels = rank_labels(ranks, rewards.dtype)
     elif labels.shape != rewards.shape:
         raise ValueError(f"labels must have shape {tuple(rewards.shape)}, got {tuple(labels.shape)}")
     labels = torch.where(present, labels.to(device=rewards.device, dtype=rewards.dtype), torch.zeros(()))

@@ -6,11 +6,15 @@
   must describe exactly the bytes that follow it. Only the header is read, never the tensors, so a multi-gigabyte
   file costs one small read. A file cut short by an interrupted save or download is caught here, with its name,
   instead of surfacing as a bare `SafetensorError` deep inside a loader, or on the Hub for everyone who downloads it.
+- Values are checked where weights enter: NaN or infinite weights ([`verify_finite_safetensors`] for a file,
+  [`check_finite_weights`] for a model in memory) are refused naming the file or model and the tensor, instead of
+  scoring every completion NaN (an accuracy of 0.0) or training on a NaN loss. The structure check reads the header
+  only; the value check reads every tensor, so callers choose where it is affordable (see each function).
 - A training config is written and published as plain JSON/YAML with its Hub token fields removed
   ([`scrub_config`]); nothing is ever unpickled to recover one.
 
-This module imports nothing heavy (no torch, no Hub client): the trainer, the scorer loader and the Hub staging
-code all use it.
+This module imports nothing heavy at import time (torch and safetensors only inside the value checks, no Hub
+client): the trainer, the scorer loader and the Hub staging code all use it.
 """
 
 import json
@@ -138,6 +142,70 @@ def _is_count(value) -> bool:
 def _fail(path: str, problem: str) -> NoReturn:
     raise WeightsFileError(f"{path} is not a complete safetensors file: {problem}. Do not use or publish it: "
                            f"{_RESAVE}.")
+
+
+class NonFiniteWeightsError(WeightsFileError):
+    """Weights holding NaN or infinite values (a diverged run, a bad conversion): named by file (or model) and tensor.
+
+    Such weights load without complaint and then score every completion NaN, which accuracies count as wrong."""
+
+
+def nonfinite_problem(named_tensors) -> str | None:
+    """``"tensor 'x' holds NaN values (2 of 12)"`` for the first of ``(name, tensor)`` pairs that holds NaN or
+    infinite values, or `None`; integer and bool tensors are skipped.
+
+    One `torch.aminmax` pass per tensor (NaN and infinities propagate to its result), no copy: about 0.25 s per GB
+    of float32 weights already in memory on a 2-core CPU, far less on a GPU (measured 2026-12, `dpo_ext` tests)."""
+    import torch
+
+    for name, tensor in named_tensors:
+        tensor = tensor.detach()
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        low, high = torch.aminmax(tensor)
+        if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
+            continue
+        nan = int(torch.isnan(tensor).sum())
+        what, count = ("NaN", nan) if nan else ("infinite", int(torch.isinf(tensor).sum()))
+        return f"tensor {name!r} holds {what} values ({count} of {tensor.numel()})"
+    return None
+
+
+def verify_finite_safetensors(path: str | os.PathLike) -> None:
+    """Check the values of every floating-point tensor of a safetensors file (call `verify_safetensors` first).
+
+    It reads the whole file: cheap for an adapter; about 0.5 s per GB of float32 weights (0.75 s per GB of
+    bfloat16) from the page cache on a 2-core CPU, measured 2026-12 (the loader then reads the same bytes warm).
+
+    Raises:
+        `NonFiniteWeightsError`: naming the file and the first tensor that holds NaN or infinite values.
+    """
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    with safe_open(path, framework="pt") as file:
+        problem = nonfinite_problem((name, file.get_tensor(name)) for name in file.keys())
+    if problem:
+        raise NonFiniteWeightsError(f"{path}: {problem}. These weights are damaged (a training run that diverged, or "
+                                    "a bad conversion) and would score every completion NaN: do not use or publish "
+                                    "them; use an earlier checkpoint, or train again.")
+
+
+def check_finite_weights(model, what: str) -> None:
+    """Check the values of a model's parameters in memory (`nonfinite_problem`: cheap, see there).
+
+    Args:
+        model: a `torch.nn.Module` (a PeftModel's adapter weights included).
+        what (`str`): how the error names the model (``"the policy"``, ``"checkpoint-500"``...).
+
+    Raises:
+        `NonFiniteWeightsError`: naming ``what`` and the first parameter that holds NaN or infinite values.
+    """
+    problem = nonfinite_problem(model.named_parameters())
+    if problem:
+        raise NonFiniteWeightsError(f"{what}'s weight {problem.removeprefix('tensor ')}: the model is damaged (a "
+                                    "training run that diverged, or a bad conversion); train or load it from an "
+                                    "earlier checkpoint, or check how it was made.")
 
 
 def pickled_weights_error(where: str, expected: str, convert: str, pickled: str | None = None) -> WeightsFileError:

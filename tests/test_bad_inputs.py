@@ -187,6 +187,48 @@ def truncated_weights(folder: Path) -> None:
     truncate(folder / "adapter_model.safetensors")
 
 
+def non_finite_weights(file_name: str, fragment: str, value=math.nan):
+    """A damage for `damaged_copy`: `value` in the first tensor of `file_name` whose name contains `fragment`."""
+    def damage(folder: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(folder / file_name))
+        name = next(n for n in tensors if fragment in n)
+        tensors[name].view(-1)[0] = value
+        save_file(tensors, str(folder / file_name), metadata={"format": "pt"})
+    return damage
+
+
+def non_finite_model(env: Env):
+    model = make_model(env.tokenizer, seed=5)
+    with torch.no_grad():
+        model.transformer.wte.weight[3, 1] = math.inf
+    return model
+
+
+def nan_lora_model(env: Env):
+    """A PeftModel whose LoRA B matrices are NaN: every completion's log-prob is NaN."""
+    model = get_peft_model(make_model(env.tokenizer), LoraConfig(**LORA))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.fill_(math.nan)
+    return model
+
+
+def cached_trainer(env: Env, edit=None):
+    """A trainer whose reference log-probs were cached by an earlier one, its train.json changed by `edit` first."""
+    cache = env.tmp / "ref_cache"
+    settings = dict(precompute_ref_log_probs=True, ref_cache_dir=str(cache))
+    rows = ranked_rows(4, k=3)
+    env.trainer(rows=rows, args=env.config(**settings))
+    if edit is not None:
+        stored = json.loads((cache / "train.json").read_text())
+        edit(stored["ref_logps"])
+        (cache / "train.json").write_text(json.dumps(stored))  # NaN is written as NaN (Python's JSON accepts it)
+    return env.trainer(rows=rows, args=env.config(**settings))
+
+
 def rewrite_json(path: Path, **fields) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
 
@@ -269,6 +311,17 @@ def run_cli(env: Env, command: str, name: str, *rows, extra=(), output=True):
     path = env.write(name, lines(*rows))
     out = ["-o", env.tmp / "out.jsonl"] if output else []
     return cli(env, command, *model_args(env), "-i", path, *out, *extra)
+
+
+RB1_ROW = {"prompt": "the movie was ", "chosen": "good", "chosen_model": "a", "rejected": "bad",
+           "rejected_model": "b", "subset": "alpacaeval-easy", "id": 7}
+RB2_ROW = {"id": "17", "prompt": "the movie was ", "chosen": ["good"], "rejected": ["bad", "awful", "fine"],
+           "num_correct": 1, "num_incorrect": 3, "total_completions": 4, "models": ["a"], "subset": "Focus"}
+
+
+def bench_cli(env: Env, benchmark: str, path, *extra):
+    """`dpo-ext eval --benchmark BENCHMARK` on the saved adapter, with local rows from `path`."""
+    return cli(env, "eval", "--benchmark", benchmark, *model_args(env), "--input", path, *extra)
 
 
 def push_cli(env: Env, *extra, folder=None, staging=None):
@@ -786,6 +839,157 @@ CASES = [
     ("cli validate --max-length 1",
      lambda env: cli(env, "validate", env.write("ok.jsonl", lines(PAIR)), "--max-length", "1"), 2,
      ["--max-length must be at least 2", "1"]),
+    # -- issue 19: RewardBench and dpo-ext eval --
+    ("cli eval --benchmark empty input file",
+     lambda env: bench_cli(env, "rewardbench", env.write("rb_empty.jsonl", "")), 2,
+     ["dpo-ext eval: error", "rb_empty.jsonl: no rows"]),
+    ("cli eval --benchmark input of blank lines",
+     lambda env: bench_cli(env, "rewardbench2", env.write("rb_blank.jsonl", "\n  \n")), 2, ["rb_blank.jsonl: no rows"]),
+    ("cli eval --benchmark unknown subset names the file line",
+     lambda env: bench_cli(env, "rewardbench", env.write("rb_subset.jsonl", lines(RB1_ROW) + "\n" + lines(
+         {**RB1_ROW, "subset": "Chat"}))), 2,
+     ["rb_subset.jsonl, line 3, field 'subset'", "unknown subset 'Chat'"]),
+    ("cli eval --benchmark missing field names the file line",
+     lambda env: bench_cli(env, "rewardbench", env.write("rb_missing.jsonl", lines(
+         RB1_ROW, {k: v for k, v in RB1_ROW.items() if k != "prompt"}))), 2,
+     ["rb_missing.jsonl, line 2, field 'prompt'", "missing"]),
+    ("cli eval --benchmark rewardbench row given to rewardbench2",
+     lambda env: bench_cli(env, "rewardbench2", env.write("rb2_of_rb1.jsonl", lines(RB2_ROW, RB1_ROW))), 2,
+     ["rb2_of_rb1.jsonl, line 2, field 'id'", "expected a string, got int"]),
+    ("cli eval --benchmark JSON array names the row",
+     lambda env: bench_cli(env, "rewardbench", env.write("rb_rows.json", json.dumps(
+         [RB1_ROW, {**RB1_ROW, "chosen": ["good"]}]))), 2,
+     ["rb_rows.json, row ", "field 'chosen'", "expected a string, got list"]),
+    ("cli eval --benchmark completion longer than the model names line and field",
+     lambda env: bench_cli(env, "rewardbench", env.write("rb_long.jsonl", lines(
+         RB1_ROW, {**RB1_ROW, "rejected": " ".join(["bad"] * 80)}))), 2,
+     ["rb_long.jsonl, line 2, field 'rejected'", "64 positions"]),
+    ("cli eval --benchmark rewardbench2 completion longer than the model names its list position",
+     lambda env: bench_cli(env, "rewardbench2", env.write("rb2_long.jsonl", lines(
+         {**RB2_ROW, "rejected": ["bad", " ".join(["bad"] * 80), "fine"]}))), 2,
+     ["rb2_long.jsonl, line 1, field 'rejected[1]'", "64 positions"]),
+    ("cli eval --benchmark --chat with a tokenizer without chat template",
+     lambda env: bench_cli(env, "rewardbench", env.write("rb_ok.jsonl", lines(RB1_ROW)), "--chat"), 2,
+     ["dpo-ext eval: error", "--chat", "no chat template"]),
+    ("cli eval --benchmark from the Hub while offline",
+     lambda env: cli(env, "eval", "--benchmark", "rewardbench", *model_args(env)), 2,
+     ["dpo-ext eval: error", "allenai/reward-bench", "HF_HUB_OFFLINE"]),
+    # -- issue 19: the training record and the scorer's reference --
+    ("load training record not JSON",
+     lambda env: load(env, damaged_copy(env, "record_json", lambda f: (f / REFERENCE_RECORD).write_text("{oops"))),
+     ValueError, ["record_json/dpo_ext_reference.json is not valid JSON"]),
+    ("load training record not an object",
+     lambda env: load(env, damaged_copy(env, "record_list", lambda f: (f / REFERENCE_RECORD).write_text("[]"))),
+     ValueError, ["record_list/dpo_ext_reference.json", "expected a JSON object"]),
+    ("load training record beta negative",
+     lambda env: load(env, damaged_copy(env, "record_neg", lambda f: (f / REFERENCE_RECORD).write_text(
+         json.dumps({"reference": "disabled_adapters", "beta": -0.5})))), SettingError,
+     ["record_neg/dpo_ext_reference.json, field 'beta'", "greater than 0"]),
+    ("load training record beta NaN",
+     lambda env: load(env, damaged_copy(env, "record_nan", lambda f: (f / REFERENCE_RECORD).write_text(
+         '{"beta": NaN}'))), SettingError, ["record_nan/dpo_ext_reference.json, field 'beta'", "finite"]),
+    ("load training record reference not text",
+     lambda env: load(env, damaged_copy(env, "record_ref", lambda f: (f / REFERENCE_RECORD).write_text(
+         json.dumps({"reference": 3})))), ValueError, ["record_ref/dpo_ext_reference.json, field 'reference'"]),
+    ("load beta conflicts with the training record",
+     lambda env: load(env, damaged_copy(env, "record_05", lambda f: (f / REFERENCE_RECORD).write_text(
+         json.dumps({"reference": "disabled_adapters", "beta": 0.5}))), beta=0.1), ValueError,
+     ["beta=0.1", "record_05/dpo_ext_reference.json records beta=0.5", "override_beta=True"]),
+    ("load beta conflicts with the training config", lambda env: load(env, env.saved.adapter, beta=0.3), ValueError,
+     ["beta=0.3", "training_config.json records beta=0.1", "override_beta=True"]),
+    ("cli score --beta conflicts with the training config",
+     lambda env: run_cli(env, "score", "conflict.jsonl", PAIR, extra=["--beta", "0.3"]), 2,
+     ["dpo-ext score: error", "beta=0.3", "training_config.json records beta=0.1", "--override-beta"]),
+    ("push beta conflicts with the training record",
+     lambda env: push(env, damaged_copy(env, "push_record_05", lambda f: (f / REFERENCE_RECORD).write_text(
+         json.dumps({"reference": "disabled_adapters", "beta": 0.5}))), beta=0.1), ValueError,
+     ["beta mismatch", "beta=0.1", "push_record_05/dpo_ext_reference.json records beta=0.5"]),
+    ("push training record beta zero",
+     lambda env: push(env, damaged_copy(env, "push_record_0", lambda f: (f / REFERENCE_RECORD).write_text(
+         json.dumps({"beta": 0})))), SettingError, ["push_record_0/dpo_ext_reference.json, field 'beta'"]),
+    # -- issue 19: reference cache files and non-finite weights --
+    ("trainer ref cache row with K-1 values",  # it trained with the missing value read as 0.0
+     lambda env: cached_trainer(env, lambda rows: rows[1].pop()), ValueError,
+     ["ref_cache/train.json, row 1, field 'ref_logps': has 2 entries for 3 completions", "dpo-ext precompute-ref"]),
+    ("trainer ref cache NaN value",
+     lambda env: cached_trainer(env, lambda rows: rows[3].__setitem__(0, math.nan)), ValueError,
+     ["ref_cache/train.json, row 3, field 'ref_logps[0]'", "finite", "nan"]),
+    ("trainer ref cache one row short",
+     lambda env: cached_trainer(env, lambda rows: rows.pop()), ValueError,
+     ["ref_cache/train.json", "holds 3 rows for the 4 rows of the train dataset", "delete"]),
+    ("trainer ref cache value as text",
+     lambda env: cached_trainer(env, lambda rows: rows[2].__setitem__(1, "-3.5")), ValueError,
+     ["ref_cache/train.json, row 2, field 'ref_logps[1]'", "'-3.5'"]),
+    ("config ref_cache_dir is a file",
+     lambda env: env.config(precompute_ref_log_probs=True, ref_cache_dir=str(env.write("cache_file.json", "{}"))),
+     SettingError, ["PLDPOConfig.ref_cache_dir", "cache_file.json is a file, not a folder"]),
+    ("cli precompute-ref cache path is a file",
+     lambda env: cli(env, "precompute-ref", "--model_name_or_path", env.saved.base, "--dataset_name",
+                     env.write("precompute.jsonl", lines(PAIR, PAIR)), "--ref_cache_dir",
+                     env.write("precompute_cache", "a file"), "--output_dir", env.tmp / "out"), 2,
+     ["dpo-ext precompute-ref: error:", "precompute_cache is a file, not a folder"]),
+    ("trainer policy with NaN adapter weights",
+     lambda env: env.trainer(model=nan_lora_model(env), peft_config=None), ValueError,
+     ["the policy's weight", "lora_B", "holds NaN values"]),
+    ("trainer ref_model with an infinite weight",
+     lambda env: env.trainer(ref_model=non_finite_model(env)), ValueError,
+     ["ref_model's weight 'transformer.wte.weight' holds infinite values (1 of"]),
+    ("scorer NaN log-probs named, not scored 0",
+     lambda env: ImplicitRewardScorer(nan_lora_model(env), env.tokenizer).score(["the movie was "], [["good", "bad"]]),
+     PreferenceDataError, ["prompt 0, completion 0", "policy", "non-finite log-prob", "nan"]),
+    ("evaluate NaN log-probs names the row, not accuracy 0.0",
+     lambda env: evaluate_preferences(ImplicitRewardScorer(nan_lora_model(env), env.tokenizer), [PAIR, PAIR]),
+     PreferenceDataError, ["row 0, field 'completions[0]'", "non-finite log-prob"]),
+    ("cli eval NaN adapter weights",  # gave an accuracy of 0.0 with no warning
+     lambda env: cli(env, "eval", *model_args(env, damaged_copy(env, "nan_adapter", non_finite_weights(
+         "adapter_model.safetensors", "lora_B"))), "-i", env.write("eval_nan_w.jsonl", lines(PAIR))), 2,
+     ["nan_adapter/adapter_model.safetensors", "lora_B", "holds NaN values"]),
+    ("cli eval infinite base model weight",
+     lambda env: cli(env, "eval", env.saved.adapter, "--base-model", damaged_copy(
+         env, "inf_base", non_finite_weights("model.safetensors", "wte", math.inf), source=env.saved.base),
+         "--device", "cpu", "-i", env.write("eval_inf_w.jsonl", lines(PAIR))), 2,
+     ["inf_base/model.safetensors", "tensor 'transformer.wte.weight' holds infinite values"]),
+    ("cli score NaN base model bias",
+     lambda env: cli(env, "score", env.saved.adapter, "--base-model", damaged_copy(
+         env, "nan_bias_base", non_finite_weights("model.safetensors", "ln_f.bias"), source=env.saved.base),
+         "--device", "cpu", "-i", env.write("score_ok.jsonl", lines(PAIR)), "-o", env.tmp / "scored.jsonl"), 2,
+     ["nan_bias_base/model.safetensors", "ln_f.bias", "holds NaN values"]),
+    # -- issue 19: dpo-ext train / validate inputs and model loading --
+    ("cli train a masked LM", lambda env: train_cli(env, model=masked_lm_folder(env)), 2,
+     ["--model_name_or_path", "masked_lm", "BertForMaskedLM", "not a causal LM"]),
+    ("cli train a model saved with LoRA layers inside",
+     lambda env: train_cli(env, model=lora_layers_folder(env)), 2,
+     ["lora_layers", "weights missing from the checkpoint", "attn.c_attn.weight", "saved with LoRA layers"]),
+    ("cli train pickle-only model", lambda env: train_cli(env, model=pickled_model_folder(env)), 2,
+     ["pickled_model has pytorch_model.bin but no model.safetensors", "save_pretrained(NEW_FOLDER)"]),
+    ("cli train missing split", lambda env: train_cli(env, "--dataset_train_split", "nope", data=saved_splits(env)),
+     2, ["--dataset_train_split", "splits_folder has no split 'nope'", "train"]),
+    ("cli train names the file line after blank lines",
+     lambda env: train_cli(env, data=env.write("train_lines.jsonl", lines(PAIR, "", "", {**PAIR, "prompt": ""}))),
+     2, ["train_lines.jsonl, line 4, field 'prompt'", "empty prompt"]),
+    ("cli train names the line of a row the tokenizer refuses",
+     lambda env: train_cli(env, data=env.write("merging.jsonl", lines(PAIR, "", {**PAIR, "prompt": "the"}))),
+     2, ["merging.jsonl, line 3, field 'prompt'", "gives no token of its own"]),
+    ("cli validate text and chat prompts mixed",
+     lambda env: cli(env, "validate", env.write("mixed_prompts.jsonl", lines(
+         PAIR, {"prompt": user("hi"), "chosen": assistant("good"), "rejected": assistant("bad")}))),
+     1, ["mixed_prompts.jsonl, line 2, field 'prompt'", "a list of dict where the rows before hold a str"]),
+    ("ultrafeedback rating off its 1-5 scale", lambda env: ultrafeedback_rows(rating="9"), PreferenceDataError,
+     ["row 1, field 'completions[1].annotations.honesty.Rating'", "off the 1-5 scale", "'9'"]),
+    ("trainer model folder saved with LoRA layers inside",
+     lambda env: env.trainer(model=str(lora_layers_folder(env))), ValueError,
+     ["lora_layers", "weights missing from the checkpoint", "saved with LoRA layers"]),
+    # -- issue 19: cards --
+    ("push license the Hub does not know", lambda env: push(env, license="apache2"), ValueError,
+     ["license 'apache2'", "not a license id the Hub knows", "apache-2.0", "repositories-licenses"]),
+    ("push license other", lambda env: push(env, license="other"), ValueError,
+     ["license 'other'", "license_name", "repositories-licenses"]),
+    ("cli push license the Hub does not know", lambda env: push_cli(env, "--license", "Apache 2"), 2,
+     ["dpo-ext push: error: license 'Apache 2' is not a license id the Hub knows"]),
+    ("push data license the Hub does not know",
+     lambda env: push_preference_dataset(data_folder(env, "prefs_license", {"train.jsonl": json.dumps(
+         {"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n"}), "alice/prefs", dry_run=env.tmp / "staging",
+         license="gnu"), ValueError, ["license 'gnu'", "not a license id the Hub knows"]),
 ]
 
 
@@ -824,3 +1028,65 @@ def test_bad_input_is_named(env, capsys, name, run, expected, fragments):
 def test_enough_cases():
     assert len(CASES) >= 60
     assert len({c[0] for c in CASES}) == len(CASES), "case names must be unique (they are the test ids)"
+
+
+# -- issue 19: dpo-ext train / validate inputs and model loading (helpers) -----------------------------------------
+
+def train_cli(env: Env, *extra, data=None, model=None) -> int:
+    """`dpo-ext train` for one LoRA step on the saved base (or `model`), on `data` (a valid file by default)."""
+    data = data or env.write("train_rows.jsonl", lines(*pairwise_rows(4)))
+    return cli(env, "train", "--model_name_or_path", model or env.saved.base, "--dataset_name", data,
+               "--dataset_test_split", "none", "--use_peft", "--lora_r", "4", "--lora_target_modules", "c_attn",
+               "--max_steps", "1", "--per_device_train_batch_size", "2", "--use_cpu", "--report_to", "none",
+               "--save_strategy", "no", "--output_dir", env.tmp / "out", *extra)
+
+
+def masked_lm_folder(env: Env) -> Path:
+    """A BERT masked LM built from a config and saved, with the test tokenizer (AutoModelForCausalLM loads it)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    folder = env.tmp / "masked_lm"
+    BertForMaskedLM(BertConfig(vocab_size=len(env.tokenizer), hidden_size=32, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=64)).save_pretrained(folder)
+    env.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def lora_layers_folder(env: Env) -> Path:
+    """What the README once did: `save_pretrained()` on a model that `get_peft_model()` had put LoRA layers into."""
+    folder = env.tmp / "lora_layers"
+    model = make_model(env.tokenizer)
+    get_peft_model(model, LoraConfig(**LORA))
+    model.save_pretrained(folder)
+    env.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def pickled_model_folder(env: Env) -> Path:
+    folder = env.tmp / "pickled_model"
+    shutil.copytree(env.saved.base, folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"not a pickle: never opened")
+    return folder
+
+
+def saved_splits(env: Env) -> Path:
+    folder = env.tmp / "splits_folder"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(pairwise_rows(4))}).save_to_disk(folder)
+    return folder
+
+
+def ultrafeedback_rows(rating: str):
+    """`to_ranked_rows` of two records in UltraFeedback's published schema, one honesty rating of the second set to
+    ``rating``."""
+    from fixtures import load_recipe
+
+    uf = load_recipe("ultrafeedback").uf
+
+    def completion(response, value="3"):
+        return {"response": response, "annotations": {aspect: {"Rating": value} for aspect in uf.ASPECTS}}
+
+    records = [{"instruction": "the movie was", "completions": [completion("good", "5"), completion("bad")]}
+               for _ in range(2)]
+    records[1]["completions"][1]["annotations"]["honesty"]["Rating"] = rating
+    return uf.to_ranked_rows(records)

@@ -2,6 +2,7 @@
 the scorer loader reads weights from safetensors only (a pickle-only adapter or model is refused, never opened)."""
 
 import json
+import math
 import shutil
 import struct
 from pathlib import Path
@@ -13,7 +14,14 @@ from safetensors.torch import save_file
 
 from fixtures import save_base_and_adapter
 from dpo_ext.scoring import loading as scoring_load
-from dpo_ext.safe_files import WeightsFileError, scrub_config, verify_safetensors
+from dpo_ext.safe_files import (
+    NonFiniteWeightsError,
+    WeightsFileError,
+    check_finite_weights,
+    scrub_config,
+    verify_finite_safetensors,
+    verify_safetensors,
+)
 from dpo_ext.scoring.scorer import ImplicitRewardScorer
 
 TENSORS = {"a.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b.bias": torch.ones(5, dtype=torch.bfloat16),
@@ -153,13 +161,19 @@ def test_pickle_only_reference_adapters_are_refused(saved, tmp_path):
         ImplicitRewardScorer.from_pretrained(str(saved / "adapter"), ref_adapter=str(ref_dir), device="cpu")
 
 
-def test_a_truncated_adapter_is_named_before_loading(saved, tmp_path):
+def adapter_copies(saved, tmp_path):
+    """Copies of the saved adapter, one plain and one with a TRL-style ``ref/`` copy: (folder, weights file to damage),
+    the adapter's own weights and the ref copy's."""
     for where in ("adapter", "ref"):
         adapter = tmp_path / where
         shutil.copytree(saved / "adapter", adapter)
         if where == "ref":
             shutil.copytree(saved / "adapter", adapter / "ref")
-        weights = adapter / ("ref" if where == "ref" else "") / "adapter_model.safetensors"
+        yield adapter, adapter / ("ref" if where == "ref" else "") / "adapter_model.safetensors"
+
+
+def test_a_truncated_adapter_is_named_before_loading(saved, tmp_path):
+    for adapter, weights in adapter_copies(saved, tmp_path):
         weights.write_bytes(weights.read_bytes()[:-100])
         with pytest.raises(WeightsFileError, match=r"truncated: 100 bytes missing") as error:
             ImplicitRewardScorer.from_pretrained(str(adapter), device="cpu")
@@ -195,7 +209,7 @@ def test_hub_adapter_without_safetensors_is_refused(monkeypatch):
 
 def test_models_are_loaded_with_safetensors_only_and_no_remote_code(monkeypatch):
     """A Hub model without safetensors: transformers raises (use_safetensors=True), and we say what to do."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
 
     calls = []
 
@@ -204,8 +218,98 @@ def test_models_are_loaded_with_safetensors_only_and_no_remote_code(monkeypatch)
         raise OSError(f"{source} does not appear to have a file named model.safetensors or "
                       "model.safetensors.index.json and thus cannot be loaded with `safetensors`.")
 
+    # the repo's config (read first, to refuse a model that is not a causal LM) is a causal LM's
+    monkeypatch.setattr(AutoConfig, "from_pretrained",
+                        lambda source, **kwargs: GPT2Config(architectures=["GPT2LMHeadModel"]))
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
     with pytest.raises(WeightsFileError, match="org/model has no model.safetensors") as error:
         ImplicitRewardScorer.from_pretrained("org/model", reference_free=True, device="cpu")
     assert "use_safetensors=False).save_pretrained(NEW_FOLDER)" in str(error.value)
     assert calls[0]["use_safetensors"] is True and "trust_remote_code" not in calls[0]
+
+
+# -- values: NaN or infinite weights are named where they enter, by file and tensor ---------------------------------
+
+def test_finite_values_pass_and_integer_tensors_are_not_inspected(weights, tmp_path):
+    assert verify_finite_safetensors(weights) is None
+    ints = tmp_path / "ints.safetensors"
+    save_file({"ids": torch.tensor([0, 2**31 - 1], dtype=torch.int64), "w": torch.ones(2)}, str(ints))
+    assert verify_finite_safetensors(ints) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("value, shown", [(math.nan, "NaN"), (math.inf, "infinite"), (-math.inf, "infinite")])
+def test_a_non_finite_value_is_named_by_file_and_tensor(tmp_path, dtype, value, shown):
+    path = tmp_path / "adapter_model.safetensors"
+    bad = torch.zeros(3, 4, dtype=dtype)
+    bad[2, 1] = value
+    save_file({"a.weight": torch.ones(2), "b.lora_B.weight": bad}, str(path))
+    with pytest.raises(NonFiniteWeightsError) as error:
+        verify_finite_safetensors(path)
+    message = str(error.value)
+    assert str(path) in message and "tensor 'b.lora_B.weight'" in message and f"{shown} values (1 of 12)" in message
+    assert isinstance(error.value, WeightsFileError)  # refused wherever a damaged weights file is
+
+
+def test_a_model_with_a_non_finite_weight_is_named(tokenizer):
+    from fixtures import make_model
+
+    model = make_model(tokenizer)
+    assert check_finite_weights(model, "the policy") is None
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.bias[3] = math.nan
+    with pytest.raises(NonFiniteWeightsError, match="the policy's weight 'transformer.h.1.mlp.c_fc.bias' holds NaN "
+                                                    "values \\(1 of 128\\)"):
+        check_finite_weights(model, "the policy")
+
+
+def _nan_lora_b(path: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    name = next(n for n in tensors if "lora_B" in n)
+    tensors[name] = torch.full_like(tensors[name], math.nan)
+    save_file(tensors, str(path))
+
+
+def test_nan_adapter_weights_are_refused_when_loading_a_scorer(saved, tmp_path):
+    """They gave `dpo-ext eval` an accuracy of 0.0 with no warning."""
+    for adapter, weights in adapter_copies(saved, tmp_path):
+        _nan_lora_b(weights)
+        with pytest.raises(NonFiniteWeightsError, match=r"lora_B.* holds NaN") as error:
+            ImplicitRewardScorer.from_pretrained(str(adapter), device="cpu")
+        assert str(weights) in str(error.value)
+
+
+def test_a_base_model_with_an_infinite_weight_is_refused_when_loading_a_scorer(saved, tmp_path):
+    from safetensors.torch import load_file
+
+    base = tmp_path / "base"
+    shutil.copytree(saved / "base", base)
+    tensors = load_file(str(base / "model.safetensors"))
+    tensors["transformer.wte.weight"][5, 0] = math.inf
+    save_file(tensors, str(base / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(NonFiniteWeightsError, match="tensor 'transformer.wte.weight' holds infinite"):
+        ImplicitRewardScorer.from_pretrained(str(saved / "adapter"), base_model=str(base), device="cpu")
+
+
+def test_resuming_from_a_checkpoint_with_nan_adapter_weights_is_refused(tokenizer, tmp_path):
+    import datasets
+    from peft import LoraConfig
+
+    from fixtures import make_model, ranked_rows, train_settings
+    from dpo_ext import PLDPOConfig, PLDPOTrainer
+
+    def trainer(steps):
+        args = PLDPOConfig(**train_settings(tmp_path, max_steps=steps, save_strategy="steps", save_steps=1,
+                                            per_device_train_batch_size=2, max_length=32))
+        return PLDPOTrainer(make_model(tokenizer), args=args, train_dataset=datasets.Dataset.from_list(ranked_rows(4)),
+                            processing_class=tokenizer,
+                            peft_config=LoraConfig(r=4, target_modules=["c_attn"], task_type="CAUSAL_LM"))
+
+    trainer(1).train()
+    weights = tmp_path / "out" / "checkpoint-1" / "adapter_model.safetensors"
+    _nan_lora_b(weights)
+    with pytest.raises(NonFiniteWeightsError, match="lora_B.* holds NaN values") as error:
+        trainer(2).train(resume_from_checkpoint=str(weights.parent))
+    assert str(weights) in str(error.value)

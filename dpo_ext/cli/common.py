@@ -34,7 +34,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="reference adapter: 'auto' (a saved ref/ adapter, TRL's frozen copy, if present), "
                             "'none' (always the base model), or a subfolder/directory name (default: auto)")
     group.add_argument("--reference-free", action="store_true", help="reward = beta * log pi (no reference)")
-    group.add_argument("--beta", type=float, default=0.1, help="the DPO beta of training (default: 0.1)")
+    group.add_argument("--beta", type=float, default=None,
+                       help="the DPO beta of training (default: the one recorded with the adapter, else 0.1); one "
+                            "that differs from the recorded beta is refused unless --override-beta")
+    group.add_argument("--override-beta", action="store_true",
+                       help="score with --beta even though the adapter records another (with a warning)")
     group.add_argument("--normalize", choices=("sum", "mean"), default="sum",
                        help="sum of token log-ratios (the DPO reward), or their mean per token (default: sum)")
     group.add_argument("--tokenization", choices=("trl", "rewardbench"), default="trl",
@@ -72,7 +76,8 @@ def scorer_from_arguments(args: argparse.Namespace):
     ref_adapter = None if args.ref_adapter.lower() == "none" else args.ref_adapter
     return ImplicitRewardScorer.from_pretrained(
         args.model, base_model=args.base_model, ref_model=args.ref_model, ref_adapter=ref_adapter,
-        reference_free=args.reference_free, device=args.device, beta=args.beta, max_length=args.max_length,
+        reference_free=args.reference_free, device=args.device, beta=args.beta, override_beta=args.override_beta,
+        max_length=args.max_length,
         max_batch_tokens=args.max_batch_tokens, prefix_sharing=not args.no_prefix_sharing,
         tokenization=args.tokenization,
     )
@@ -126,6 +131,8 @@ def read_rows(source: str, split: str = "train", config: str | None = None) -> R
             if split not in dataset:
                 raise KeyError(f"{source} has no split {split!r} (its splits: {', '.join(dataset)})")
             dataset = dataset[split]
+        if len(dataset) == 0:  # as for JSON files: an empty input is a mistake, not a result of nothing
+            raise ValueError(f"{source}: no rows")
         return Rows(source, list(dataset))
     if not looks_like_hub_id(source):
         raise FileNotFoundError(f"{source}: no such file, and not a Hub dataset id")

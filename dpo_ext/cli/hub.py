@@ -52,7 +52,9 @@ def _add_common(parser: argparse.ArgumentParser, repo_type: str) -> None:
     parser.add_argument("--dry-run", metavar="DIR", type=Path,
                         help="write the exact files that would be uploaded to DIR and list them; no network")
     parser.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
-    parser.add_argument("--license", default="apache-2.0", help="license id for the card (default: apache-2.0)")
+    parser.add_argument("--license", help="license id for the card, one the Hub knows "
+                        "(https://huggingface.co/docs/hub/repositories-licenses); default: none, and the card says "
+                        "the license is unknown unless the base model's card or the training record states one")
     parser.add_argument("--commit-message", help="commit message")
 
 

@@ -77,7 +77,10 @@ def register(subparsers) -> None:
 
 # -- data ----------------------------------------------------------------------------------------------------------
 
-def _renamed(rows: list[dict], columns: list[str] | None, source: str) -> list[dict]:
+def _renamed(rows, columns: list[str] | None):
+    """``rows`` (`dpo_ext.cli.common.Rows`) with columns renamed ours=theirs; each keeps its file line."""
+    from dpo_ext.cli.common import Rows
+
     if not columns:
         return rows
     mapping = {}
@@ -86,19 +89,37 @@ def _renamed(rows: list[dict], columns: list[str] | None, source: str) -> list[d
         if not sep or not ours or not theirs:
             raise ValueError(f"--dataset_columns {pair!r}: give ours=theirs, e.g. prompt=question")
         mapping[theirs] = ours
-    missing = sorted(set(mapping) - set(rows[0]))
+    first = rows.rows[0]
+    missing = sorted(set(mapping) - set(first))
     if missing:
-        raise ValueError(f"{source}: no column {', '.join(map(repr, missing))} to rename (columns: "
-                         f"{', '.join(rows[0])})")
-    return [{mapping.get(k, k): v for k, v in row.items()} for row in rows]
+        raise ValueError(f"{rows.source}: no column {', '.join(map(repr, missing))} to rename (columns: "
+                         f"{', '.join(first)})")
+    renamed = [{mapping.get(k, k): v for k, v in row.items()} for row in rows.rows]
+    return Rows(rows.source, renamed, rows.lines)
 
 
-def load_split(source: str, split: str, config: str | None = None, columns: list[str] | None = None) -> list[dict]:
-    """The rows of one split of ``source`` (see `TrainScriptArguments.dataset_name`), columns renamed."""
+def load_split(source: str, split: str, config: str | None = None, columns: list[str] | None = None):
+    """The rows of one split of ``source`` (see `TrainScriptArguments.dataset_name`), columns renamed, as a
+    `dpo_ext.cli.common.Rows` (``.rows``; ``.error()`` names a row by its file line). A folder or Hub dataset without
+    ``split`` raises `KeyError`."""
     from dpo_ext.cli.common import read_rows
 
-    rows = read_rows(source, split, config)
-    return _renamed(rows.rows, columns, rows.source)
+    return _renamed(read_rows(source, split, config), columns)
+
+
+def check_rows(rows) -> None:
+    """The trainer's row rules (`dpo_ext.data.validation.validate_rows`, as `dpo-ext validate` applies them) on
+    every row of ``rows`` (`Rows`), before the model loads: seconds, where loading takes minutes. The first invalid
+    row is named by its file line and field. Tokenization is checked by the trainer (`build_trainer` names the
+    line of a row it refuses)."""
+    from dpo_ext.data.validation import validate_rows
+
+    report = validate_rows(rows.rows)
+    if report.problems:
+        raise rows.error(report.problems[0])
+    if not report.trainable:
+        raise ValueError(f"{rows.source}: no usable row ({'; '.join(report.summary())}); `dpo-ext validate "
+                         f"{rows.source}` reports every row")
 
 
 def names_a_split(split: str | None) -> bool:
@@ -108,12 +129,12 @@ def names_a_split(split: str | None) -> bool:
 # -- models --------------------------------------------------------------------------------------------------------
 
 def load_policy(model_args, training_args):
-    """The model and tokenizer ``model_args`` names (weights from safetensors only), quantized for QLoRA when asked."""
+    """The model ``model_args`` names (`dpo_ext.modeling.loading.load_causal_lm`: a causal LM, weights from
+    safetensors only and all of them), quantized for QLoRA when asked."""
     import torch
-    from transformers import AutoModelForCausalLM
     from trl import get_quantization_config
 
-    from dpo_ext.modeling.models import load_tokenizer
+    from dpo_ext.modeling.loading import load_causal_lm
     from dpo_ext.training.engines import check_launch
 
     if not model_args.model_name_or_path:
@@ -121,8 +142,7 @@ def load_policy(model_args, training_args):
     quantization = get_quantization_config(model_args)
     check_launch(quantized=quantization is not None, quant_storage=model_args.bnb_4bit_quant_storage,
                  dtype=model_args.dtype)  # before minutes of loading
-    kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation,
-              "use_safetensors": True}
+    kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation}
     if model_args.dtype not in (None, "auto"):
         kwargs["dtype"] = getattr(torch, model_args.dtype)
     if quantization is not None:
@@ -135,14 +155,14 @@ def load_policy(model_args, training_args):
         from accelerate import PartialState
 
         kwargs.update(quantization_config=quantization, device_map={"": PartialState().local_process_index})
-    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    model = load_causal_lm(model_args.model_name_or_path, what="--model_name_or_path",
+                           hint="pass a causal LM's local folder or Hub id", **kwargs)
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=training_args.gradient_checkpointing)
-    tokenizer = load_tokenizer(model_args.model_name_or_path, "--model_name_or_path", model_args.model_revision)
-    return model, tokenizer
+    return model
 
 
 def lora_config(model_args):
@@ -182,7 +202,7 @@ def run_training(script_args, training_args, model_args, train_rows=None, eval_r
     trainer = build_trainer(training_args, model_args, train_rows, eval_rows)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
-    results = trainer.evaluate() if eval_rows else {}
+    results = trainer.evaluate() if _listed(eval_rows) else {}
     if trainer.accelerator.is_main_process:
         if more_results is not None:
             results.update(more_results(training_args.output_dir))
@@ -194,12 +214,32 @@ def run_training(script_args, training_args, model_args, train_rows=None, eval_r
 
 
 def build_trainer(training_args, model_args, train_rows, eval_rows):
-    """`PLDPOTrainer` on the model ``model_args`` names, with the LoRA its flags ask for."""
+    """`PLDPOTrainer` on the model ``model_args`` names, with the LoRA its flags ask for. ``train_rows`` and
+    ``eval_rows`` are lists of rows, or `Rows` read from files (checked before the model loads; a row the trainer
+    refuses is then named by its file line)."""
+    from dpo_ext.cli.common import Rows
+    from dpo_ext.data.rows import PreferenceDataError
+    from dpo_ext.modeling.models import load_tokenizer
     from dpo_ext.training.trainer import PLDPOTrainer
 
-    model, tokenizer = load_policy(model_args, training_args)
-    return PLDPOTrainer(model, args=training_args, train_dataset=train_rows, eval_dataset=eval_rows,
-                        processing_class=tokenizer, peft_config=lora_config(model_args))
+    read = {name: rows for name, rows in (("train", train_rows), ("eval", eval_rows)) if isinstance(rows, Rows)}
+    for rows in read.values():
+        check_rows(rows)
+    model = load_policy(model_args, training_args)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, "--model_name_or_path", model_args.model_revision)
+    try:
+        return PLDPOTrainer(model, args=training_args, train_dataset=_listed(train_rows),
+                            eval_dataset=_listed(eval_rows), processing_class=tokenizer,
+                            peft_config=lora_config(model_args))
+    except PreferenceDataError as error:
+        rows = read.get(error.dataset)
+        if rows is None or error.row is None:
+            raise
+        raise rows.error(error) from None
+
+
+def _listed(rows):
+    return getattr(rows, "rows", rows)  # a Rows' list, or the list (or None) given
 
 
 def precompute_reference(script_args, training_args, model_args) -> dict:
@@ -218,8 +258,11 @@ def _rows(script_args, train_rows=None, eval_rows=None) -> tuple:
     """``(train_rows, eval_rows)``: those given, else loaded as ``script_args`` say (eval rows only when a test split
     is named; `None` when there are none)."""
     if train_rows is None:
-        train_rows = load_split(script_args.dataset_name or _missing_dataset(), script_args.dataset_train_split,
-                                script_args.dataset_config, script_args.dataset_columns)
+        try:
+            train_rows = load_split(script_args.dataset_name or _missing_dataset(), script_args.dataset_train_split,
+                                    script_args.dataset_config, script_args.dataset_columns)
+        except KeyError as error:  # a dataset folder without that split
+            raise ValueError(f"--dataset_train_split: {error.args[0]}") from None
     if eval_rows is None and names_a_split(script_args.dataset_test_split):
         eval_rows = _eval_rows(script_args)
     return train_rows, eval_rows

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dpo_ext.data.rows import EMPTY_PROMPT, PROMPT_IDS, RANKS, REF_LOGPS, ROW_INDEX, PreferenceDataError
+from dpo_ext.data.rows import EMPTY_PROMPT, PROMPT_IDS, RANKS, REF_LOGPS, ROW_INDEX, SCORES, PreferenceDataError
+from dpo_ext.losses import rank_labels
 
 
 def pad_rows(rows, value: int, width: int | None = None, device=None) -> torch.Tensor:
@@ -41,13 +42,27 @@ def prompt_ids_of(example: dict) -> list[int]:
     return prompt
 
 
+def label_grid(examples: list[dict], ranks: torch.Tensor) -> torch.Tensor:
+    """(B, K_max) float64 label values: a scored row's ``scores`` as given, a row given by rank its
+    `dpo_ext.losses.rank_labels` (so one batch may mix both); 0 in missing slots."""
+    grid = rank_labels(ranks, torch.float64)
+    for b, example in enumerate(examples):
+        if example.get(SCORES) is not None:
+            grid[b] = 0.0
+            grid[b, : len(example[SCORES])] = torch.tensor(example[SCORES], dtype=torch.float64)
+    return grid
+
+
 def per_list_tensors(examples: list[dict], max_k: int) -> dict:
-    """What both collators return per list: ``ranks`` (B, K_max) long with -1 in missing slots; ``ref_logps`` (B, K_max)
-    float32 (0 in missing slots) and ``row_index`` (B,) long, each when the examples carry it."""
+    """What both collators return per list: ``ranks`` (B, K_max) long with -1 in missing slots; ``scores`` (B, K_max)
+    label values (`label_grid`) when any example is a scored row; ``ref_logps`` (B, K_max) float32 (0 in missing
+    slots) and ``row_index`` (B,) long, each when the examples carry it."""
     ranks = torch.full((len(examples), max_k), -1, dtype=torch.long)
     for b, example in enumerate(examples):
         ranks[b, : len(example[RANKS])] = torch.tensor(example[RANKS], dtype=torch.long)
     out = {RANKS: ranks}
+    if any(example.get(SCORES) is not None for example in examples):
+        out[SCORES] = label_grid(examples, ranks)
     if examples[0].get(REF_LOGPS) is not None:
         grid = torch.zeros((len(examples), max_k), dtype=torch.float32)
         for b, example in enumerate(examples):

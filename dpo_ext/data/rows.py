@@ -160,7 +160,8 @@ def dense_ranks(values, descending=False) -> list[int]:
 class NormalizedRow:
     """One row after the row rules: dense ``ranks`` (0 = best), identical completions collapsed into one copy.
 
-    ``prompt`` and ``completions`` are text or messages, or token ids when ``tokenized``.
+    ``prompt`` and ``completions`` are text or messages, or token ids when ``tokenized``. ``scores``: a scored row's
+    label values, as given (they travel to label-aware losses such as LiPO-lambda); `None` for rows given by rank.
     """
 
     prompt: str | list
@@ -170,6 +171,7 @@ class NormalizedRow:
     num_collapsed: int = 0  # identical completions merged into an earlier copy
     tokenized: bool = False
     positions: list[int] | None = None  # each kept completion's position in the input row
+    scores: list[float] | None = None
 
     @property
     def no_preference(self) -> str | None:
@@ -182,6 +184,8 @@ class NormalizedRow:
         """The row in the ranked format (or the tokenized one)."""
         keys = (PROMPT_IDS, COMPLETION_IDS) if self.tokenized else (PROMPT, COMPLETIONS)
         row = {keys[0]: self.prompt, keys[1]: self.completions, RANKS: self.ranks}
+        if self.scores is not None:
+            row[SCORES] = self.scores
         return row if self.ref_logps is None else {**row, REF_LOGPS: self.ref_logps}
 
     def key(self) -> str:
@@ -213,23 +217,30 @@ def _ranking(values, field, num_completions, index) -> list[int]:
 def _ref_logps(row, index, num_completions) -> list[float] | None:
     if REF_LOGPS not in row:
         return None
-    values = row[REF_LOGPS]
+    return check_ref_logps(row[REF_LOGPS], index, num_completions)
+
+
+def check_ref_logps(values, index, num_completions,
+                    remedy="recompute them, or drop the column to let the trainer compute them") -> list[float]:
+    """One row's reference log-probs as K floats: a list of ``num_completions`` finite numbers, else a
+    `PreferenceDataError` at row ``index``, field ``ref_logps`` (or ``ref_logps[k]``), whose problem ends with
+    ``remedy``. The rule of a ``ref_logps`` column, and of a reference cache file (`dpo_ext.reference.cache`)."""
     if values is None:
-        _fail(index, REF_LOGPS, "missing (with a ref_logps column, every row needs K reference log-probs)")
+        _fail(index, REF_LOGPS, f"missing (every row needs K reference log-probs; {remedy})")
     if not isinstance(values, (list, tuple)):
-        _fail(index, REF_LOGPS, f"expected a list of reference log-probs, got {type(values).__name__}")
+        _fail(index, REF_LOGPS, f"expected a list of reference log-probs, got {type(values).__name__} ({remedy})")
     if len(values) != num_completions:
-        _fail(index, REF_LOGPS, f"has {len(values)} entries for {num_completions} completions")
+        _fail(index, REF_LOGPS, f"has {len(values)} entries for {num_completions} completions ({remedy})")
     for k, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-            _fail(index, f"{REF_LOGPS}[{k}]", f"reference log-probs must be finite numbers, got {value!r} (recompute "
-                                                "them, or drop the column to let the trainer compute them)")
+            _fail(index, f"{REF_LOGPS}[{k}]", f"reference log-probs must be finite numbers, got {value!r} ({remedy})")
     return [float(v) for v in values]
 
 
-def _collapse(prompt, completions, ranks, ref_logps, tokenized=False) -> NormalizedRow:
-    """Merge identical completions into their first copy, which keeps the best rank among the copies."""
-    slot_of, kept, kept_ranks, kept_ref, positions = {}, [], [], [], []
+def _collapse(prompt, completions, ranks, ref_logps, tokenized=False, scores=None) -> NormalizedRow:
+    """Merge identical completions into their first copy, which keeps the best rank (and the highest score) among
+    the copies."""
+    slot_of, kept, kept_ranks, kept_ref, kept_scores, positions = {}, [], [], [], [], []
     for k, (completion, rank) in enumerate(zip(completions, ranks)):
         key = json.dumps(completion, sort_keys=True, default=str)
         slot = slot_of.setdefault(key, len(kept))
@@ -237,11 +248,14 @@ def _collapse(prompt, completions, ranks, ref_logps, tokenized=False) -> Normali
             kept.append(completion)
             kept_ranks.append(rank)
             kept_ref.append(None if ref_logps is None else ref_logps[k])
+            kept_scores.append(None if scores is None else scores[k])
             positions.append(k)
         else:
             kept_ranks[slot] = min(kept_ranks[slot], rank)
+            if scores is not None:
+                kept_scores[slot] = max(kept_scores[slot], scores[k])
     return NormalizedRow(prompt, kept, dense_ranks(kept_ranks), None if ref_logps is None else kept_ref,
-                         len(completions) - len(kept), tokenized, positions)
+                         len(completions) - len(kept), tokenized, positions, None if scores is None else kept_scores)
 
 
 def _normalize_tokenized(row: dict, index) -> NormalizedRow:
@@ -259,8 +273,12 @@ def _normalize_tokenized(row: dict, index) -> NormalizedRow:
     if row.get(RANKS) is None:
         _fail(index, RANKS, "missing (tokenized rows need 'ranks', 0 = best)")
     ranks = _ranking(row[RANKS], RANKS, len(completions), index)
+    scores = None
+    if row.get(SCORES) is not None:  # a prepared row keeps the label values its ranks came from
+        _ranking(row[SCORES], SCORES, len(completions), index)
+        scores = [float(s) for s in row[SCORES]]
     return _collapse(list(prompt), [list(c) for c in completions], ranks,
-                     _ref_logps(row, index, len(completions)), tokenized=True)
+                     _ref_logps(row, index, len(completions)), tokenized=True, scores=scores)
 
 
 _FORMATS = {COMPLETIONS: (COMPLETIONS,), CHOSEN: (CHOSEN, REJECTED), COMPLETION: (COMPLETION,)}
@@ -325,4 +343,5 @@ def normalize_row(row: dict, index: int | None = None) -> NormalizedRow:
         _fail(index, RANKS, "missing (ranked rows need 'ranks' (0 = best) or 'scores' (higher = better))")
     field, values = (RANKS, ranks) if ranks is not None else (SCORES, scores)
     dense = _ranking(values, field, len(completions), index)
-    return _collapse(prompt, list(completions), dense, _ref_logps(row, index, len(completions)))
+    return _collapse(prompt, list(completions), dense, _ref_logps(row, index, len(completions)),
+                     scores=None if scores is None else [float(s) for s in scores])

@@ -14,6 +14,7 @@ from dpo_ext.data.rows import (
     RANKS,
     REF_LOGPS,
     ROW_INDEX,
+    SCORES,
     PreferenceDataError,
     normalize_row,
 )
@@ -69,6 +70,20 @@ def tokenize_ranked(prompt, completions, tokenizer) -> tuple[list[int], list[lis
     return prompt_ids[:prompt_len], [ids[prompt_len:] for ids in full]
 
 
+def keep_prompt_end(prompt_ids: list[int], completion_ids: list[list[int]], max_length: int | None,
+                    max_prompt_length: int | None) -> list[int]:
+    """The prompt ids a row trains with under ``max_prompt_length``: where the prompt and the row's longest completion
+    together exceed ``max_length``, the prompt keeps its last ``max_prompt_length`` ids (its end, where the turn to
+    answer is), as the DPO paper's code does for Anthropic HH (``truncation_mode`` keep_end). Otherwise, or with
+    either setting `None`, the prompt is returned as it is. A leading BOS id is among the first to go.
+    """
+    if max_prompt_length is None or max_length is None:
+        return prompt_ids
+    if len(prompt_ids) + max(len(ids) for ids in completion_ids) <= max_length:
+        return prompt_ids
+    return prompt_ids[-max_prompt_length:]
+
+
 # RewardBench's fixed settings (``DPOInference.__init__``: ``max_length``, ``max_prompt_length``, keeping the prompt's
 # end)
 REWARDBENCH_MAX_LENGTH = 2048
@@ -84,18 +99,29 @@ def _rewardbench_texts(prompt, completions, tokenizer) -> tuple[str, list[str]]:
     if getattr(tokenizer, "chat_template", None) is None:
         raise PreferenceDataError("the prompt is a list of chat messages but the tokenizer has no chat template "
                                   "(set tokenizer.chat_template, or give text prompts)", field=PROMPT)
-    return (tokenizer.apply_chat_template(prompt, tokenize=False),
-            [tokenizer.apply_chat_template(prompt + c, tokenize=False) for c in completions])
+    # run_dpo.py sets the pad token (always) and a missing BOS token to EOS before it renders the template, so a
+    # template that writes them writes EOS; the same values are passed here rather than set on the caller's tokenizer
+    special = {"pad_token": tokenizer.eos_token}
+    if tokenizer.bos_token is None:
+        special["bos_token"] = tokenizer.eos_token
+    return (tokenizer.apply_chat_template(prompt, tokenize=False, **special),
+            [tokenizer.apply_chat_template(prompt + c, tokenize=False, **special) for c in completions])
+
+
+def rewardbench_bos_id(tokenizer) -> int:
+    """The id RewardBench puts before every prompt: the BOS token's, or for a tokenizer without one (Qwen2.5) the EOS
+    token's, as ``scripts/run_dpo.py`` sets it (``tokenizer.bos_token_id = tokenizer.eos_token_id``)."""
+    return tokenizer.eos_token_id if tokenizer.bos_token is None else tokenizer.bos_token_id
 
 
 def check_rewardbench_tokenizer(tokenizer) -> None:
-    """Raise a `ValueError` unless ``tokenizer`` has the BOS and EOS tokens RewardBench's tokenization adds."""
-    missing = [name for name in ("bos", "eos") if getattr(tokenizer, f"{name}_token_id", None) is None]
-    if missing:
-        raise ValueError(f"RewardBench's tokenization puts the tokenizer's BOS token before every prompt and its EOS "
-                         f"token after every completion, and this tokenizer has no {' and no '.join(missing)} token "
-                         f"(RewardBench cannot score with it either): set tokenizer.{missing[0]}_token to the token "
-                         "the model expects there, or use TRL's tokenization")
+    """Raise a `ValueError` unless ``tokenizer`` has the EOS token RewardBench's tokenization adds after every
+    completion (and before every prompt when the tokenizer has no BOS token)."""
+    if getattr(tokenizer, "eos_token_id", None) is None:
+        raise ValueError("RewardBench's tokenization puts the tokenizer's EOS token after every completion (and "
+                         "before every prompt when there is no BOS token), and this tokenizer has no EOS token "
+                         "(RewardBench cannot score with it either): set tokenizer.eos_token to the token that ends "
+                         "the model's replies, or use TRL's tokenization")
 
 
 def tokenize_rewardbench(prompt, completions, tokenizer, max_length: int = REWARDBENCH_MAX_LENGTH,
@@ -110,7 +136,8 @@ def tokenize_rewardbench(prompt, completions, tokenizer, max_length: int = REWAR
     2. ``prompt`` and ``prompt + completion`` are tokenized without special tokens. The completion starts after as
        many tokens as the prompt alone has, or one token earlier when those are not the joint text's first tokens
        (a token merged across the boundary, which then counts as the completion's).
-    3. The tokenizer's BOS id goes before the prompt, whether or not the tokenizer adds a BOS token itself.
+    3. The tokenizer's BOS id goes before the prompt, whether or not the tokenizer adds a BOS token itself; a
+       tokenizer without a BOS token (Qwen2.5...) gets its EOS id there instead (`rewardbench_bos_id`).
     4. The EOS id goes after the completion, even when its text already ends in EOS.
     5. With L the longest completion of this prompt (EOS included; RewardBench pairs chosen and rejected): where
        prompt + L is longer than ``max_length``, the prompt keeps its last ``max_prompt_length`` ids (the BOS is
@@ -118,14 +145,15 @@ def tokenize_rewardbench(prompt, completions, tokenizer, max_length: int = REWAR
        ``max_length - max_prompt_length`` ids.
 
     Chat messages are rendered by the chat template as RewardBench renders them (see `_rewardbench_texts`): the
-    generation prompt (``"<|assistant|>"``...) is then part of each completion, and scored.
+    generation prompt (``"<|assistant|>"``...) is then part of each completion, and scored. ``tokenizer`` is not
+    changed.
 
     Returns:
         `list`: K ``(prompt_ids, completion_ids)`` pairs; the prompt ids may differ between completions (by the
         boundary token, or by truncation).
 
     Raises:
-        `ValueError`: for a tokenizer without a BOS or EOS token (RewardBench cannot score with it either).
+        `ValueError`: for a tokenizer without an EOS token (RewardBench cannot score with it either).
         `PreferenceDataError`: when ``prompt + completion`` has fewer tokens than the prompt alone (RewardBench stops
             on such a row too), or for chat messages and a tokenizer without a chat template.
     """
@@ -133,7 +161,7 @@ def tokenize_rewardbench(prompt, completions, tokenizer, max_length: int = REWAR
         raise ValueError(f"max_length ({max_length}) must be above max_prompt_length ({max_prompt_length}), which "
                          "must be at least 1")
     check_rewardbench_tokenizer(tokenizer)
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    bos, eos = rewardbench_bos_id(tokenizer), tokenizer.eos_token_id
     prompt_text, texts = _rewardbench_texts(prompt, completions, tokenizer)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     pairs = []
@@ -157,14 +185,44 @@ def tokenize_rewardbench(prompt, completions, tokenizer, max_length: int = REWAR
     return out
 
 
-def prepare_ranked_dataset(dataset, tokenizer, max_length: int | None = None, num_proc=None, name="train"):
+def prepare_row(row: dict, index: int | None, tokenizer=None):
+    """The one preparation of one row, for training (`prepare_ranked_dataset`) and for `dpo-ext validate`
+    (`dpo_ext.data.validation.validate_rows`), so that both accept exactly the same rows: the row rules
+    (`dpo_ext.data.rows.normalize_row`), then the token ids (`tokenize_ranked`; a tokenized row's own ids).
+
+    Args:
+        row (`dict`): one row, with every column of its dataset (`None` where the row has no value).
+        index (`int`): its position in the dataset, for errors.
+        tokenizer (*optional*): without one, text rows get no ids (the row rules alone are applied).
+
+    Returns:
+        `(NormalizedRow, ids)`: ``ids`` is ``(prompt_ids, completion_ids)``, or `None` for a text row and no tokenizer.
+
+    Raises:
+        `PreferenceDataError`: naming the row (``index``) and the field.
+    """
+    try:
+        normalized = normalize_row(row, index)
+        if normalized.tokenized:
+            return normalized, (normalized.prompt, normalized.completions)
+        if tokenizer is None:
+            return normalized, None
+        return normalized, tokenize_ranked(normalized.prompt, normalized.completions, tokenizer)
+    except PreferenceDataError as error:
+        raise error.located(row=index) from None
+
+
+def prepare_ranked_dataset(dataset, tokenizer, max_length: int | None = None, num_proc=None, name="train",
+                           max_prompt_length: int | None = None):
     """Check, normalise and tokenize a `datasets.Dataset` of preference rows (any format of this module, tokenized
     ones included) by the row rules of this module.
 
     Returns a dataset with columns ``prompt_ids``, ``completion_ids`` (K lists), ``ranks`` (K dense ranks),
     ``row_index`` (the row's index in ``dataset``, or a tokenized row's own ``row_index``, so that errors during
-    training can name it) and, when the input had one, ``ref_logps``. Rows with no preference and rows whose prompt
-    alone reaches ``max_length`` are dropped; what was dropped or collapsed is logged.
+    training can name it) and, when the input had one, ``ref_logps``. With ``max_prompt_length``, a prompt that
+    does not fit with its longest completion keeps its end (`keep_prompt_end`); this is the only place it is cut, so
+    collators see the cut prompt. Rows with no preference and rows whose prompt alone reaches ``max_length`` are
+    dropped; what was dropped, cut or collapsed is logged.
 
     Raises:
         `PreferenceDataError`: for the first invalid row, naming the dataset (``name``), the row and the field.
@@ -172,17 +230,17 @@ def prepare_ranked_dataset(dataset, tokenizer, max_length: int | None = None, nu
 
     def prepare(row, index):
         try:
-            normalized = normalize_row(row, index)
-            if normalized.tokenized:
-                prompt_ids, completion_ids = normalized.prompt, normalized.completions
-            else:
-                prompt_ids, completion_ids = tokenize_ranked(normalized.prompt, normalized.completions, tokenizer)
+            normalized, (prompt_ids, completion_ids) = prepare_row(row, index, tokenizer)
         except PreferenceDataError as error:
-            raise error.located(index, name) from None
+            raise error.located(dataset=name) from None
+        whole = len(prompt_ids)
+        prompt_ids = keep_prompt_end(prompt_ids, completion_ids, max_length, max_prompt_length)
         own_index = row.get(ROW_INDEX) if normalized.tokenized else None
         out = {PROMPT_IDS: prompt_ids, COMPLETION_IDS: completion_ids, RANKS: normalized.ranks,
                ROW_INDEX: index if own_index is None else own_index, "_collapsed": normalized.num_collapsed,
-               "_no_preference": normalized.no_preference or "", "_key": normalized.key()}
+               "_no_preference": normalized.no_preference or "", "_key": normalized.key(),
+               "_cut": len(prompt_ids) < whole}
+        out[SCORES] = normalized.scores  # None for rows given by rank: one schema for every row
         return out if normalized.ref_logps is None else {**out, REF_LOGPS: normalized.ref_logps}
 
     if len(dataset) == 0:  # map() of no rows adds no columns, and the counts below would fail on a missing one
@@ -195,7 +253,11 @@ def prepare_ranked_dataset(dataset, tokenizer, max_length: int | None = None, nu
     keys = dataset["_key"]
     for line in summarize_counts(num_rows, no_preference, collapsed, len(keys) - len(set(keys))):
         logger.warning("%s: %s.", name, line)
-    dataset = dataset.remove_columns(["_collapsed", "_no_preference", "_key"])
+    cut = sum(dataset["_cut"])
+    if cut:
+        logger.warning("%s: cut %d of %d prompts to their last max_prompt_length=%d tokens, to fit max_length=%d "
+                       "with their longest completion.", name, cut, len(dataset), max_prompt_length, max_length)
+    dataset = dataset.remove_columns(["_collapsed", "_no_preference", "_key", "_cut"])
     if max_length is not None:
         before = len(dataset)
         dataset = dataset.filter(lambda p: len(p) < max_length, input_columns=PROMPT_IDS, num_proc=num_proc)

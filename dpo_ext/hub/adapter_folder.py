@@ -4,15 +4,14 @@ weights), checked for agreement with what the caller passed. Only reads: nothing
 truncated file is never published.
 """
 
-import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dpo_ext.hub.ids import looks_like_hub_id
 from dpo_ext.hub.training_files import PICKLED_ARGS, pickled_args_advice, read_training_config
+from dpo_ext.reference.record import check_beta, folder_config_file, read_training_record, recorded_beta
 from dpo_ext.safe_files import convert_adapter_hint, pickled_weights_error, read_adapter_config, verify_safetensors
 from dpo_ext.settings import positive
 
@@ -34,6 +33,7 @@ class AdapterInfo:
     training_config: dict
     tokenizer_files: list[str]  # names, in `TOKENIZER_FILES` order, of those the folder has
     reference_record: dict | None = None  # `dpo_ext_reference.json`: the reference it was trained against
+    trained_from: str | None = None  # `base_model_name_or_path` as recorded: often the local folder of the base
 
 
 def inspect_adapter(
@@ -60,31 +60,26 @@ def inspect_adapter(
         raise FileNotFoundError(f"{config_path} not found: pass the folder written by `trainer.save_model()` or "
                                 "`peft_model.save_pretrained()`")
     adapter_config = read_adapter_config(config_path)
-    base_model = _base_model(config_path, adapter_config.get("base_model_name_or_path"), base_model)
+    trained_from = adapter_config.get("base_model_name_or_path")
+    base_model = _base_model(config_path, trained_from, base_model)
     adapter_config["base_model_name_or_path"] = base_model
     beta = positive("beta", beta) if beta is not None else None
+    config_source = _config_source(adapter_dir, training_config)
     training_config = read_training_config(adapter_dir, training_config, secrets)
-    beta = _training_beta(adapter_dir, beta, training_config)
+    beta = _training_beta(adapter_dir, beta, training_config, config_source)
     tokenizer_files = [name for name in TOKENIZER_FILES if (adapter_dir / name).is_file()]
+    record = read_training_record(adapter_dir)  # what PLDPOTrainer recorded of the reference: source, fingerprint
     return AdapterInfo(adapter_config, base_model, beta, training_config, tokenizer_files,
-                       _reference_record(adapter_dir))
+                       None if record is None else record.fields, trained_from)
 
 
-def _reference_record(adapter_dir: Path) -> dict | None:
-    """What `PLDPOTrainer` recorded of the reference (its source and fingerprint), when the folder has it."""
-    from dpo_ext.reference.sources import REFERENCE_RECORD  # here: the module imports torch
-
-    path = adapter_dir / REFERENCE_RECORD
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); restore it from the training run, or delete it (the "
-                         "card then says nothing of the reference)") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}: expected a JSON object, as PLDPOTrainer writes it")
-    return record
+def _config_source(adapter_dir: Path, training_config) -> str:
+    """How to name the training config in a message: its file, or "training_config" for a dict."""
+    if isinstance(training_config, Mapping):
+        return "training_config"
+    if training_config is not None:
+        return str(training_config)
+    return str(folder_config_file(adapter_dir) or "the training config")
 
 
 def _base_model(config_path: Path, recorded: str | None, base_model: str | None) -> str:
@@ -109,15 +104,15 @@ def _base_model(config_path: Path, recorded: str | None, base_model: str | None)
     return base_model
 
 
-def _training_beta(adapter_dir: Path, beta: float | None, training_config: dict) -> float:
+def _training_beta(adapter_dir: Path, beta: float | None, training_config: dict, config_source: str) -> float:
     """The DPO beta of the run: `beta` (already checked) when given, which must match a recorded one, else the
-    training config's."""
-    recorded = training_config.get("beta")
-    if beta is not None and recorded is not None and not math.isclose(beta, recorded):
-        raise ValueError(f"beta mismatch: you passed beta={beta} but the training config says beta={recorded}; "
-                         "the implicit reward is only meaningful with the beta used in training")
+    recorded one (the training record's, else the training config's: `dpo_ext.reference.record.recorded_beta`)."""
+    recorded = recorded_beta(adapter_dir, training_config, config_source)
+    if beta is not None:
+        check_beta(beta, recorded, "the implicit reward is only meaningful with the beta used in training: drop "
+                                   "beta or correct it")
     if not training_config and (adapter_dir / PICKLED_ARGS).is_file():
-        if beta is None:
+        if beta is None and recorded is None:
             raise ValueError(f"beta is unknown: {adapter_dir} has no training_config.yaml or training_config.json, "
                              f"and {pickled_args_advice()}")
         logger.warning("%s has no training_config.yaml or training_config.json, and %s. The card will show no "
@@ -125,7 +120,7 @@ def _training_beta(adapter_dir: Path, beta: float | None, training_config: dict)
     if beta is None and recorded is None:
         raise ValueError(f"beta is unknown: the training config of {adapter_dir} records none; pass beta=... "
                          "(the value used in training)")
-    return float(beta if beta is not None else recorded)
+    return float(beta if beta is not None else recorded.value)
 
 
 def adapter_weights(adapter_dir: Path) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from dpo_ext.hub.adapter_folder import AdapterInfo, adapter_weights, inspect_adapter
+from dpo_ext.hub.base_model import base_model_facts
 from dpo_ext.hub.benchmarks import HubBenchmark, eval_results_files, unpublished_benchmark_results
 from dpo_ext.hub.cards import render_model_card
 from dpo_ext.hub.publish import PushResult, publish_folder
@@ -60,6 +61,12 @@ def build_model_card(
 
 def _card(info: AdapterInfo, repo_id: str, eval_results: dict, plots: list[Path], card_kwargs: dict):
     card_kwargs = {"datasets": dataset_names(info.training_config), **card_kwargs}
+    if not card_kwargs.get("base_model_parameters") or not card_kwargs.get("base_model_license"):
+        # The base model's size and stated license, from its files where this machine has them (the local folder it
+        # was trained from, or the Hub cache): a card must say how big the model is, and no license is made up.
+        facts = base_model_facts(info.trained_from, info.base_model)
+        card_kwargs.setdefault("base_model_parameters", facts.parameters)
+        card_kwargs.setdefault("base_model_license", facts.license)
     return render_model_card(
         repo_id=repo_id, base_model=info.base_model, beta=info.beta, training_config=info.training_config,
         adapter_config=info.adapter_config, eval_results=eval_results, plots=[f"plots/{p.name}" for p in plots],

@@ -14,16 +14,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dpo_ext.data.rows import CHOSEN, COMPLETIONS, PROMPT, RANKS, REJECTED, SCORES
-from dpo_ext.hub.benchmarks import (HubBenchmark, benchmark_table, eval_results_files, numeric_metrics,
-                                    split_eval_results)
+from dpo_ext.hub.benchmarks import HubBenchmark, benchmark_table, eval_results_files, split_eval_results
+from dpo_ext.hub.card_results import (BASELINE_KEY, NAMES, metric_rows, nested_tables, reported_metrics,
+                                      settings_in_results)
 from dpo_ext.hub.ids import looks_like_hub_id
+from dpo_ext.hub.licenses import card_license, check_license
 
-_METRIC_NAMES = {
-    "ground_truth_reward": "Ground-truth reward",
-    "kl": "KL divergence to the reference",
-    "preference_accuracy": "Preference accuracy",
-    "win_rate": "Win rate",
-}
+# Where the package comes from: it is not on PyPI, and pyproject.toml names no repository URL to `pip install git+`.
+INSTALL = "pip install ."
 _HYPERPARAMETERS = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
     "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "optim", "max_length", "max_prompt_length",
@@ -73,9 +71,10 @@ def describe_method(training_config: Mapping, num_completions: int | None = None
 
 
 def eval_results_to_card(metrics: Mapping, dataset: str, split: str | None = None,
-                         hub_benchmarks: Sequence[HubBenchmark] = ()) -> list:
-    """One `huggingface_hub.EvalResult` per finite numeric metric (others stay in eval_results.json only): those of
-    `metrics` on `dataset` (`split`), and those under ``metrics["benchmarks"]`` on each benchmark named there, with
+                         hub_benchmarks: Sequence[HubBenchmark] = (), training_config: Mapping = {}) -> list:
+    """One `huggingface_hub.EvalResult` per metric (`dpo_ext.hub.card_results.reported_metrics`: finite numbers that
+    are not run settings, standard errors or counts; the rest stays in eval_results.json and the card's text): those
+    of `metrics` on `dataset` (`split`), and those under ``metrics["benchmarks"]`` on each benchmark named there, with
     the split `dpo_ext.hub.benchmarks.benchmark_table(hub_benchmarks)` gives it."""
     from huggingface_hub import EvalResult
 
@@ -89,9 +88,9 @@ def eval_results_to_card(metrics: Mapping, dataset: str, split: str | None = Non
     return [
         EvalResult(task_type="text-generation", task_name="Preference alignment", dataset_type=dataset_type,
                    dataset_name=dataset_name, dataset_split=dataset_split, metric_type=key,
-                   metric_name=_METRIC_NAMES.get(key, key), metric_value=value)
+                   metric_name=NAMES.get(key, key), metric_value=value)
         for dataset_type, dataset_name, dataset_split, results in groups
-        for key, value in numeric_metrics(results).items()
+        for key, value in reported_metrics(results, training_config).items()
     ]
 
 
@@ -121,13 +120,18 @@ def render_model_card(
     eval_results: Mapping | None = None,
     plots: Sequence[str] = (),
     datasets: Sequence[str] = (),
-    license: str = "apache-2.0",
+    license: str | None = None,
     eval_dataset: str | None = None,
     eval_split: str | None = None,
     num_completions: int | None = None,
     includes_tokenizer: bool = True,
     hub_benchmarks: Sequence[HubBenchmark] = (),
     reference_record: Mapping | None = None,
+    base_model_parameters: int | None = None,
+    base_model_description: str | None = None,
+    base_model_license: str | None = None,
+    reward_model: str | None = None,
+    data_license: str | None = None,
 ):
     """Render the card of an aligned adapter. Pure: no files are read; see
     `dpo_ext.hub.adapters.build_model_card` for that.
@@ -142,14 +146,25 @@ def render_model_card(
             a benchmark go under ``"benchmarks"``: ``{"benchmarks": {"allenai/reward-bench-2": {"overall": 0.71}}}``
             (see `dpo_ext.hub.benchmarks`).
         plots (`Sequence[str]`): paths, inside the repository, of PNG files to embed.
-        datasets (`Sequence[str]`): training data; Hub ids are also listed in the metadata.
-        license (`str`): license id for the metadata.
+        datasets (`Sequence[str]`): training data, as used (a Hub id, or a description of another source); Hub
+            ids (`namespace/name`) are also listed in the metadata.
+        license (`str`, *optional*): license id (one the Hub knows, `dpo_ext.hub.licenses.HUB_LICENSES`). Without
+            one, the license the base model's card and the data's record state (`base_model_license`,
+            `data_license`) when they agree; else none, and the card says the license is unknown.
         eval_dataset (`str`, *optional*), eval_split (`str`, *optional*): what `eval_results` were measured on.
         num_completions (`int`, *optional*): K, when the training config does not record it.
         includes_tokenizer (`bool`): whether tokenizer files are published with the adapter.
         hub_benchmarks (`Sequence[HubBenchmark]`): benchmarks added to `dpo_ext.hub.benchmarks.KNOWN_BENCHMARKS`.
         reference_record (`Mapping`, *optional*): `dpo_ext_reference.json` as `PLDPOTrainer` writes it: the
             reference source and the fingerprint of what it was (`dpo_ext.reference.fingerprint`).
+        base_model_parameters (`int`, *optional*): the base model's parameter count (`dpo_ext.hub.base_model`
+            counts it from its files); the card says when it is unknown.
+        base_model_description (`str`, *optional*): what the base model is, e.g. that it is a toy trained from scratch.
+        base_model_license (`str`, *optional*), data_license (`str`, *optional*): the licenses the base model's card
+            and the training data state.
+        reward_model (`str`, *optional*): what the ground-truth reward (and, for generated data, the ranking) is.
+
+        The last five default to the training config's keys of the same names (a recipe records them there).
 
     Returns:
         `huggingface_hub.ModelCard`: `str(card)` is the README.md text.
@@ -157,6 +172,13 @@ def render_model_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     method, loss_type, k = describe_method(training_config, num_completions)
+    recorded = {key: training_config.get(key) for key in ("base_model_parameters", "base_model_description",
+                                                         "base_model_license", "reward_model", "data_license")}
+    base_model_parameters = base_model_parameters or recorded["base_model_parameters"]
+    base_model_description = base_model_description or recorded["base_model_description"]
+    reward_model = reward_model or recorded["reward_model"]
+    license, license_source = card_license(license, base_model_license or recorded["base_model_license"],
+                                           data_license or recorded["data_license"])
     eval_results = dict(eval_results or {})
     flat_results, by_benchmark = split_eval_results(eval_results)
     eval_dataset = eval_dataset or (datasets[0] if datasets else None)
@@ -164,47 +186,62 @@ def render_model_card(
     tags = ["dpo", "trl", "peft", "lora", "dpo_ext"] + (["plackett-luce"] if method == "Plackett-Luce DPO" else [])
     card_data = ModelCardData(
         base_model=base_model, library_name="peft", license=license, pipeline_tag="text-generation", tags=tags,
-        # Only Hub ids: anything else (a local path, a URL) is not metadata the Hub can link.
-        datasets=[d for d in datasets if looks_like_hub_id(d)] or None, model_name=model_name,
-        eval_results=eval_results_to_card(eval_results, eval_dataset or "custom", eval_split, hub_benchmarks) or None,
+        # Only namespaced Hub ids: a bare name ("movie-reviews"), a local path or a URL is no dataset the Hub can link.
+        datasets=[d for d in datasets if _is_hub_dataset(d)] or None, model_name=model_name,
+        eval_results=eval_results_to_card(eval_results, eval_dataset or "custom", eval_split, hub_benchmarks,
+                                          training_config) or None,
     )
+    baseline = flat_results.get(BASELINE_KEY)
     return _tidy(ModelCard, ModelCard.from_template(
         card_data,
         template_path=str(template_path("adapter_card.md")),
         repo_id=repo_id, model_name=model_name, base_model=base_model, beta=beta, method=method,
         method_note=_METHOD_NOTES.get(method, _BASELINE_NOTE), loss_type=loss_type, num_completions=k,
         datasets=list(datasets), base_model_url=f"https://huggingface.co/{base_model}",
-        eval_rows=_rows(flat_results), eval_dataset=eval_dataset if flat_results else None, eval_split=eval_split,
-        benchmark_groups=_benchmark_groups(by_benchmark, eval_results, hub_benchmarks),
+        base_model_parameters=f"{int(base_model_parameters):,}" if base_model_parameters else None,
+        base_model_description=base_model_description, reward_model=reward_model, license=license,
+        license_source=license_source, install=INSTALL,
+        eval_rows=metric_rows(flat_results, training_config, reward_model),
+        eval_dataset=eval_dataset if flat_results else None, eval_split=eval_split,
+        baseline_name=(baseline.get("name") or "recorded in eval_results.json") if isinstance(baseline, Mapping)
+        else None, result_tables=nested_tables(flat_results),
+        benchmark_groups=_benchmark_groups(by_benchmark, eval_results, hub_benchmarks, training_config),
         plots=[{"path": p, "stem": Path(p).stem.replace("_", " ")} for p in plots],
         tokenizer_repo=repo_id if includes_tokenizer else base_model,
         reference=(reference_record or {}).get("reference"),
         fingerprint=sorted(((reference_record or {}).get("reference_fingerprint") or {}).items()),
-        **_training_sections(training_config, adapter_config),
+        **_training_sections(training_config, adapter_config, beta, flat_results),
     ))
 
 
-def _rows(results: Mapping) -> list[tuple[str, str]]:
-    return [(_METRIC_NAMES.get(key, key), _format(value)) for key, value in results.items()]
+def _is_hub_dataset(name: str) -> bool:
+    return looks_like_hub_id(name) and name.count("/") == 1
 
 
-def _benchmark_groups(by_benchmark: dict, eval_results: Mapping, hub_benchmarks) -> list[dict]:
+def _benchmark_groups(by_benchmark: dict, eval_results: Mapping, hub_benchmarks, training_config) -> list[dict]:
     """The template variables of each benchmark's results: dataset, split, rows, and its `.eval_results/` file."""
     table, files = benchmark_table(hub_benchmarks), eval_results_files(eval_results, hub_benchmarks)
     groups = []
     for dataset_id, results in by_benchmark.items():
         benchmark = table.get(dataset_id)
         path = benchmark.path if benchmark is not None and benchmark.path in files else None
-        groups.append({"dataset": dataset_id, "split": benchmark and benchmark.split, "rows": _rows(results),
-                       "path": path})
+        groups.append({"dataset": dataset_id, "split": benchmark and benchmark.split,
+                       "rows": metric_rows(results, training_config, default_definition=(
+                           f"score on {(benchmark and benchmark.name) or dataset_id}, aggregated as the benchmark's "
+                           "own code does")), "path": path})
     return groups
 
 
-def _training_sections(training_config: Mapping, adapter_config: Mapping) -> dict:
-    """The template variables of the card's "How it was trained" section (and its bias note)."""
+def _training_sections(training_config: Mapping, adapter_config: Mapping, beta: float, results: Mapping) -> dict:
+    """The template variables of the card's "How it was trained" and "Hyperparameters" sections (and its bias
+    note). Run settings recorded with the results (steps trained, ...) join the hyperparameters."""
     # max_steps = -1 is the Trainer's "not set": leave it out rather than print a nonsensical value.
-    hyperparameters = [(key, _format(value)) for key in _HYPERPARAMETERS
-                       if (value := training_config.get(key)) is not None and not (key == "max_steps" and value < 0)]
+    hyperparameters = [("beta", _format(beta))] + [
+        (key, _format(value)) for key in _HYPERPARAMETERS
+        if (value := training_config.get(key)) is not None and not (key == "max_steps" and value < 0)]
+    shown = {key for key, _ in hyperparameters}
+    hyperparameters += [(key, _format(value)) for key, value in settings_in_results(results, training_config)
+                        if key not in shown]
     versions, versions_source = library_versions(training_config)
     bias = adapter_config.get("bias", "none")
     return {
@@ -219,7 +256,7 @@ def render_dataset_card(
     *,
     repo_id: str,
     files: Sequence[Mapping],
-    license: str = "apache-2.0",
+    license: str | None = None,
     pretty_name: str | None = None,
     description: str | None = None,
     source_model: str | None = None,
@@ -233,7 +270,7 @@ def render_dataset_card(
         files (`Sequence[Mapping]`): one entry per data file with keys `config` ("ranked" or "pairwise"), `split`,
             `path` (inside the repository), `format` ("JSONL" or "Parquet"), `rows`, `list_sizes` (ranked only)
             and `columns`.
-        license (`str`): license id for the metadata.
+        license (`str`, *optional*): license id (one the Hub knows); without one the card says it is unknown.
         pretty_name (`str`, *optional*): title; defaults to the repository name.
         description (`str`, *optional*): free text placed under the title.
         source_model (`str`, *optional*), reward_model (`str`, *optional*): what sampled and what ranked the data.
@@ -257,6 +294,7 @@ def render_dataset_card(
     for name, splits in configs.items():
         data_files = [{"split": split, "path": paths} for split, paths in splits.items()]
         hub_configs.append({"config_name": name, "data_files": data_files})
+    license = check_license(license)
     card_data = DatasetCardData(
         license=license, pretty_name=pretty_name, task_categories=["text-generation"],
         tags=["dpo", "preference", "dpo_ext"] + (["plackett-luce"] if ranked and max(sizes, default=3) > 2 else []),
@@ -270,7 +308,7 @@ def render_dataset_card(
         has_pairwise=any(f["config"] == "pairwise" for f in files),
         list_sizes=" or ".join(map(str, sizes)) or "K",
         extra_columns=sorted({c for f in files for c in f.get("columns", ()) if c not in described}),
-        generation=[(key, _format(value)) for key, value in (generation or {}).items()],
+        generation=[(key, _format(value)) for key, value in (generation or {}).items()], license=license,
     ))
 
 

@@ -11,14 +11,12 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import yaml
-
 from dpo_ext.hub.benchmarks import split_eval_results
+from dpo_ext.reference.record import CONFIG_FILES, read_config_file
 from dpo_ext.safe_files import scrub_config
 from dpo_ext.settings import positive
 
 PICKLED_ARGS = "training_args.bin"
-CONFIG_FILES = ("training_config.yaml", "training_config.json")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -50,16 +48,7 @@ def read_training_config(
 
 
 def _read_config_file(path: Path, secrets: Sequence[str]) -> dict:
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ValueError(f"{path} is not valid YAML or JSON ({where}{getattr(error, 'problem', None) or error}): "
-                         "fix the file, or pass another one (`--config FILE.yaml`, or training_config=)") from None
-    if not isinstance(loaded, Mapping):
-        raise ValueError(f"{path}: expected a mapping of training settings, got {type(loaded).__name__}")
-    return _checked_beta(scrub_config(loaded, secrets), str(path))
+    return scrub_config(read_config_file(path), secrets)
 
 
 def _checked_beta(config: dict, source: str) -> dict:

@@ -1,4 +1,5 @@
-"""Which reference source a training run gets: the cheapest exact one, or a refusal saying what to do."""
+"""Which reference source a training run gets (the cheapest exact one, or a refusal saying what to do), and which one
+a scorer gets for the arguments it was given."""
 
 import logging
 
@@ -11,6 +12,7 @@ from dpo_ext.reference.checks import (
 )
 from dpo_ext.reference.sources import (
     AdapterCopyReference,
+    AdapterReference,
     DisabledAdapterReference,
     InitialPolicyReference,
     ModelReference,
@@ -94,3 +96,46 @@ def _adapter_source(mode, model, probe_batch, unwrap, precompute: bool):
         "the reference instead.", "; ".join(reasons),
     )
     return AdapterCopyReference(model, unwrap)
+
+
+def _same_model(model):
+    return model  # the scorer holds the PeftModel itself: nothing to unwrap
+
+
+def scoring_reference(model, ref_model=None, ref_adapter: str | None = None):
+    """The reference source a scorer of ``model`` runs, by the same rules and classes as training.
+
+    Args:
+        model: the policy (a PeftModel, or a full model).
+        ref_model (*optional*): a separate reference model -> `ModelReference` (left unfrozen: the scorer only reads it).
+        ref_adapter (`str`, *optional*): an adapter of ``model`` -> `AdapterReference` (TRL's saved ``ref/`` copy).
+
+    Returns:
+        A `ReferenceSource`; with neither, `DisabledAdapterReference` for a PeftModel, `None` for a full model (no
+        reference: only reference-free scores).
+
+    Raises:
+        `ValueError`: conflicting or unknown arguments. `ReferenceMismatchError`: an adapter with trained biases,
+        whose base with adapters disabled is not the model it was trained from.
+    """
+    if ref_model is not None and ref_adapter is not None:
+        raise ValueError("pass ref_model or ref_adapter, not both")
+    if ref_model is not None:
+        if ref_model is model:
+            raise ValueError("ref_model is the policy model itself; omit it to use the adapters-off base model")
+        return ModelReference(ref_model, freeze=False)
+    peft = is_peft_model(model)
+    if ref_adapter is not None:
+        if not peft or ref_adapter not in model.peft_config:
+            available = sorted(model.peft_config) if peft else []
+            raise ValueError(f"ref_adapter={ref_adapter!r} is not an adapter of the model (adapters: {available})")
+        return AdapterReference(ref_adapter, _same_model)
+    if not peft:
+        return None
+    if bias_is_trained(model):
+        raise ReferenceMismatchError(
+            "this adapter trains biases (bias != 'none'), which changes the base model's own biases: with adapters "
+            "disabled it is not the reference it was trained against. Pass ref_model= (the model it was trained "
+            "from)."
+        )
+    return DisabledAdapterReference(_same_model)

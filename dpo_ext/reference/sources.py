@@ -14,36 +14,51 @@ model (FSDP gathers the sharded weights there). `dpo_ext.modeling.models.bare_mo
 transformers model *under* the PeftModel (its config, embeddings, forward signature).
 """
 
+import contextlib
+
 import torch
 
 from dpo_ext.data.rows import REF_LOGPS
 from dpo_ext.logps import to_grid
 from dpo_ext.modeling.batches import completion_logps
 from dpo_ext.modeling.models import active_adapter
+from dpo_ext.reference.record import RECORD_FILE as REFERENCE_RECORD  # noqa: F401 - the name older code imports
 
 REF_ADAPTER_NAME = "ref"  # also the folder TRL saves its frozen reference copy in, which the scorer looks for
-# Written next to a saved adapter: which reference it was trained against, so a scorer that later assumes
-# "base model = reference" can refuse instead of being silently wrong.
-REFERENCE_RECORD = "dpo_ext_reference.json"
 
 
 class ReferenceSource:
-    """Where reference log-probs come from. Subclasses set `name` and implement `_completion_logps` (or
-    `ref_logps` itself).
+    """Where reference log-probs come from. Subclasses set `name` and implement `reference_model` (or `ref_logps`
+    itself); the trainer (`ref_logps`) and the scorer (`reference_model`) run the reference through the same code.
 
     Attributes:
         name (`str`): one of `REFERENCE_CHOICES`, recorded with the saved adapter.
         before_training_only (`bool`): the source is the starting policy only until the first optimizer step, so its
             log-probs must be computed before training (`PrecomputedReference`).
         saved_adapters (`list[str]` or `None`): the adapters a saved model keeps; `None`: everything the model holds.
+        mixed_batch_adapter (`str` or `None`): the reference's entry in PEFT's ``adapter_names`` (``"__base__"``:
+            adapters off), so that policy and reference rows can share one forward; `None` where they cannot.
     """
 
     name = ""
     before_training_only = False
     saved_adapters = None
+    mixed_batch_adapter = None  # PEFT's `adapter_names` entry for the reference, where it shares the policy's forward
+
+    @property
+    def label(self) -> str:
+        """How the scorer names this reference (`ImplicitRewardScorer.reference`)."""
+        return self.name
 
     def prepare(self, accelerator) -> None:
         """Called once the trainer's accelerator exists, before any log-probs are asked for."""
+
+    @contextlib.contextmanager
+    def reference_model(self, model):
+        """Run a block as the reference: yields the model whose forward gives reference log-probs (``model`` with its
+        adapters switched for the block, or a separate model). Its rows go through
+        `dpo_ext.modeling.batches.completion_logps` (the trainer) or `dpo_ext.modeling.prompt_cache` (the scorer)."""
+        yield model
 
     def weights(self, policy) -> tuple:
         """``(model, includes_adapter)``: the model whose weights the reference runs, and whether its adapter weights
@@ -58,13 +73,15 @@ class ReferenceSource:
 
     def _completion_logps(self, model, batch: dict) -> torch.Tensor:
         """Summed log-probs (N,), one per completion row of the collated batch."""
-        raise NotImplementedError
+        with self.reference_model(model) as reference:
+            return completion_logps(reference, batch)
 
 
 class DisabledAdapterReference(ReferenceSource):
     """Reference = the policy with every adapter disabled (``PeftModel.disable_adapter()``)."""
 
     name = "disabled_adapters"
+    mixed_batch_adapter = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
     def __init__(self, unwrap):
         self._unwrap = unwrap
@@ -72,12 +89,33 @@ class DisabledAdapterReference(ReferenceSource):
     def weights(self, policy) -> tuple:
         return policy, False  # the base weights alone
 
-    def _completion_logps(self, model, batch):
+    @contextlib.contextmanager
+    def reference_model(self, model):
         with self._unwrap(model).disable_adapter():
-            return completion_logps(model, batch)
+            yield model
 
 
-class AdapterCopyReference(ReferenceSource):
+class AdapterReference(ReferenceSource):
+    """Reference = the adapter ``adapter_name`` of the same PeftModel, active for the reference pass only (the
+    policy's adapter stays active, and trainable, outside it). The scorer's ``ref_adapter`` (TRL's ``ref/`` copy)."""
+
+    name = "adapter"
+
+    def __init__(self, adapter_name: str, unwrap):
+        self._unwrap = unwrap
+        self.adapter_name = self.mixed_batch_adapter = adapter_name
+
+    @property
+    def label(self) -> str:
+        return f"adapter:{self.adapter_name}"
+
+    @contextlib.contextmanager
+    def reference_model(self, model):
+        with active_adapter(self._unwrap(model), self.adapter_name):
+            yield model
+
+
+class AdapterCopyReference(AdapterReference):
     """Reference = a frozen copy of the starting adapter, added to the same PeftModel under ``REF_ADAPTER_NAME``.
 
     The copy is an implementation detail, not a result: only the trained adapter is saved (`saved_adapters`).
@@ -88,7 +126,7 @@ class AdapterCopyReference(ReferenceSource):
     def __init__(self, peft_model, unwrap):
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-        self._unwrap = unwrap
+        super().__init__(REF_ADAPTER_NAME, unwrap)
         self.trained_adapter = peft_model.active_adapter
         self.saved_adapters = [self.trained_adapter]
         peft_model.add_adapter(REF_ADAPTER_NAME, peft_model.peft_config[self.trained_adapter])
@@ -99,20 +137,23 @@ class AdapterCopyReference(ReferenceSource):
             if f".{REF_ADAPTER_NAME}." in name:
                 param.requires_grad_(False)
 
-    def _completion_logps(self, model, batch):
-        with active_adapter(self._unwrap(model), REF_ADAPTER_NAME):  # the trained adapter stays trainable
-            return completion_logps(model, batch)
+    @property
+    def label(self) -> str:
+        return self.name
 
 
 class ModelReference(ReferenceSource):
-    """Reference = a separate model, kept in eval mode and frozen."""
+    """Reference = a separate model, kept in eval mode and frozen (``freeze=False``: left as it is, for a scorer, which
+    runs it under `torch.inference_mode` and in eval mode for the block only)."""
 
     name = "ref_model"
 
-    def __init__(self, ref_model):
-        self.ref_model = ref_model.eval()
-        for param in self.ref_model.parameters():
-            param.requires_grad_(False)
+    def __init__(self, ref_model, freeze: bool = True):
+        self.ref_model = ref_model
+        if freeze:
+            ref_model.eval()
+            for param in ref_model.parameters():
+                param.requires_grad_(False)
 
     def weights(self, policy) -> tuple:
         return self.ref_model, True
@@ -121,8 +162,9 @@ class ModelReference(ReferenceSource):
         # placed (and, under DeepSpeed/FSDP, sharded) like the policy, but never trained
         self.ref_model = accelerator.prepare_model(self.ref_model, evaluation_mode=True)
 
-    def _completion_logps(self, model, batch):
-        return completion_logps(self.ref_model, batch)
+    @contextlib.contextmanager
+    def reference_model(self, model):
+        yield self.ref_model
 
 
 class InitialPolicyReference(ReferenceSource):
@@ -130,9 +172,6 @@ class InitialPolicyReference(ReferenceSource):
 
     name = "initial_policy"
     before_training_only = True
-
-    def _completion_logps(self, model, batch):
-        return completion_logps(model, batch)
 
 
 class PrecomputedReference(ReferenceSource):
@@ -153,6 +192,9 @@ class PrecomputedReference(ReferenceSource):
 
     def weights(self, policy) -> tuple:
         return self.source.weights(policy)
+
+    def reference_model(self, model):
+        return self.source.reference_model(model)
 
     def ref_logps(self, model, batch: dict) -> torch.Tensor:
         if REF_LOGPS in batch:

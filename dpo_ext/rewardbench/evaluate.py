@@ -33,12 +33,19 @@ def evaluate_rewardbench(scorer, benchmark: str = "rewardbench", rows=None, *, s
     Returns:
         `dict`: the benchmark's `aggregate` (``subsets``, ``overall``, ...) plus ``benchmark``, ``dataset`` and
         ``split`` (the Hub split, ``"local files"`` or ``"rows given"``).
+
+    Raises:
+        `ValueError`: when there is no row to score.
+        `PreferenceDataError`: for a row that is not in the benchmark's schema (naming its position in the rows and
+            its field), or one the scorer cannot score (naming it as ``prompt i, completion k``).
     """
     module = benchmark_module(benchmark)
     split = split or module.DEFAULT_SPLIT
     source = "rows given" if rows is not None else "local files" if data_files is not None else split
-    if rows is None:
-        rows = module.load_rows(split, data_files)
+    rows = module.load_rows(split, data_files) if rows is None else list(rows)
+    if not rows:  # aggregating nothing would give a table of n/a that reads like a result
+        where = data_files if data_files is not None else source
+        raise ValueError(f"{where}: no rows to score; give rows of {module.DATASET_ID} in its published schema")
     prompts, completions, meta = module.rows_to_inputs(rows, chat=chat)
     result = scorer.score(prompts, completions, beta=beta, normalize=normalize, reference_free=reference_free,
                           progress=progress)

@@ -205,6 +205,11 @@ def rows_to_inputs(rows, *, chat: bool = False) -> tuple[list, list[list[str]], 
     return prompts, completions, meta
 
 
+def completion_field_names(row: dict) -> list[str]:
+    """The published field of each completion `rows_to_inputs` makes of ``row``, in its order, for errors."""
+    return ["chosen", "rejected"]
+
+
 def _section_scores(accuracy: dict) -> tuple[dict, dict]:
     """Each section's `EXAMPLE_COUNTS`-weighted mean accuracy over its subsets present (`None` when none is), and the
     weights used."""

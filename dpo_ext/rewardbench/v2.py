@@ -136,6 +136,12 @@ def rows_to_inputs(rows, *, chat: bool = False) -> tuple[list, list[list[str]], 
     return prompts, completions, meta
 
 
+def completion_field_names(row: dict) -> list[str]:
+    """The published field of each completion `rows_to_inputs` makes of ``row``, in its order, for errors:
+    ``chosen[0]``, ..., ``rejected[0]``, ..."""
+    return [f"{field}[{k}]" for field in ("chosen", "rejected") for k in range(len(row[field]))]
+
+
 def best_of_n_credit(values: list[float]) -> float:
     """One row's score outside Ties: 1 / (completions tied at the top) when the first is among them, else 0."""
     if any(math.isnan(v) for v in values):  # np.max is NaN, and nothing equals NaN

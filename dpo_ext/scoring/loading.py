@@ -4,26 +4,39 @@ Works with adapters saved by `PLDPOTrainer` and by `trl.DPOTrainer`. When TRL re
 kept a frozen copy of the starting adapter as the reference and saved it in a ``ref/`` subfolder; that copy is then
 the reference (``ref_adapter="auto"``), since it, not the bare base model, is what the adapter was trained against.
 
+The DPO beta and the reference the adapter was trained against come from its training record
+(`dpo_ext.reference.record`): the beta defaults to the recorded one, and an adapter trained against anything but the
+base model with adapters disabled is refused when nothing else is given as the reference.
+
 Weights are loaded from safetensors only: a pickled adapter or model (``*.bin``) could run code when loaded, so a
-folder or repo that has only those is refused with a message saying how to convert it. A local safetensors file is
-checked in full first (`dpo_ext.safe_files.verify_safetensors`), so a truncated file is reported by name.
+folder or repo that has only those is refused with a message saying how to convert it. A local adapter file is
+checked in full first (`dpo_ext.safe_files.verify_safetensors`), so a truncated file is reported by name, and so
+are its values (`verify_finite_safetensors`): NaN or infinite weights would score every completion NaN. Models (the
+base, a reference) go through the one causal-LM loader, `dpo_ext.modeling.loading.load_causal_lm`, which does the same
+for local folders; Hub models are not read twice: NaN rewards they cause are refused by the scorer, naming the row.
 """
 
 import json
 import logging
 import os
 
-from dpo_ext.hub.ids import looks_like_hub_id, offline
-from dpo_ext.reference import REF_ADAPTER_NAME as TRL_REF_ADAPTER  # TRL saves its frozen copy there too
-from dpo_ext.reference import REFERENCE_RECORD
-from dpo_ext.safe_files import convert_adapter_hint, pickled_weights_error, read_adapter_config, verify_safetensors
+from dpo_ext.hub.ids import offline
+from dpo_ext.modeling.loading import load_causal_lm
+from dpo_ext.reference.record import CONFIG_FILES, RECORD_FILE, choose_beta, read_training_record
+from dpo_ext.reference.sources import REF_ADAPTER_NAME as TRL_REF_ADAPTER  # TRL saves its frozen copy there too
+from dpo_ext.safe_files import (
+    convert_adapter_hint,
+    pickled_weights_error,
+    read_adapter_config,
+    verify_finite_safetensors,
+    verify_safetensors,
+)
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PICKLED_ADAPTER = "adapter_model.bin"
-_PICKLED_MODEL_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def _is_local(path: str) -> bool:
@@ -83,55 +96,19 @@ def _load_tokenizer(model_id, base_id, revision):
 
 
 def _load_model(source, dtype, revision=None, what: str = "model", hint: str = "pass another model"):
-    """``source`` loaded (a model object is returned as it is); ``what`` and ``hint`` word the not-found error."""
-    if not isinstance(source, str):
-        return source
-    from transformers import AutoModelForCausalLM
-
-    if _is_local(source):
-        _check_local_model_weights(source)
-    elif os.path.exists(source) or not looks_like_hub_id(source):
-        # A path, not a Hub id: transformers would answer "Repo id must be in the form 'repo_name'...".
-        raise FileNotFoundError(f"{what} {source!r}: no such directory; {hint}")
+    """``source`` loaded by the one causal-LM loader (`dpo_ext.modeling.loading.load_causal_lm`: safetensors only,
+    verified, values checked for local folders, a causal LM whose weights match it); a model object is returned as
+    it is."""
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    try:
-        # use_safetensors=True: transformers raises instead of falling back to pickled weights.
-        return AutoModelForCausalLM.from_pretrained(source, revision=revision, use_safetensors=True, **kwargs)
-    except OSError as error:
-        if isinstance(error, PermissionError):
-            raise
-        if "safetensors" not in str(error) or "does not appear to have" not in str(error):
-            # Offline, transformers' own reason ("We couldn't connect...") adds nothing to ours.
-            problem = "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if offline() else \
-                f"could not be loaded from the Hub ({' '.join(str(error).split())[:300]})"
-            raise FileNotFoundError(f"{what} {source!r} {problem}: download it first (`hf download {source}`, with "
-                                    f"network access), or {hint}") from error
-        # Raised for a Hub repo without safetensors weights (local folders were checked above).
-        expected = "model.safetensors or model.safetensors.index.json" + (" in the local cache (offline)"
-                                                                           if offline() else "")
-        raise pickled_weights_error(source, expected, _convert_model_hint(source)) from error
-
-
-def _check_local_model_weights(folder: str) -> None:
-    """Verify a local model's safetensors files, or refuse a folder whose weights are only pickled."""
-    safe = sorted(name for name in os.listdir(folder) if name.endswith(".safetensors"))
-    for name in safe:
-        verify_safetensors(os.path.join(folder, name))
-    pickled = next((name for name in _PICKLED_MODEL_FILES if os.path.isfile(os.path.join(folder, name))), None)
-    if not safe and pickled:
-        raise pickled_weights_error(folder, "model.safetensors", _convert_model_hint(folder), pickled)
-
-
-def _convert_model_hint(source: str) -> str:
-    return (f"`AutoModelForCausalLM.from_pretrained({source!r}, use_safetensors=False).save_pretrained(NEW_FOLDER)` "
-            "(it writes model.safetensors), then pass NEW_FOLDER")
+    return load_causal_lm(source, what=what, hint=hint, revision=revision, **kwargs)
 
 
 def _require_safe_adapter(model_id: str, revision=None, subfolder: str = "") -> None:
     """Refuse an adapter whose weights are not a complete ``adapter_model.safetensors``.
 
-    Local folders: the file is verified in full; a folder with only ``adapter_model.bin`` is refused without
-    opening it. Hub repos: refused when the repo lists no ``adapter_model.safetensors``.
+    Local folders: the file is verified in full, structure and values (NaN or infinite weights are refused); a
+    folder with only ``adapter_model.bin`` is refused without opening it. Hub repos: refused when the repo lists no
+    ``adapter_model.safetensors``.
 
     Args:
         model_id (`str`): local folder or Hub repo id of the adapter.
@@ -139,13 +116,15 @@ def _require_safe_adapter(model_id: str, revision=None, subfolder: str = "") -> 
         subfolder (`str`): the adapter's subfolder (``"ref"`` for TRL's reference copy), or ``""``.
 
     Raises:
-        `WeightsFileError`: pickled-only or corrupt weights. `FileNotFoundError`: no weights at all.
+        `WeightsFileError`: pickled-only or corrupt weights (`NonFiniteWeightsError`: NaN or infinite values).
+        `FileNotFoundError`: no weights at all.
     """
     where = f"{model_id.rstrip('/')}/{subfolder}" if subfolder else model_id
     if _is_local(model_id):
         folder = os.path.join(model_id, subfolder)
         if os.path.isfile(os.path.join(folder, ADAPTER_WEIGHTS)):
             verify_safetensors(os.path.join(folder, ADAPTER_WEIGHTS))
+            verify_finite_safetensors(os.path.join(folder, ADAPTER_WEIGHTS))  # small: its values are read too
             return
         has_pickle = os.path.isfile(os.path.join(folder, _PICKLED_ADAPTER))
     else:
@@ -187,23 +166,37 @@ def _load_ref_adapter(model, model_id, ref_adapter, revision):
                      "nor an adapter directory")
 
 
-def _refuse_unrecoverable_reference(model_id) -> None:
+def _record_folder(model_id: str, revision=None) -> str | None:
+    """A local folder holding ``model_id``'s training record files (those it has): the folder itself, or for a Hub
+    repo the cache snapshot they are downloaded into. `None` when none can be had (offline and not cached...)."""
+    if _is_local(model_id):
+        return model_id
+    folder = None
+    for name in (RECORD_FILE, *CONFIG_FILES):
+        if not _has_file(model_id, name, revision):
+            continue
+        try:
+            from huggingface_hub import hf_hub_download
+
+            folder = os.path.dirname(hf_hub_download(model_id, name, revision=revision))
+        except Exception as error:  # noqa: BLE001 - a record that cannot be fetched is reported, not fatal
+            logger.warning("Could not read %s of %s (%s).", name, model_id, error)
+    return folder
+
+
+def _refuse_unrecoverable_reference(model_id: str, record) -> None:
     """An adapter trained against a frozen copy of its *starting* adapter cannot be scored against the base model."""
-    record_path = os.path.join(model_id, REFERENCE_RECORD)
-    if not (_is_local(model_id) and os.path.isfile(record_path)):
-        return
-    with open(record_path) as f:
-        reference = json.load(f).get("reference")
-    if reference not in (None, "disabled_adapters"):
+    if record is not None and record.reference not in (None, "disabled_adapters"):
         raise ValueError(
-            f"{model_id} was trained against reference={reference!r} ({REFERENCE_RECORD}), not the base model with "
-            "adapters disabled, so scoring against the base model would be wrong. Pass ref_adapter= (the starting "
-            "adapter's directory) or ref_model=, or use reference_free=True."
+            f"{model_id} was trained against reference={record.reference!r} ({RECORD_FILE}), "
+            "not the base model with adapters disabled, so scoring against the base model would be wrong. Pass "
+            "ref_adapter= (the starting adapter's directory) or ref_model=, or use reference_free=True."
         )
 
 
 def load_scorer(cls, model_id_or_path: str, *, base_model=None, ref_model=None, ref_adapter="auto", tokenizer=None,
-                dtype=None, device=None, revision=None, reference_free: bool = False, **scorer_kwargs):
+                dtype=None, device=None, revision=None, reference_free: bool = False, beta: float | None = None,
+                override_beta: bool = False, **scorer_kwargs):
     """Build an `ImplicitRewardScorer` from a saved adapter (or a full model with an explicit reference).
 
     Args:
@@ -218,11 +211,21 @@ def load_scorer(cls, model_id_or_path: str, *, base_model=None, ref_model=None, 
         dtype (*optional*): dtype to load the weights in.
         device (*optional*): defaults to CUDA when available, else CPU.
         reference_free (`bool`): allow a full model with no reference; scores are then ``beta * log pi``.
-        scorer_kwargs: passed to `ImplicitRewardScorer` (``beta``, ``max_length``, ``tokenization``, ...).
+        beta (`float`, *optional*): the DPO beta; defaults to the one recorded with the adapter
+            (``dpo_ext_reference.json``, else a ``training_config.yaml``/``.json``; never the pickled
+            ``training_args.bin``), else 0.1 with a logged note. One that differs from the recorded beta is refused.
+        override_beta (`bool`, defaults to `False`): score with a ``beta`` that differs from the recorded one (with a
+            warning) instead of refusing it.
+        scorer_kwargs: passed to `ImplicitRewardScorer` (``max_length``, ``tokenization``, ...).
+
+    The scorer's `beta_source` says where its beta came from: the record's file, ``"argument"`` or ``"default"``.
     """
     import torch
 
     config = adapter_config(model_id_or_path, revision)
+    record_folder = _record_folder(model_id_or_path, revision)  # before any weights load: a bad record fails fast
+    beta, beta_source = choose_beta(record_folder, beta, override_beta)
+    record = read_training_record(record_folder) if record_folder is not None else None
     if config is None:
         if ref_model is None and not reference_free:
             raise ValueError(
@@ -248,7 +251,7 @@ def load_scorer(cls, model_id_or_path: str, *, base_model=None, ref_model=None, 
         else:
             ref_adapter = None
         if ref_model is None and ref_adapter is None and not reference_free:
-            _refuse_unrecoverable_reference(model_id_or_path)
+            _refuse_unrecoverable_reference(model_id_or_path, record)
     if tokenizer is None:
         tokenizer = _load_tokenizer(model_id_or_path, base_id if isinstance(base_id, str) else None, revision)
     if tokenizer.pad_token is None:
@@ -260,4 +263,4 @@ def load_scorer(cls, model_id_or_path: str, *, base_model=None, ref_model=None, 
                                 hint="pass its local folder or Hub id with ref_model= (`--ref-model`)")
         ref_model = ref_model.to(device).eval()
     return cls(model, tokenizer, ref_model=ref_model, ref_adapter=ref_adapter, reference_free=reference_free,
-               **scorer_kwargs)
+               beta=beta, beta_source=beta_source, **scorer_kwargs)

@@ -6,6 +6,30 @@ from dataclasses import dataclass
 
 import torch
 
+from dpo_ext.data.rows import PreferenceDataError
+
+
+def check_finite_logps(slots: list[list[int]], policy_logps: torch.Tensor, ref_logps: torch.Tensor | None) -> None:
+    """Refuse NaN or infinite log-probs (N,) before they become rewards: counted as wrong answers, they would turn a
+    broken model into an accuracy of 0.0. ``slots[b]`` are the positions of prompt b's completions.
+
+    Raises:
+        `PreferenceDataError`: at the first prompt and completion concerned (callers name it their own way).
+    """
+    bad = ~torch.isfinite(policy_logps)
+    if ref_logps is not None:
+        bad |= ~torch.isfinite(ref_logps)
+    if not bad.any():
+        return
+    flat = int(bad.nonzero()[0])
+    prompt, completion = next((b, positions.index(flat)) for b, positions in enumerate(slots) if flat in positions)
+    model, value = (("policy", policy_logps[flat]) if not torch.isfinite(policy_logps[flat]) else
+                    ("reference", ref_logps[flat]))
+    raise PreferenceDataError(
+        f"the {model} model gives a non-finite log-prob ({float(value)}) for this completion, so its reward means "
+        f"nothing ({int(bad.sum())} of {bad.numel()} completions): check the model's weights for NaN or infinite "
+        "values, or load it in float32 if its dtype overflows", prompt, completion=completion, unit="prompt")
+
 
 @dataclass
 class ScoreResult:

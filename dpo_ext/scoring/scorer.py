@@ -6,11 +6,16 @@ The implicit reward of a completion y of a prompt x is ``r(x, y) = beta * log pi
 ``rewards/chosen``. ``tokenization="rewardbench"`` tokenizes as RewardBench does instead
 (`dpo_ext.data.tokenize.tokenize_rewardbench`), to reproduce its numbers.
 
-The reference comes from the same weights where it can (no second copy of the model):
+The reference comes from the same weights where it can (no second copy of the model), through the trainer's own
+reference sources (`dpo_ext.reference.scoring_reference`):
 
-- a PeftModel with nothing else given: the base model with adapters disabled;
-- ``ref_adapter="ref"``: a named adapter of the same PeftModel (TRL's frozen copy when it re-trained an adapter);
-- ``ref_model=...``: a separate model.
+- a PeftModel with nothing else given: the base model with adapters disabled (`DisabledAdapterReference`);
+- ``ref_adapter="ref"``: a named adapter of the same PeftModel (`AdapterReference`; TRL's frozen copy when it
+  re-trained an adapter);
+- ``ref_model=...``: a separate model (`ModelReference`).
+
+``beta`` is the one the adapter was trained with: `from_pretrained` reads it from the adapter's training record
+(`dpo_ext.reference.record`) and refuses another unless told to override.
 
 Speed: the prompt shared by a prompt's N completions is processed once per model (`dpo_ext.modeling.prompt_cache`), and
 with ``mixed_adapter_batches`` the policy and the adapters-off reference run in one forward. Results equal the naive
@@ -28,7 +33,9 @@ from dpo_ext.modeling.models import (
     check_tokenizer_fits,
     load_tokenizer,
 )
-from dpo_ext.reference import ReferenceMismatchError, bias_is_trained, check_reference_model, is_peft_model
+from dpo_ext.reference.checks import ReferenceMismatchError, check_reference_model, is_peft_model
+from dpo_ext.reference.choice import scoring_reference
+from dpo_ext.reference.record import DEFAULT_BETA
 from dpo_ext.scoring.inputs import (
     TOKENIZATIONS,
     completion_lists,
@@ -38,7 +45,7 @@ from dpo_ext.scoring.inputs import (
 )
 from dpo_ext.modeling.prompt_cache import Runner, prompt_cache_problem, score_groups
 from dpo_ext.modeling.models import active_adapter, eval_mode
-from dpo_ext.scoring.results import BestOfN, ScoredCandidate, ScoreResult, candidates_of
+from dpo_ext.scoring.results import BestOfN, ScoredCandidate, ScoreResult, candidates_of, check_finite_logps
 from dpo_ext.settings import as_number, positive
 
 __all__ = ["ImplicitRewardScorer"]
@@ -58,7 +65,10 @@ class ImplicitRewardScorer:
         ref_model (`PreTrainedModel`, *optional*): a separate reference model.
         ref_adapter (`str`, *optional*): name of an adapter of ``model`` to use as the reference.
         policy_adapter (`str`, *optional*): adapter that is the policy (defaults to the active one).
-        beta (`float`, defaults to 0.1): the DPO beta the model was trained with.
+        beta (`float`, *optional*): the DPO beta the model was trained with; 0.1 when `None` (`from_pretrained`
+            reads it from the adapter's training record instead).
+        beta_source (`str`, *optional*): where ``beta`` comes from, kept as `beta_source` (`from_pretrained` passes
+            the record's file); defaults to ``"argument"``, or ``"default"`` when ``beta`` is `None`.
         reference_free (`bool`, defaults to `False`): score with ``beta * log pi`` only (RewardBench's
             reference-free mode, which by default also averages over tokens: ``normalize="mean"``); the default of
             `score`'s argument of the same name.
@@ -83,30 +93,18 @@ class ImplicitRewardScorer:
     """
 
     def __init__(self, model, tokenizer=None, *, ref_model=None, ref_adapter=None, policy_adapter=None,
-                 beta: float = 0.1, reference_free: bool = False, max_length: int | None = None,
-                 prefix_sharing: bool = True, mixed_adapter_batches: bool | None = None,
+                 beta: float | None = None, beta_source: str | None = None, reference_free: bool = False,
+                 max_length: int | None = None, prefix_sharing: bool = True, mixed_adapter_batches: bool | None = None,
                  max_batch_tokens: int | None = None, max_row_tokens: int = 128, tokenization: str = "trl"):
-        beta = positive("beta", beta)
+        self.beta_source = beta_source or ("default" if beta is None else "argument")
+        beta = positive("beta", DEFAULT_BETA if beta is None else beta)
         if tokenization not in TOKENIZATIONS:
             raise ValueError(f"tokenization must be one of {TOKENIZATIONS}, got {tokenization!r}")
-        if ref_model is not None and ref_adapter is not None:
-            raise ValueError("pass ref_model or ref_adapter, not both")
-        if ref_model is not None and ref_model is model:
-            raise ValueError("ref_model is the policy model itself; omit it to use the adapters-off base model")
         peft = is_peft_model(model)
-        if ref_adapter is not None:
-            if not peft or ref_adapter not in model.peft_config:
-                available = sorted(model.peft_config) if peft else []
-                raise ValueError(f"ref_adapter={ref_adapter!r} is not an adapter of the model (adapters: {available})")
+        self.reference_source = scoring_reference(model, ref_model, ref_adapter)
         self.policy_adapter = (policy_adapter or model.active_adapter) if peft else None
         if self.policy_adapter is not None and self.policy_adapter == ref_adapter:
             raise ValueError(f"the policy adapter and ref_adapter are both {ref_adapter!r}; pass policy_adapter=...")
-        if ref_model is None and ref_adapter is None and peft and bias_is_trained(model):
-            raise ReferenceMismatchError(
-                "this adapter trains biases (bias != 'none'), which changes the base model's own biases: with "
-                "adapters disabled it is not the reference it was trained against. Pass ref_model= (the model it "
-                "was trained from)."
-            )
         if tokenizer is None:
             tokenizer = load_tokenizer(model.config._name_or_path, "tokenizer")
         check_tokenizer_fits(model, tokenizer, "the policy")
@@ -132,26 +130,18 @@ class ImplicitRewardScorer:
         self._prefix_problems = {}  # id(model) -> why prefix sharing is off for it (None: on, checked)
         if mixed_adapter_batches is None:
             mixed_adapter_batches = not on_cpu
-        self.mixed_adapter_batches = bool(mixed_adapter_batches and peft and ref_model is None)
+        self.mixed_adapter_batches = bool(mixed_adapter_batches and peft and self.reference_source is not None
+                                          and self.reference_source.mixed_batch_adapter is not None)
 
     # -- where the reference comes from ----------------------------------------------------------------------------
 
     @property
     def reference(self) -> str | None:
         """``"disabled_adapters"``, ``"adapter:<name>"``, ``"ref_model"``, or `None` (no reference available)."""
-        if self.ref_model is not None:
-            return "ref_model"
-        if self.ref_adapter is not None:
-            return f"adapter:{self.ref_adapter}"
-        return "disabled_adapters" if is_peft_model(self.model) else None
+        return None if self.reference_source is None else self.reference_source.label
 
     def _policy_context(self):
         return active_adapter(self.model, self.policy_adapter) if self.policy_adapter else contextlib.nullcontext()
-
-    def _reference_context(self):
-        if self.ref_adapter is not None:
-            return active_adapter(self.model, self.ref_adapter)
-        return self.model.disable_adapter()
 
     # -- scoring ---------------------------------------------------------------------------------------------------
 
@@ -179,7 +169,7 @@ class ImplicitRewardScorer:
             )
         with torch.inference_mode(), eval_mode(self.model, self.ref_model):
             if need_ref and self.mixed_adapter_batches:
-                copies = [self.policy_adapter, self.ref_adapter or "__base__"]
+                copies = [self.policy_adapter, self.reference_source.mixed_batch_adapter]
                 try:
                     both = self._run(Runner(self.model, self.pad_token_id, copies), groups, num_slots, progress)
                     return both[0], both[1]
@@ -191,10 +181,8 @@ class ImplicitRewardScorer:
                 policy = self._run(Runner(self.model, self.pad_token_id), groups, num_slots, progress)[0]
             if not need_ref:
                 return policy, None
-            if self.ref_model is not None:
-                return policy, self._run(Runner(self.ref_model, self.pad_token_id), groups, num_slots, None)[0]
-            with self._reference_context():
-                return policy, self._run(Runner(self.model, self.pad_token_id), groups, num_slots, None)[0]
+            with self.reference_source.reference_model(self.model) as reference:
+                return policy, self._run(Runner(reference, self.pad_token_id), groups, num_slots, None)[0]
 
     def score_tokens(self, prompt_ids, completion_ids, *, beta=None, normalize="sum", reference_free=None,
                      progress=False) -> ScoreResult:
@@ -232,6 +220,7 @@ class ImplicitRewardScorer:
             ref_n = None if ref is None else ref / num_tokens.clamp(min=1)
         else:
             policy_n, ref_n = policy, ref
+        check_finite_logps(slots, policy, ref)
         rewards = implicit_rewards(policy_n, torch.zeros_like(policy_n) if ref_n is None else ref_n, beta)
         return ScoreResult.from_slots(slots, rewards, policy, ref, num_tokens, beta=beta,
                                       normalize=normalize, reference_free=reference_free)
@@ -303,8 +292,9 @@ class ImplicitRewardScorer:
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str, **kwargs) -> "ImplicitRewardScorer":
-        """Load a scorer from a local directory or Hub repo id; see `dpo_ext.scoring.loading.load_scorer`. Keyword
-        arguments it does not take (``beta``, ``max_length``, ``tokenization``...) go to the scorer."""
+        """Load a scorer from a local directory or Hub repo id; see `dpo_ext.scoring.loading.load_scorer`. ``beta``
+        defaults to the one the adapter recorded (another is refused unless ``override_beta=True``); keyword
+        arguments it does not take (``max_length``, ``tokenization``...) go to the scorer."""
         from dpo_ext.scoring.loading import load_scorer
 
         return load_scorer(cls, model_id_or_path, **kwargs)

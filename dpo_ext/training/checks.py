@@ -6,6 +6,7 @@ import tempfile
 
 from dpo_ext.modeling.models import vocabulary_problem
 from dpo_ext.data.rows import PreferenceDataError, normalize_row
+from dpo_ext.data.validation import rows_as_dataset
 
 
 def unwritable_folder(folder) -> str | None:
@@ -40,11 +41,8 @@ def ensure_pad_token(tokenizer) -> None:
 
 
 def rows_to_dataset(rows: list, name: str):
-    """A list of dicts as a `datasets.Dataset`, each row checked first: Arrow's own error for a value of another type
-    than the rest of its column names neither the row nor the field."""
-    import datasets
-    import pyarrow
-
+    """A list of dicts as a `datasets.Dataset` (`dpo_ext.data.validation.rows_as_dataset`: every row's columns, a
+    value of another type than the rows above named), each row checked by the row rules first."""
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
             raise PreferenceDataError(f"expected a dict, got {type(row).__name__}", index, dataset=name)
@@ -52,11 +50,7 @@ def rows_to_dataset(rows: list, name: str):
             normalize_row(row, index)
         except PreferenceDataError as error:
             raise error.located(dataset=name) from None
-    try:
-        return datasets.Dataset.from_list(rows)
-    except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError) as error:
-        raise PreferenceDataError(f"the rows mix value types within one field ({error}); give every row the same "
-                                  "format", dataset=name) from None
+    return rows_as_dataset(rows, name)
 
 
 def check_rows_fit(dataset, name: str, limit: int | None, max_length: int | None, vocab_size: int | None) -> None:

@@ -5,9 +5,10 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from dpo_ext.reference import REFERENCE_CHOICES
+from dpo_ext.reference.cache import cache_folder_problem
 from dpo_ext.settings import SettingError, as_number, check_numeric_fields, positive
 
-LOSS_TYPES = ("plackett_luce", "preferred_ft", "unlikelihood")
+LOSS_TYPES = ("plackett_luce", "all_pairs", "lipo_lambda", "preferred_ft", "unlikelihood")
 
 
 @dataclass
@@ -20,11 +21,19 @@ class PLDPOConfig(TrainingArguments):
     Parameters:
         beta (`float`, defaults to `0.1`): KL-penalty coefficient; rewards are beta * log(pi / pi_ref).
         loss_type (`str`, defaults to `"plackett_luce"`): `"plackett_luce"` (DPO generalised to K ranked completions;
-            K = 2 is exactly sigmoid DPO), `"preferred_ft"` (SFT on the best completion), or `"unlikelihood"`
-            (best completion up, worst completion's tokens down, weighted by `unlikelihood_alpha`).
+            K = 2 is exactly sigmoid DPO), `"all_pairs"` (sigmoid DPO averaged over every strictly ordered pair of
+            the list), `"lipo_lambda"` (LiPO-lambda: pairs weighted by LambdaLoss weights from the rows' `scores`,
+            or from their ranks, see `dpo_ext.losses.lipo_lambda_loss`), `"preferred_ft"` (SFT on the best
+            completion), or `"unlikelihood"` (best completion up, worst completion's tokens down, weighted by
+            `unlikelihood_alpha`).
         unlikelihood_alpha (`float`, defaults to `1.0`): weight of the unlikelihood term.
         max_length (`int` or `None`, defaults to `1024`): maximum tokens of prompt + completion; longer sequences
             lose their end, and rows whose prompt alone reaches it are dropped (with a logged count).
+        max_prompt_length (`int`, *optional*): where a prompt and its longest completion exceed `max_length`, the
+            prompt keeps its last `max_prompt_length` tokens (it is cut from the left once, when the rows are
+            prepared: `dpo_ext.data.tokenize.keep_prompt_end`), so no row is dropped for a long prompt. The DPO
+            paper's code does this for Anthropic HH (256 with `max_length` 512). Must be below `max_length`.
+            `None`: prompts are never cut.
         reference (`str`, defaults to `"auto"`): where the reference policy comes from: `"auto"`,
             `"disabled_adapters"`, `"adapter_copy"`, `"ref_model"` or `"initial_policy"`
             (see `dpo_ext.reference`).
@@ -49,12 +58,17 @@ class PLDPOConfig(TrainingArguments):
     beta: float = field(default=0.1, metadata={"help": "KL-penalty coefficient beta; rewards are beta*log(pi/pi_ref)."})
     loss_type: str = field(
         default="plackett_luce",
-        metadata={"help": "Loss: plackett_luce (K=2 is sigmoid DPO), preferred_ft, or unlikelihood.",
+        metadata={"help": "Loss: plackett_luce (K=2 is sigmoid DPO), all_pairs (DPO on every pair of the list), "
+                          "lipo_lambda (LiPO-lambda, label-weighted pairs), preferred_ft, or unlikelihood.",
                   "choices": list(LOSS_TYPES)},
     )
     unlikelihood_alpha: float = field(default=1.0, metadata={"help": "Weight of the unlikelihood term."})
     max_length: int | None = field(
         default=1024, metadata={"help": "Max tokens of prompt + completion; the end of longer ones is cut."}
+    )
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Where prompt + longest completion exceed max_length, the prompt keeps its "
+                                        "last max_prompt_length tokens (as the DPO paper for HH); None: never cut."}
     )
     reference: str = field(
         default="auto",
@@ -87,7 +101,15 @@ class PLDPOConfig(TrainingArguments):
         as_number("PLDPOConfig.learning_rate", self.learning_rate, minimum=0.0)
         if self.max_length is not None:
             as_number("PLDPOConfig.max_length", self.max_length, int, minimum=2)
+        if self.max_prompt_length is not None:
+            as_number("PLDPOConfig.max_prompt_length", self.max_prompt_length, int, minimum=1)
+            if self.max_length is None or self.max_prompt_length >= self.max_length:
+                raise SettingError(f"PLDPOConfig.max_prompt_length ({self.max_prompt_length}) must be below max_length "
+                                   f"({self.max_length}): it is what a prompt keeps so that a completion still fits; "
+                                   "lower it, raise max_length, or leave max_prompt_length unset")
         if self.ref_cache_dir and not self.precompute_ref_log_probs:
             raise SettingError("PLDPOConfig.ref_cache_dir keeps precomputed reference log-probs: set "
                                "precompute_ref_log_probs=True too (or leave ref_cache_dir unset)")
+        if self.ref_cache_dir and cache_folder_problem(self.ref_cache_dir):  # before minutes of precomputing
+            raise SettingError(f"PLDPOConfig.ref_cache_dir: {cache_folder_problem(self.ref_cache_dir)}")
         super().__post_init__()

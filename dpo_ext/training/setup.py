@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from dpo_ext.data.tokenize import prepare_ranked_dataset
+from dpo_ext.modeling.loading import load_causal_lm
 from dpo_ext.modeling.models import check_tokenizer_fits, load_tokenizer, position_limit, vocabulary_size
 from dpo_ext.reference import check_reference_model, is_peft_model
 from dpo_ext.training.checks import check_rows_fit, check_weights_present, ensure_pad_token, rows_to_dataset
@@ -20,10 +21,8 @@ def prepare_models(model, ref_model, tokenizer, peft_config, args):
         `(model, tokenizer)`.
     """
     if isinstance(model, str):
-        from transformers import AutoModelForCausalLM
-
         tokenizer = tokenizer or load_tokenizer(model, "processing_class")
-        model = AutoModelForCausalLM.from_pretrained(model, use_safetensors=True)
+        model = load_causal_lm(model, hint="pass a causal LM's local folder or Hub id, or the model itself")
     tokenizer = tokenizer or load_tokenizer(model.config._name_or_path, "processing_class")
     ensure_pad_token(tokenizer)
     check_weights_present(model, "the policy")
@@ -61,12 +60,14 @@ class DatasetPreparer:
     num_proc: int | None
     position_limit: int | None
     vocab_size: int | None
+    max_prompt_length: int | None = None
 
     @classmethod
     def for_models(cls, tokenizer, args, model, ref_model=None) -> "DatasetPreparer":
         limits = [position_limit(m) for m in (model, ref_model) if m is not None]
         return cls(tokenizer, args.max_length, args.dataset_num_proc,
-                   min((n for n in limits if n is not None), default=None), vocabulary_size(model))
+                   min((n for n in limits if n is not None), default=None), vocabulary_size(model),
+                   args.max_prompt_length)
 
     def __call__(self, dataset, name: str = "eval"):
         """One dataset named ``name``, a dict of datasets named by their keys, or None."""
@@ -76,6 +77,7 @@ class DatasetPreparer:
             return None
         if isinstance(dataset, list):
             dataset = rows_to_dataset(dataset, name)
-        dataset = prepare_ranked_dataset(dataset, self.tokenizer, self.max_length, self.num_proc, name)
+        dataset = prepare_ranked_dataset(dataset, self.tokenizer, self.max_length, self.num_proc, name,
+                                         self.max_prompt_length)
         check_rows_fit(dataset, name, self.position_limit, self.max_length, self.vocab_size)
         return dataset

@@ -5,8 +5,8 @@ log-probs come from), `dpo_ext.losses` and `dpo_ext.ranking_metrics` (the math),
 (checkpoints complete or absent).
 """
 
-import json
 import logging
+import math
 import os
 from collections import defaultdict
 
@@ -17,9 +17,16 @@ from transformers import Trainer, set_seed
 
 from dpo_ext.training.config import PLDPOConfig
 from dpo_ext.data.collate import RankedCollator
-from dpo_ext.data.rows import REF_LOGPS
+from dpo_ext.data.rows import REF_LOGPS, SCORES
 from dpo_ext.logps import sequence_logps, to_grid
-from dpo_ext.losses import implicit_rewards, plackett_luce_loss, preferred_ft_loss, unlikelihood_loss
+from dpo_ext.losses import (
+    all_pairs_loss,
+    implicit_rewards,
+    lipo_lambda_loss,
+    plackett_luce_loss,
+    preferred_ft_loss,
+    unlikelihood_loss,
+)
 from dpo_ext.modeling.batches import batch_token_logps
 from dpo_ext.modeling.models import on_device
 from dpo_ext.modeling.support import choose_collator
@@ -30,10 +37,11 @@ from dpo_ext.ranking_metrics import (
     pairwise_accuracy,
     top1_accuracy,
 )
-from dpo_ext.reference import REFERENCE_RECORD, choose_reference
+from dpo_ext.reference import choose_reference
 from dpo_ext.reference.cache import ReferenceCache
 from dpo_ext.reference.fingerprint import model_digests, reference_fingerprint
-from dpo_ext.safe_files import scrub_config
+from dpo_ext.reference.record import write_training_record
+from dpo_ext.safe_files import check_finite_weights, scrub_config, verify_finite_safetensors
 from dpo_ext.training.checks import check_output_dir
 from dpo_ext.training.checkpointing import CompleteCheckpointsMixin
 from dpo_ext.training.setup import DatasetPreparer, prepare_models
@@ -43,6 +51,10 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
     """The loss of a batch is NaN or infinite; raised before it can change the weights, naming the step and rows."""
+
+
+class NonFiniteReferenceError(ValueError):
+    """The reference gives a NaN or infinite log-prob for a row while they are precomputed (nothing is cached)."""
 
 
 def preference_metrics(policy_logps, ref_logps, ranks, beta: float) -> dict:
@@ -101,8 +113,14 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
         if train_dataset is None:
             raise ValueError("train_dataset is required")
         check_output_dir(args)
+        # A cache path that cannot be a folder fails here, not after the whole precompute pass.
+        self._ref_cache = ReferenceCache(args.ref_cache_dir) if args.ref_cache_dir else None
         set_seed(args.seed)  # before the adapter is created, so its random init is reproducible (as in TRL)
         model, processing_class = prepare_models(model, ref_model, processing_class, peft_config, args)
+        # NaN weights would first show as a NaN loss blamed on a batch; one aminmax per tensor, ~0.25 s/GB on a CPU
+        check_finite_weights(model, "the policy")
+        if ref_model is not None:
+            check_finite_weights(ref_model, "ref_model")
         self._prepare_rows = DatasetPreparer.for_models(processing_class, args, model, ref_model)
         train_dataset = self._prepare_rows(train_dataset, "train")
         eval_dataset = self._prepare_rows(eval_dataset)
@@ -117,7 +135,7 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
         # Digests of what the reference is, recorded with the adapter and checked against a reference cache
         self._reference_weights = model_digests(*self.reference.weights(model))
         self.reference_fingerprint = reference_fingerprint(self._reference_weights, processing_class,
-                                                           args.max_length, train_dataset)
+                                                           args.max_length, train_dataset, args.max_prompt_length)
         super().__init__(model=model, args=args, data_collator=data_collator or collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class,
                          compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers)
@@ -133,6 +151,15 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
                 self.eval_dataset = {k: self.precompute_ref_logps(v, k) for k, v in self.eval_dataset.items()}
             elif self.eval_dataset is not None:
                 self.eval_dataset = self.precompute_ref_logps(self.eval_dataset, "eval")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """`Trainer._load_from_checkpoint`, refusing NaN or infinite weights: an adapter file is checked before it is
+        loaded (named by file and tensor), a full model once loaded."""
+        for name in sorted(os.listdir(resume_from_checkpoint)):
+            if name.startswith("adapter_model") and name.endswith(".safetensors"):
+                verify_finite_safetensors(os.path.join(resume_from_checkpoint, name))
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        check_finite_weights(self.model, f"the model loaded from {resume_from_checkpoint}")
 
     def _unwrap(self, model):
         # accelerate's unwrap removes exactly the wrappers it added (DDP, FSDP, DeepSpeed, torch.compile) and keeps
@@ -152,15 +179,15 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
         Under a multi-process launch each process computes one contiguous share of the rows and the shares are
         gathered back in dataset order. It runs before any engine shards the model (see `dpo_ext.training.engines`),
         with the model on this process's device."""
-        cache, rows = None, None
-        if self.args.ref_cache_dir:
-            cache = ReferenceCache(self.args.ref_cache_dir)
+        cache, rows = self._ref_cache, None
+        if cache is not None:
             fingerprint = (self.reference_fingerprint if dataset is self.train_dataset else
                            reference_fingerprint(self._reference_weights, self.processing_class, self.args.max_length,
-                                                 dataset))
-            rows = cache.load(name, fingerprint)
+                                                 dataset, self.args.max_prompt_length))
+            rows = cache.load(name, fingerprint, [len(ids) for ids in dataset["completion_ids"]])
         if rows is None:
             rows = self._compute_ref_logps(dataset, name)
+            self._check_finite_ref_logps(rows, name)  # before they are cached or trained on
             if cache and self.accelerator.is_main_process:
                 logger.info("Reference log-probs of the %s dataset cached in %s.", name,
                             cache.save(name, fingerprint, self.reference.name, rows))
@@ -179,17 +206,31 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
         logger.info("Precomputed reference log-probs for %d %s rows (%s).", len(rows), name, self.reference.name)
         return rows
 
+    def _check_finite_ref_logps(self, rows: list, name: str) -> None:
+        for index, values in enumerate(rows):
+            bad = next((k for k, value in enumerate(values) if not math.isfinite(value)), None)
+            if bad is not None:
+                raise NonFiniteReferenceError(
+                    f"the reference ({self.reference.name}) gives a non-finite log-prob for the {name} dataset, row "
+                    f"{index}, completion {bad}: {values[bad]}. Nothing was cached. Its weights may hold NaN or "
+                    "infinite values, or its dtype overflows (load it in float32); check the model before training.")
+
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["prompt_ids", "completion_ids", "ranks", REF_LOGPS, "row_index"]
+            self._signature_columns = ["prompt_ids", "completion_ids", "ranks", SCORES, REF_LOGPS, "row_index"]
 
     # -- loss ------------------------------------------------------------------------------------------------------
 
-    def _preference_loss(self, policy, ref, ranks, row_logps, per_token, mask, slot_index) -> torch.Tensor:
-        """The one place a loss is chosen. Returns per-list losses (B,)."""
+    def _preference_loss(self, policy, ref, ranks, labels, row_logps, per_token, mask, slot_index) -> torch.Tensor:
+        """The one place a loss is chosen. ``labels``: the batch's (B, K) label values (`None` for rank-only rows).
+        Returns per-list losses (B,)."""
         args = self.args
         if args.loss_type == "plackett_luce":
             return plackett_luce_loss(policy, ref, args.beta, ranks)
+        if args.loss_type == "all_pairs":
+            return all_pairs_loss(policy, ref, args.beta, ranks)
+        if args.loss_type == "lipo_lambda":
+            return lipo_lambda_loss(policy, ref, args.beta, ranks, labels)
         if args.loss_type == "preferred_ft":
             row_loss = preferred_ft_loss(row_logps, mask.sum(-1))  # per-token NLL of every completion
             return best_and_worst(to_grid(row_loss, slot_index, *ranks.shape), ranks)[0]  # of the best group
@@ -208,7 +249,8 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
         row_logps = sequence_logps(per_token, mask)  # (N,)
         policy = to_grid(row_logps, slot_index, *ranks.shape)  # (B, K)
         ref = self.reference.ref_logps(model, inputs).to(policy.dtype)  # (B, K)
-        losses = self._preference_loss(policy, ref, ranks, row_logps, per_token, mask, slot_index)
+        labels = inputs.get(SCORES)  # (B, K) label values of scored rows, for label-aware losses
+        losses = self._preference_loss(policy, ref, ranks, labels, row_logps, per_token, mask, slot_index)
         loss = losses.mean()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(self._non_finite_message(loss, inputs))
@@ -265,11 +307,8 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
             self._write_training_record(output_dir)
 
     def _write_training_record(self, output_dir) -> None:
-        record = {"reference": self.reference.name, "beta": self.args.beta, "loss_type": self.args.loss_type,
-                  "reference_fingerprint": self.reference_fingerprint}
-        with open(os.path.join(output_dir, REFERENCE_RECORD), "w") as f:
-            json.dump(record, f, indent=2)
-        # What `dpo-ext push` publishes as the training config: training_args.bin is a pickle and is never read
-        # back, so the settings are kept as JSON too, without the Hub token.
-        with open(os.path.join(output_dir, "training_config.json"), "w") as f:
-            json.dump(scrub_config(self.args.to_dict()), f, indent=2)
+        # training_args.bin is a pickle and is never read back: the scorer and `dpo-ext push` read this record, and
+        # the settings as JSON (without the Hub token).
+        write_training_record(output_dir, reference=self.reference.name, beta=self.args.beta,
+                              loss_type=self.args.loss_type, reference_fingerprint=self.reference_fingerprint,
+                              training_config=scrub_config(self.args.to_dict()))

@@ -1,11 +1,12 @@
-"""Anthropic HH, single-turn dialogue (DPO paper, section 6.2): SFT on the preferred responses, then DPO.
+"""Anthropic HH dialogue (DPO paper, section 6.2): SFT on the preferred responses, then DPO, both on every dialogue
+of the train split; evaluated on the single-turn dialogues of the test split.
 
     python recipes/hh/run.py --config recipes/hh/configs/lora.yaml
     accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/hh/run.py \
         --config recipes/hh/configs/lora.yaml --gradient_accumulation_steps 1
 
-Rows: `hh_data` (the prompt is the dialogue up to its last assistant turn; single-turn dialogues only). SFT and the
-win rate: `recipe_kit`. Training, evaluation and publishing: `dpo_ext.cli.train.run_training`. See README.md.
+Rows: `hh_data` (the prompt is the dialogue up to its last assistant turn; pairs that part before it are dropped).
+SFT and the win rate: `recipe_kit`. Training, evaluation and publishing: `dpo_ext.cli.train.run_training`. See README.md.
 """
 
 import logging
@@ -28,7 +29,9 @@ logger = logging.getLogger("hh")
 class HHArguments(RecipeArguments):
     hh_subset: str | None = field(default=None, metadata={
         "help": "One folder of Anthropic/hh-rlhf (helpful-base, harmless-base, ...); None: the whole dataset."})
-    single_turn: bool = field(default=True, metadata={"help": "Keep single-turn dialogues only, as the paper does."})
+    eval_single_turn: bool = field(default=True, metadata={
+        "help": "Evaluate (preference accuracy, win rate) on the single-turn dialogues of the test split only, as the "
+                "paper does; training always uses every dialogue, multi-turn included."})
 
 
 def parse(argv=None):
@@ -42,7 +45,7 @@ def main(argv=None) -> dict:
 
     def load_split(split):
         rows, counts = hh_data.load_rows(split, local_file(recipe.data_files, split), recipe.hh_subset,
-                                         recipe.single_turn)
+                                         single_turn=split == "test" and recipe.eval_single_turn)
         logger.warning("HH %s: %s", split, counts)
         return rows
 

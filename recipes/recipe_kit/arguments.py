@@ -36,6 +36,9 @@ class RecipeArguments:
                 "rate against the SFT policy; None: no win rate."})
     reward_batch_size: int = field(default=8, metadata={"help": "Texts per forward of the reward model."})
     win_rate_prompts: int = field(default=256, metadata={"help": "Distinct test prompts the win rate samples."})
+    win_rate_vs_chosen: bool = field(default=False, metadata={
+        "help": "Also report the win rate against each test prompt's preferred (chosen) response in the data, the "
+                "DPO paper's baseline (text responses only)."})
     max_new_tokens: int = field(default=128, metadata={"help": "Win rate: tokens sampled per completion at most."})
     temperature: float = field(default=1.0, metadata={"help": "Win rate: sampling temperature (0: greedy)."})
     generation_seed: int = field(default=0, metadata={

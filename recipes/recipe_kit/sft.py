@@ -52,12 +52,14 @@ def train_sft(run, rows: list[dict]) -> Path:
     from trl import SFTTrainer
 
     from dpo_ext.cli.train import load_policy, lora_config
+    from dpo_ext.modeling.models import load_tokenizer
 
     out = Path(run.recipe.sft_output_dir)
     use_peft = run.recipe.sft_use_peft
     model_args = run.model if use_peft else replace(run.model, use_peft=False, load_in_4bit=False, load_in_8bit=False)
     config = sft_config(run)
-    model, tokenizer = load_policy(model_args, config)
+    model = load_policy(model_args, config)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, "--model_name_or_path", model_args.model_revision)
     logger.warning("SFT: %s on %d prompt/response rows -> %s", model_args.model_name_or_path, len(rows), out)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora_config(model_args) if use_peft else None)
@@ -79,9 +81,11 @@ def _merge(model_args, out: Path) -> None:
     from peft import PeftModel
 
     from dpo_ext.cli.train import load_policy
+    from dpo_ext.modeling.models import load_tokenizer
 
     plain = replace(model_args, use_peft=False, load_in_4bit=False, load_in_8bit=False)
-    base, tokenizer = load_policy(plain, None)
+    base = load_policy(plain, None)
+    tokenizer = load_tokenizer(plain.model_name_or_path, "--model_name_or_path", plain.model_revision)
     PeftModel.from_pretrained(base, str(out / "adapter")).merge_and_unload().save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
 

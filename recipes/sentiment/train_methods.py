@@ -202,14 +202,17 @@ def train_run(run, run_dir: Path, sft_dir: Path, tokenizer, prefs, reward, eval_
 
 
 def write_training_config(run_dir: Path, trainer, run: dict, args, seconds: float) -> None:
-    """training_config.json: the trainer's own settings (as it used them), the LoRA settings and the run."""
+    """training_config.json: the trainer's own settings (as it used them), the LoRA settings, the run, and what it
+    used (data, reward, base model: `publish.provenance`, which the model card reads)."""
+    import publish
+
     config = {k: v for k, v in trainer.args.to_dict().items() if k in _RECORDED}
     if run["method"] != "unlikelihood":
         config.pop("unlikelihood_alpha", None)  # unused by every other loss
     lora = {name: getattr(args.model, name) for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
     trained = trainer.model.peft_config["default"]  # what the trainer really adapted (the RL run: the head in full)
     lora.update(lora_target_modules=sorted(trained.target_modules), modules_to_save=trained.modules_to_save)
-    config.update({"datasets": ["stanfordnlp/imdb"], "method": run["method"], "run_name": run["name"],
+    config.update({**publish.provenance(args), "method": run["method"], "run_name": run["name"],
                    "trainer": type(trainer).__name__,
                    "num_completions": args.data.num_completions if run["method"] == "pl_dpo" else 2,
                    "lora": lora, "train_seconds": round(seconds, 1)})

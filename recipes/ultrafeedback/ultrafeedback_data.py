@@ -36,6 +36,7 @@ REVISION = "40b436560ca83a8dba36114c22ab3c66e43f6d5e"
 ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
 RATINGS = ("fine_grained", "overall") + ASPECTS
 NOT_RATED = "N/A"
+MIN_RATING, MAX_RATING = 1, 5  # every aspect's scale (the annotation prompts'); a rating off it is a broken record
 SPLIT_SALT = "ultrafeedback-heldout"
 
 # Why a record gives no row, and why a completion is left out of its row (keys of the counts `to_ranked_rows` returns)
@@ -72,6 +73,10 @@ def _rating(annotations: dict, aspect: str) -> float | None:
     if isinstance(number, bool) or not isinstance(number, Real) or not math.isfinite(number):
         raise PreferenceDataError(f"expected a rating such as '4' (a number in a string) or 'N/A', got {rating!r}; fix "
                                   "the record, or write 'N/A' to leave this rating out", field=f"{where}.Rating")
+    if not MIN_RATING <= number <= MAX_RATING:
+        raise PreferenceDataError(f"off the 1-5 scale: got {rating!r}; the ratings of {DATASET} are '1' to '5' or "
+                                  "'N/A': fix the record, or write 'N/A' to leave this rating out",
+                                  field=f"{where}.Rating")
     return float(number)
 
 

@@ -291,3 +291,45 @@ def test_collator_truncates_keeping_the_start():
     )
     assert batch["input_ids"].tolist() == [[5, 6, 7, 1], [5, 6, 7, 4]]
     assert batch["completion_mask"].tolist() == [[0, 0, 0, 1], [0, 0, 0, 1]]
+
+
+def test_max_prompt_length_keeps_the_prompt_end_where_prompt_and_longest_completion_overflow(caplog):
+    """The DPO paper's rule (``preference_datasets.py: tokenize_batch_element``, ``truncation_mode`` keep_end for HH),
+    worked by hand with max_length 8 and max_prompt_length 4 on tokenized rows (ids as given, nothing re-tokenized):
+
+    row 0: prompt 10 ids + longest completion 3 = 13 > 8 -> the prompt keeps its last 4 ids, 17..20;
+    row 1: prompt 6 ids + longest completion 2 = 8, fits -> kept whole although longer than 4 (as the paper);
+    row 2: prompt 6 ids + longest completion 3 = 9 > 8 -> cut to its last 4 ids, 33..36;
+    row 3: prompt 3 ids + 2 = 5, fits -> unchanged.
+    Without max_prompt_length (today's rule) row 0, whose prompt alone reaches max_length, is dropped instead.
+    """
+    from dpo_ext.data.tokenize import keep_prompt_end
+
+    rows = [
+        {"prompt_ids": list(range(11, 21)), "completion_ids": [[1, 2, 3], [4]], "ranks": [0, 1]},
+        {"prompt_ids": [21, 22, 23, 24, 25, 26], "completion_ids": [[5, 6], [7]], "ranks": [1, 0]},
+        {"prompt_ids": [31, 32, 33, 34, 35, 36], "completion_ids": [[8], [9, 9, 9]], "ranks": [0, 1]},
+        {"prompt_ids": [41, 42, 43], "completion_ids": [[5, 6], [7]], "ranks": [0, 1]},
+    ]
+    cut = prepare_ranked_dataset(datasets.Dataset.from_list(rows), None, max_length=8, max_prompt_length=4)
+    assert cut["prompt_ids"] == [[17, 18, 19, 20], [21, 22, 23, 24, 25, 26], [33, 34, 35, 36], [41, 42, 43]]
+    assert cut["completion_ids"] == [r["completion_ids"] for r in rows]  # completions are the collator's to cut
+    assert cut["row_index"] == [0, 1, 2, 3]
+    assert keep_prompt_end([1, 2, 3], [[4, 5]], max_length=8, max_prompt_length=2) == [1, 2, 3]
+    assert keep_prompt_end([1, 2, 3], [[4, 5, 6, 7, 8, 9]], max_length=8, max_prompt_length=2) == [2, 3]
+    with caplog.at_level(logging.WARNING, logger="dpo_ext.data"):
+        today = prepare_ranked_dataset(datasets.Dataset.from_list(rows), None, max_length=8)
+    assert today["row_index"] == [1, 2, 3] and today["prompt_ids"][1] == rows[2]["prompt_ids"]
+    assert "dropped 1 of 4 rows whose prompt alone has max_length=8" in caplog.text
+
+
+def test_max_prompt_length_must_be_below_max_length(tmp_path):
+    from dpo_ext import PLDPOConfig
+    from dpo_ext.settings import SettingError
+
+    common = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert PLDPOConfig(**common).max_prompt_length is None
+    assert PLDPOConfig(**common, max_length=512, max_prompt_length=256).max_prompt_length == 256
+    for max_length, max_prompt_length in ((512, 512), (None, 256)):
+        with pytest.raises(SettingError, match="max_prompt_length .* below max_length"):
+            PLDPOConfig(**common, max_length=max_length, max_prompt_length=max_prompt_length)

@@ -1,5 +1,6 @@
 """Properties of the row rules (`dpo_ext.data.rows.normalize_row`), for any input hypothesis can think of."""
 
+import dataclasses
 import math
 
 import pytest
@@ -46,7 +47,9 @@ def test_scored_and_equivalent_ranked_rows_normalise_alike(scores, offset, sprea
     ranks = [offset + spread * r for r in dense_ranks(scores, descending=True)]
     scored = normalize_row({"prompt": "p", "completions": completions, "scores": scores})
     ranked = normalize_row({"prompt": "p", "completions": completions, "ranks": ranks})
-    assert scored == ranked
+    # the same row, and the scored one keeps its label values (for label-aware losses)
+    assert dataclasses.replace(scored, scores=None) == ranked and ranked.scores is None
+    assert scored.scores == [float(s) for s in scores]
     if len(scores) == 2:
         best, worst = (0, 1) if scores[0] > scores[1] else (1, 0)
         pair = normalize_row({"prompt": "p", "chosen": completions[best], "rejected": completions[worst]})

@@ -104,3 +104,16 @@ def test_unreadable_input(tmp_path, capsys):
     assert "bad.jsonl, line 2: not valid JSON" in capsys.readouterr().err
     assert main(["validate", "someone/no-such-dataset"]) == 2  # offline
     assert "could not load the Hub dataset" in capsys.readouterr().err
+
+
+def test_validate_counts_prompts_cut_by_max_prompt_length_as_training_cuts_them():
+    """Tokenized rows, max_length 8, max_prompt_length 4: row 0 (prompt 10 + completion 3) is cut, not dropped,
+    and its completion then fits (4 + 3 <= 8); row 1 (prompt 6 + completion 2 = 8) fits whole."""
+    rows = [{"prompt_ids": list(range(11, 21)), "completion_ids": [[1, 2, 3], [4]], "ranks": [0, 1]},
+            {"prompt_ids": [21, 22, 23, 24, 25, 26], "completion_ids": [[5, 6], [7]], "ranks": [1, 0]}]
+    today = validate_rows(rows, max_length=8)
+    assert (today.long_prompts, today.usable_rows) == (1, 1)
+    report = validate_rows(rows, max_length=8, max_prompt_length=4)
+    assert (report.long_prompts, report.cut_prompts, report.truncated_completions, report.usable_rows) == (0, 1, 0, 2)
+    assert report.to_dict()["cut_prompts"] == 1 and report.to_dict()["max_prompt_length"] == 4
+    assert any("cut 1 prompt" in line and "max_prompt_length=4" in line for line in report.summary())

@@ -84,7 +84,9 @@ def test_registered_benchmark_gets_its_eval_results_file_with_the_card_numbers(a
 
     text = ModelCard(files["README.md"].decode()).text
     assert f"[`{RB2_FILE}`]({RB2_FILE})" in text and "(split `test`)" in text
-    assert "| Factuality | 0.625 |" in text and "| Preference accuracy | 0.75 |" in text
+    assert "| Factuality | score on RewardBench 2, aggregated as the benchmark's own code does | 0.625 " in text
+    assert "| Preference accuracy | fraction of evaluation preference pairs whose preferred completion gets the " \
+           "higher implicit reward | 0.75 (s.e. not recorded) | not recorded |" in text
 
 
 def test_no_eval_results_file_unless_a_registered_benchmark_is_named(adapter, tmp_path, caplog):

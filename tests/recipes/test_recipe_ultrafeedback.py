@@ -134,7 +134,7 @@ def test_binarized_pair_is_the_best_against_a_strictly_worse_one_seeded_by_promp
 def test_ranked_rows_pair_like_scored_rows():
     rows, _ = uf.to_ranked_rows(records())
     ranked = [normalize_row(row).as_row() for row in rows]
-    assert "scores" not in ranked[0] and ranked[0]["ranks"] == [0, 2, 1, 2]
+    assert ranked[0]["ranks"] == [0, 2, 1, 2] and ranked[0]["scores"] == rows[0]["scores"]  # labels kept
     assert uf.all_pairs(ranked) == uf.all_pairs(rows)
     assert uf.binarized_pairs(ranked, seed=3) == uf.binarized_pairs(rows, seed=3)
 
@@ -166,6 +166,12 @@ def test_held_out_split_is_by_prompt_text_and_shared_by_rows_and_pairs():
     (lambda r: r["completions"][2].pop("annotations"), "completions[2].annotations", "missing"),
     (lambda r: r["completions"][1]["annotations"]["honesty"].update(Rating="high"),
      "completions[1].annotations.honesty.Rating", "expected a rating such as '4'"),
+    (lambda r: r["completions"][1]["annotations"]["honesty"].update(Rating="7"),
+     "completions[1].annotations.honesty.Rating", "off the 1-5 scale: got '7'"),
+    (lambda r: r["completions"][2]["annotations"]["helpfulness"].update(Rating="0"),
+     "completions[2].annotations.helpfulness.Rating", "off the 1-5 scale"),
+    (lambda r: r["completions"][0]["annotations"]["truthfulness"].update(Rating=-3),
+     "completions[0].annotations.truthfulness.Rating", "off the 1-5 scale"),
     (lambda r: r["completions"][3]["annotations"].update(truthfulness="5"),
      "completions[3].annotations.truthfulness", "expected an object"),
     (lambda r: r["completions"][0].update(response=["Red."]), "completions[0].response", "expected a string"),

@@ -49,7 +49,7 @@ def test_each_input_changes_only_its_own_part(tokenizer):
     model = make_model(tokenizer)
     dataset = datasets.Dataset.from_dict(ROWS)
     before = reference_fingerprint(model_digests(model, False), tokenizer, 64, dataset)
-    assert set(before) == set(PARTS) and before["starting_adapter"] == "none"
+    assert set(before) == set(PARTS) - {"max_prompt_length"} and before["starting_adapter"] == "none"  # unset
     assert changed_parts(before, reference_fingerprint(model_digests(model, False), tokenizer, 64, dataset)) == []
     assert changed_parts(before, reference_fingerprint(model_digests(model, False), tokenizer, 32, dataset)) == ["max_length"]
     other_rows = {**ROWS, "ranks": [[0, 1], [0, 1]]}
@@ -68,3 +68,45 @@ def test_dataset_digest_follows_row_order():
     dataset = datasets.Dataset.from_dict(ROWS)
     assert dataset_digest(dataset.select([1, 0])) != dataset_digest(dataset)
     assert dataset_digest(dataset.select([0, 1])) == dataset_digest(dataset)
+
+
+def test_max_prompt_length_has_its_own_part_and_none_leaves_the_fingerprint_as_before(tokenizer):
+    model = make_model(tokenizer)
+    dataset = datasets.Dataset.from_dict(ROWS)
+    weights = model_digests(model, False)
+    before = reference_fingerprint(weights, tokenizer, 64, dataset)
+    assert "max_prompt_length" in PARTS and "max_prompt_length" not in before  # caches stored before stay valid
+    assert reference_fingerprint(weights, tokenizer, 64, dataset, max_prompt_length=None) == before
+    cut = reference_fingerprint(weights, tokenizer, 64, dataset, max_prompt_length=32)
+    assert changed_parts(before, cut) == ["max_prompt_length"]
+    assert changed_parts(cut, reference_fingerprint(weights, tokenizer, 64, dataset, 16)) == ["max_prompt_length"]
+
+
+def test_the_reference_digest_depends_on_the_base_weights_not_on_where_the_adapters_sit(tokenizer):
+    """With adapters disabled the reference is the base model: which modules carry a LoRA (which renames their
+    weights ``...c_attn.base_layer.weight``) must not change the fingerprint; a changed base weight must."""
+    plain = model_digests(make_model(tokenizer), False)
+    on_attention = model_digests(get_peft_model(make_model(tokenizer), LoraConfig(r=2, target_modules=["c_attn"])),
+                                 False)
+    on_mlp = model_digests(get_peft_model(make_model(tokenizer), LoraConfig(r=2, target_modules=["c_fc", "c_proj"])),
+                           False)
+    copies_head = model_digests(get_peft_model(make_model(tokenizer), LoraConfig(
+        r=2, target_modules=["c_attn"], modules_to_save=["lm_head"])), False)
+    assert on_attention == on_mlp == copies_head == plain
+    changed = make_model(tokenizer)
+    with torch.no_grad():
+        changed.transformer.h[0].attn.c_attn.weight[0, 0] += 1e-3
+    assert model_digests(get_peft_model(changed, LoraConfig(r=2, target_modules=["c_attn"])), False) != plain
+
+
+def test_an_included_adapter_is_part_of_the_reference(tokenizer):
+    """When the reference runs with its adapter (a copy of a starting adapter), the adapter's weights and where they
+    sit are part of it."""
+    def started(targets):
+        model = get_peft_model(make_model(tokenizer), LoraConfig(r=2, target_modules=targets,
+                                                                 init_lora_weights=False))
+        return model_digests(model, True)
+
+    attention, mlp = started(["c_attn"]), started(["c_fc"])
+    assert attention["reference_weights"] == mlp["reference_weights"]  # the same base under both
+    assert attention["starting_adapter"] != mlp["starting_adapter"] != "none"

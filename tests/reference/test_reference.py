@@ -1,5 +1,6 @@
 """Reference sources: disabled adapters when exact, a frozen copy or a refusal when not, never silently wrong."""
 
+import json
 import logging
 import math
 import warnings
@@ -223,3 +224,74 @@ def test_reference_error_is_a_deprecated_alias():
         from dpo_ext import ReferenceError as old
     assert old is ReferenceMismatchError
     assert "ReferenceError" not in dpo_ext.__all__  # `from dpo_ext import *` neither warns nor shadows the builtin
+
+
+# -- the training record -------------------------------------------------------------------------------------------
+
+def test_training_record_written_and_read_in_one_place(tmp_path):
+    from dpo_ext.reference.record import RECORD_FILE, choose_beta, read_training_record, write_training_record
+
+    write_training_record(tmp_path, reference="adapter_copy", beta=0.25, loss_type="plackett_luce",
+                          reference_fingerprint={"weights": "abc"}, training_config={"beta": 0.25, "seed": 3})
+    record = read_training_record(tmp_path)
+    assert (record.reference, record.beta, record.loss_type) == ("adapter_copy", 0.25, "plackett_luce")
+    assert record.reference_fingerprint == {"weights": "abc"} and record.path == str(tmp_path / RECORD_FILE)
+    assert json.loads((tmp_path / "training_config.json").read_text()) == {"beta": 0.25, "seed": 3}
+    assert choose_beta(tmp_path) == (0.25, str(tmp_path / RECORD_FILE))
+
+    old = tmp_path / "old"  # a record written before beta was recorded, next to a TRL-style training config
+    old.mkdir()
+    (old / RECORD_FILE).write_text(json.dumps({"reference": "disabled_adapters"}))
+    (old / "training_config.json").write_text(json.dumps({"beta": 0.2}))
+    assert read_training_record(old).beta is None
+    assert choose_beta(old) == (0.2, str(old / "training_config.json"))
+    assert read_training_record(tmp_path / "nothing_here") is None
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("{oops", ["not valid JSON"]),
+    ("[1, 2]", ["expected a JSON object"]),
+    ('{"beta": -0.5}', ["field 'beta'", "greater than 0"]),
+    ('{"beta": NaN}', ["field 'beta'", "finite"]),
+    ('{"beta": "high"}', ["field 'beta'", "'high'"]),
+    ('{"reference": 3}', ["field 'reference'", "expected a string"]),
+    ('{"reference_fingerprint": [1]}', ["field 'reference_fingerprint'"]),
+])
+def test_malformed_training_record_is_named(tmp_path, text, fragments):
+    from dpo_ext.reference.record import RECORD_FILE, read_training_record
+
+    (tmp_path / RECORD_FILE).write_text(text)
+    with pytest.raises(ValueError) as info:
+        read_training_record(tmp_path)
+    for fragment in [str(tmp_path / RECORD_FILE), *fragments]:
+        assert fragment in str(info.value)
+
+
+def test_trainer_writes_the_record_the_scorer_reads(tokenizer, tmp_path):
+    from dpo_ext.reference.record import read_training_record
+
+    trainer = PLDPOTrainer(make_model(tokenizer), args=_args(tmp_path, beta=0.7), train_dataset=_data(),
+                           processing_class=tokenizer, peft_config=LoraConfig(**LORA))
+    trainer.save_model(str(tmp_path / "saved"))
+    record = read_training_record(tmp_path / "saved")
+    assert (record.reference, record.beta, record.loss_type) == ("disabled_adapters", 0.7, "plackett_luce")
+    assert set(record.fields) == {"reference", "beta", "loss_type", "reference_fingerprint"}
+
+
+def test_reference_model_runs_a_block_as_the_reference(tokenizer):
+    """`reference_model` is the one definition of each reference: the trainer's `ref_logps` runs through it."""
+    model = get_peft_model(make_model(tokenizer), LoraConfig(**LORA))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    base = _logps(model, tokenizer, adapter_disabled=True)
+    source = DisabledAdapterReference(lambda m: m)
+    with source.reference_model(model) as reference:
+        assert reference is model
+        assert torch.equal(_logps(reference, tokenizer), base)
+    assert not torch.allclose(_logps(model, tokenizer), base)  # the adapter is back on after the block
+    other = make_model(tokenizer, seed=3)
+    with ModelReference(other, freeze=False).reference_model(model) as reference:
+        assert reference is other
+    assert any(p.requires_grad for p in other.parameters())  # a scorer's reference model is not frozen

@@ -55,6 +55,7 @@ def test_cli_writes_the_leaderboard_record_and_prints_the_table(adapter, tmp_pat
     written = json.loads(out.read_text())
     record, results = written["leaderboard"], written["results"]
     assert record["model"] == adapter and record["model_type"] == "DPO" and "ref_model" not in record
+    assert record["chat_template"] == "none"  # prompts were given as text: no template was rendered (see --chat)
     assert {k: record[k] for k in results["subsets"]} == results["subsets"]
     assert set(results["subsets"]) == set(v2.SUBSETS)  # the fixture has every subset, Ties included
     table = capsys.readouterr().out
@@ -84,26 +85,100 @@ def test_unknown_benchmark_is_refused_with_the_choices():
         evaluate_rewardbench(None, "rb3", rows=[])
 
 
-def test_cli_tokenization_option_reaches_the_scorer(adapter, tmp_path):
+def test_cli_tokenization_option_reaches_the_scorer(adapter, tmp_path, caplog):
     """--tokenization rewardbench scores other tokens (BOS first, EOS always appended): the CLI's scores are those of
-    a scorer built with that option. (RewardBench needs a BOS token: this copy of the adapter's tokenizer uses EOS.)"""
-    import shutil
-
-    from transformers import AutoTokenizer
-
-    adapter = str(shutil.copytree(adapter, tmp_path / "adapter"))
-    tokenizer = AutoTokenizer.from_pretrained(adapter)
-    tokenizer.bos_token = tokenizer.eos_token
-    tokenizer.save_pretrained(adapter)
+    a scorer built with that option. The adapter's tokenizer has no BOS token: RewardBench puts its EOS first."""
     outputs = {}
     for convention in ("trl", "rewardbench"):
         out = tmp_path / f"{convention}.json"
         assert main(["eval", "--benchmark", "rewardbench", adapter, "--input", str(FIXTURES["rewardbench"][1]),
                      "--tokenization", convention, "-o", str(out)]) == 0
         outputs[convention] = json.loads(out.read_text())["results"]
+    # RewardBench renders every row with a chat template: without --chat the numbers are not its leaderboard's
+    assert "--tokenization rewardbench without --chat" in caplog.text
     scorer = ImplicitRewardScorer.from_pretrained(adapter, device="cpu", tokenization="rewardbench")
+    assert scorer.tokenizer.bos_token is None
     expected = evaluate_rewardbench(scorer, "rewardbench", v1.load_rows(data_files=str(FIXTURES["rewardbench"][1])))
     assert outputs["rewardbench"]["subsets"] == expected["subsets"]
     for convention in ("trl", "rewardbench"):  # the flag reaches the scorer the command builds
         args = build_parser().parse_args(["eval", "--benchmark", "rewardbench", adapter, "--tokenization", convention])
         assert scorer_from_arguments(args).tokenization == convention
+
+
+# A template like Qwen2.5's in shape (no BOS written, a header per turn, an end-of-turn token), in the toy vocabulary
+CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}i{% else %}we{% endif %} {{ m['content'] }} "
+                 "<eos> {% endfor %}{% if add_generation_prompt %}we {% endif %}")
+
+
+def rewardbench_chat_ids(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """RewardBench 0.1.4's ids for one row, built here step by step for this test's case (a word-level tokenizer, so no
+    token merges across the prompt's end; a tokenizer without BOS; rows far below 2048 tokens): run_dpo.py renders
+    the user message without the generation prompt (``prepare_dialogue_from_tokenizer``) as the prompt and the whole
+    conversation as the completion, and ``tokenize_row`` drops the prompt text from the completion, tokenizes without
+    special tokens, puts the BOS id (here the EOS id, run_dpo.py's BOS for a tokenizer without one) first and the EOS
+    id last."""
+    user = [{"role": "user", "content": prompt}]
+    prompt_text = tokenizer.apply_chat_template(user, tokenize=False)
+    conversation = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": answer}], tokenize=False)
+    assert conversation.startswith(prompt_text) and tokenizer.bos_token is None
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(conversation[len(prompt_text):], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [eos] + prompt_ids, answer_ids + [eos]
+
+
+def test_cli_chat_reproduces_rewardbench_on_its_rows(adapter, tmp_path, monkeypatch):
+    """The README's leaderboard command (--tokenization rewardbench --chat) on RewardBench rows: every reward it scores
+    equals beta times the one computed from RewardBench's own ids (built independently above, one forward per
+    completion: log pi - log pi_ref summed over the completion), and its scores are the benchmark's aggregate of
+    them."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = shutil.copytree(adapter, tmp_path / "adapter")
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(adapter)
+    scored = []
+    score = ImplicitRewardScorer.score
+    monkeypatch.setattr(ImplicitRewardScorer, "score",
+                        lambda scorer, *a, **k: scored.append((scorer.beta, score(scorer, *a, **k))) or scored[-1][1])
+    out = tmp_path / "rb.json"
+    assert main(["eval", "--benchmark", "rewardbench", str(adapter), "--input", str(FIXTURES["rewardbench"][1]),
+                 "--tokenization", "rewardbench", "--chat", "--device", "cpu", "-o", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["leaderboard"]["chat_template"] == "tokenizer"
+
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
+
+    @torch.no_grad()
+    def completion_logp(prompt_ids, completion_ids):
+        ids = torch.tensor([prompt_ids + completion_ids])  # (1, T)
+        logps = model(input_ids=ids).logits[0, :-1].log_softmax(-1)  # (T - 1, V): position t predicts token t + 1
+        return float(logps[len(prompt_ids) - 1:].gather(-1, ids[0, len(prompt_ids):, None]).sum())
+
+    def reward(prompt, answer):
+        ids = rewardbench_chat_ids(tokenizer, prompt, answer)
+        with model.disable_adapter():
+            ref = completion_logp(*ids)
+        return completion_logp(*ids) - ref
+
+    rows = v1.load_rows(data_files=str(FIXTURES["rewardbench"][1]))
+    expected = [[reward(row["prompt"], row["chosen"]), reward(row["prompt"], row["rejected"])] for row in rows]
+    ((beta, result),) = scored
+    expected = [[beta * reward for reward in pair] for pair in expected]  # RewardBench's are without beta
+    assert result.tolist() == [pytest.approx(pair, abs=1e-4 * beta) for pair in expected]  # float32 sums, ~60 tokens
+    assert written["results"]["subsets"] == v1.aggregate(result, v1.rows_to_inputs(rows)[2])["subsets"]
+
+
+def test_no_rows_is_an_error_not_a_table_of_n_a(tmp_path):
+    with pytest.raises(ValueError, match="no rows to score"):
+        evaluate_rewardbench(None, "rewardbench", rows=[])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="empty.jsonl: no rows to score"):
+        evaluate_rewardbench(None, "rewardbench2", data_files=str(empty))

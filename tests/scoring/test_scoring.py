@@ -345,3 +345,113 @@ def test_from_pretrained_loads_trl_adapters(tokenizer, tmp_path):
     logged = trainer.evaluate()
     trainer.save_model(str(tmp_path / "trl_again"))
     _scores_match_logged(tmp_path / "trl_again", "adapter:ref", pairs, logged)
+
+
+# -- the training record: beta and reference ---------------------------------------------------------------------
+
+def _adapter_trained_at(tokenizer, tmp_path, beta):
+    """A PLDPOTrainer adapter trained at ``beta`` and saved with its record; (folder, prompts, completion lists)."""
+    from dpo_ext import PLDPOConfig, PLDPOTrainer
+
+    pairs = _pairs()
+    trainer = PLDPOTrainer(_save_base(tokenizer, tmp_path / "base"),
+                           args=PLDPOConfig(**_train_config(tmp_path, beta=beta, num_train_epochs=1)),
+                           train_dataset=datasets.Dataset.from_list(pairs), processing_class=tokenizer,
+                           peft_config=LoraConfig(**LORA, task_type="CAUSAL_LM"))
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    return tmp_path / "adapter", [p["prompt"] for p in pairs], [[p["chosen"], p["rejected"]] for p in pairs]
+
+
+def _assert_rewards_at(result, beta):
+    """Rewards are ``beta`` times the log-ratio of the result's own log-probs, checked value by value."""
+    ratio = result.policy_logps - result.ref_logps  # NaN in the padding slots of short lists
+    assert ratio.nan_to_num().abs().max() > 1e-3  # the adapter moved away from its reference
+    for b in range(result.rewards.shape[0]):
+        for k in range(int(ratio[b].isfinite().sum())):
+            by_hand = beta * (float(result.policy_logps[b, k]) - float(result.ref_logps[b, k]))
+            assert float(result.rewards[b, k]) == pytest.approx(by_hand, rel=1e-5, abs=1e-6)
+
+
+def test_from_pretrained_scores_at_the_recorded_beta(tokenizer, tmp_path, caplog):
+    adapter, prompts, lists = _adapter_trained_at(tokenizer, tmp_path, beta=0.5)
+    scorer = ImplicitRewardScorer.from_pretrained(str(adapter), device="cpu")
+    assert scorer.beta == 0.5 and scorer.beta_source == str(adapter / "dpo_ext_reference.json")
+    _assert_rewards_at(scorer.score(prompts, lists), 0.5)
+    assert ImplicitRewardScorer.from_pretrained(str(adapter), device="cpu", beta=0.5).beta == 0.5  # agrees: fine
+
+    with pytest.raises(ValueError) as info:
+        ImplicitRewardScorer.from_pretrained(str(adapter), device="cpu", beta=0.1)
+    for fragment in ("beta=0.1", "beta=0.5", str(adapter / "dpo_ext_reference.json"), "override_beta=True"):
+        assert fragment in str(info.value)
+
+    with caplog.at_level(logging.WARNING):
+        overridden = ImplicitRewardScorer.from_pretrained(str(adapter), device="cpu", beta=0.1, override_beta=True)
+    assert overridden.beta == 0.1 and overridden.beta_source == "argument"
+    assert any("beta=0.1" in r.message and "beta=0.5" in r.message for r in caplog.records)
+    _assert_rewards_at(overridden.score(prompts, lists), 0.1)
+
+
+def test_cli_takes_beta_from_the_record_and_refuses_another(tokenizer, tmp_path, capsys, caplog):
+    import json
+
+    from dpo_ext.cli import main as cli_main
+
+    adapter, prompts, lists = _adapter_trained_at(tokenizer, tmp_path, beta=0.5)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": p, "completions": c}) + "\n" for p, c in zip(prompts, lists)))
+    out = tmp_path / "scored.jsonl"
+    base = ["score", str(adapter), "-i", str(rows), "-o", str(out), "--device", "cpu"]
+
+    capsys.readouterr()  # training's progress bars
+    assert cli_main(base + ["--beta", "0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("dpo-ext score: error: ")
+    assert "beta=0.1" in err and "beta=0.5" in err and "--override-beta" in err
+
+    expected = ImplicitRewardScorer.from_pretrained(str(adapter), device="cpu").score(prompts, lists)
+    assert cli_main(base) == 0  # no --beta: the recorded 0.5
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [v for r in scored for v in r["rewards"]] == pytest.approx(expected.rewards.flatten().tolist(), abs=1e-6)
+
+    with caplog.at_level(logging.WARNING):
+        assert cli_main(base + ["--beta", "0.1", "--override-beta"]) == 0
+    assert any("override" in r.message and "beta=0.1" in r.message for r in caplog.records)
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [v for r in scored for v in r["rewards"]] == pytest.approx((expected.rewards * 0.2).flatten().tolist(),
+                                                                      abs=1e-6)
+
+
+def test_beta_without_a_record(tokenizer, tmp_path, caplog):
+    """A TRL adapter: no record; the beta of a training config if there is one (never training_args.bin), else 0.1
+    with a note."""
+    from fixtures import save_base_and_adapter
+
+    adapter = save_base_and_adapter(tokenizer, tmp_path, lora_scale=0.3, seed=0) / "adapter"
+    (adapter / "training_args.bin").write_bytes(b"not a pickle: never opened")
+    with caplog.at_level(logging.WARNING):
+        scorer = ImplicitRewardScorer.from_pretrained(str(adapter), device="cpu")
+    assert scorer.beta == 0.1 and scorer.beta_source == "default"
+    assert any("default beta 0.1" in r.message for r in caplog.records)
+    assert scorer.reference == "disabled_adapters"
+
+    (adapter / "training_config.yaml").write_text("beta: 0.3\nlearning_rate: 1.0e-5\n")
+    scorer = ImplicitRewardScorer.from_pretrained(str(adapter), device="cpu")
+    assert scorer.beta == 0.3 and scorer.beta_source == str(adapter / "training_config.yaml")
+    _assert_rewards_at(scorer.score(PROMPTS[:2], COMPLETIONS[:2]), 0.3)
+    with pytest.raises(ValueError, match="training_config.yaml records beta=0.3"):
+        ImplicitRewardScorer.from_pretrained(str(adapter), device="cpu", beta=1)
+
+
+def test_the_scorer_runs_the_trainers_reference_sources(tokenizer):
+    """One definition of each reference: the scorer holds the same source classes the trainer picks from."""
+    from dpo_ext.reference import AdapterReference, DisabledAdapterReference, ModelReference
+
+    model, reference = perturbed_lora(tokenizer)
+    assert type(ImplicitRewardScorer(model, tokenizer).reference_source) is DisabledAdapterReference
+    model.add_adapter("start", model.peft_config["default"])
+    scorer = ImplicitRewardScorer(model, tokenizer, ref_adapter="start")
+    assert isinstance(scorer.reference_source, AdapterReference) and scorer.reference == "adapter:start"
+    scorer = ImplicitRewardScorer(model, tokenizer, ref_model=reference)
+    assert type(scorer.reference_source) is ModelReference and scorer.reference == "ref_model"
+    assert ImplicitRewardScorer(make_model(tokenizer), tokenizer).reference_source is None

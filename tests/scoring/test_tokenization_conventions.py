@@ -132,16 +132,51 @@ def test_truncation_keeps_the_prompt_end_then_the_completion_start():
         (end, [GOOD, BAD, FUN]), (end, [GOOD, EOS])]
 
 
+def no_bos_tokenizer(chat_template=None):
+    """`word_tokenizer` without a BOS token (as Qwen2.5's tokenizer has none)."""
+    tok = word_tokenizer()
+    tok.bos_token = None
+    tok.chat_template = chat_template
+    return tok
+
+
+def test_a_tokenizer_without_bos_starts_with_its_eos_as_in_rewardbench():
+    """RewardBench's run_dpo.py sets ``bos_token_id = eos_token_id`` for a tokenizer without BOS, before it renders
+    the chat template. Text: 'the movie was ' + 'good' -> [<eos> the movie was] | [good <eos>]. Chat: the template's
+    '{{ bos_token }}' renders as '<eos>' too, so [<eos> <eos> i the movie was <eos>] | [we good <eos> <eos>] (with
+    BOS: [<bos> <bos> i ...], `test_chat_rows_are_rendered_as_rewardbench_renders_them`). The caller's tokenizer is
+    left without BOS."""
+    tok = no_bos_tokenizer()
+    assert rewardbench("the movie was ", ["good", "bad fun"], tok) == [
+        ([EOS, THE, MOVIE, WAS], [GOOD, EOS]), ([EOS, THE, MOVIE, WAS], [BAD, FUN, EOS])]
+    tok = no_bos_tokenizer(CHAT_TEMPLATE)
+    prompt, completion = [{"role": "user", "content": "the movie was"}], [{"role": "assistant", "content": "good"}]
+    assert rewardbench(prompt, [completion], tok) == [([EOS, EOS, I, THE, MOVIE, WAS, EOS], [WE, GOOD, EOS, EOS])]
+    assert tok.bos_token is None and tok.bos_token_id is None
+    assert tok.apply_chat_template(prompt, tokenize=False) == " i the movie was <eos> "
+
+
+def test_a_tokenizer_without_bos_is_scored_as_rewardbench_scores_it():
+    tok = no_bos_tokenizer()
+    model, reference = perturbed_lora(tok)
+    prompts, completions = ["the movie was ", "i "], [["good fun", "bad"], ["was good", "i was bad fun"]]
+    naive = naive_rewardbench(model, reference, tok, prompts, completions)
+    assert [[n for _, _, n in row] for row in naive] == [[3, 2], [3, 4]]  # 'i ' is removed from the last
+    result = ImplicitRewardScorer(model, tok, tokenization="rewardbench").score(prompts, completions)
+    assert_matches(result, naive, beta=0.1)
+    assert tok.bos_token_id is None
+
+
 def test_tokenizers_rewardbench_cannot_use_are_refused():
-    no_bos = word_tokenizer()
-    no_bos.bos_token = None
-    with pytest.raises(ValueError, match="no bos token"):
-        tokenize_rewardbench("the movie was ", ["good"], no_bos)
-    model = make_model(no_bos)
-    with pytest.raises(ValueError, match="no bos token"):
-        ImplicitRewardScorer(model, no_bos, reference_free=True, tokenization="rewardbench")
+    no_eos = word_tokenizer()
+    no_eos.eos_token = None
+    with pytest.raises(ValueError, match="no EOS token"):
+        tokenize_rewardbench("the movie was ", ["good"], no_eos)
+    model = make_model(no_eos)
+    with pytest.raises(ValueError, match="no EOS token"):
+        ImplicitRewardScorer(model, no_eos, reference_free=True, tokenization="rewardbench")
     with pytest.raises(ValueError, match="tokenization must be one of"):
-        ImplicitRewardScorer(model, no_bos, reference_free=True, tokenization="RewardBench")
+        ImplicitRewardScorer(model, no_eos, reference_free=True, tokenization="RewardBench")
     with pytest.raises(ValueError, match="above its 128 prompt tokens"):
         ImplicitRewardScorer(make_model(word_tokenizer()), word_tokenizer(), reference_free=True,
                              tokenization="rewardbench", max_length=128)

@@ -166,3 +166,15 @@ def test_evaluate_takes_raw_preference_rows(tokenizer, tmp_path):
     assert metrics["eval_loss"] == pytest.approx(math.log(6), abs=1e-5)  # fresh LoRA: log 3!
     as_list = trainer.evaluate(pairwise_rows(4))
     assert as_list["eval_loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_max_prompt_length_reaches_the_prepared_rows_and_the_reference_fingerprint(tokenizer, tmp_path):
+    """Prompt ids 11..20 with a 3-id completion, max_length 8, max_prompt_length 4: the trainer keeps 17..20 (the
+    paper's left cut, done once when the rows are prepared), and its reference fingerprint records the setting."""
+    rows = [{"prompt_ids": list(range(11, 21)), "completion_ids": [[1, 2, 3], [4]], "ranks": [0, 1]}]
+    args = PLDPOConfig(**_config(tmp_path, max_length=8, max_prompt_length=4))
+    trainer = PLDPOTrainer(make_model(tokenizer), args=args, train_dataset=rows, eval_dataset=rows,
+                           processing_class=tokenizer, peft_config=LoraConfig(**LORA))
+    assert trainer.train_dataset["prompt_ids"] == [[17, 18, 19, 20]]
+    assert trainer.eval_dataset["prompt_ids"] == [[17, 18, 19, 20]]
+    assert trainer.reference_fingerprint["max_prompt_length"] == "4"

@@ -21,7 +21,7 @@ from dpo_ext.reference.sources import (
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_CHOICES = ("auto", "disabled_adapters", "adapter_copy", "ref_model", "initial_policy")
+REFERENCE_CHOICES = ("auto", "disabled_adapters", "adapter_copy", "ref_model", "initial_policy", "base_model")
 
 _FIX_HINT = ("Pass an explicit ref_model, or set precompute_ref_log_probs=True (reference log-probs are then computed "
              "once from the starting policy before training)")
@@ -32,6 +32,8 @@ def choose_reference(mode, model, ref_model, probe_batch, unwrap, precompute: bo
 
     Args:
         mode (`str`): "auto" picks disabled adapters when exact, else a frozen adapter copy, else refuses.
+            "base_model" is disabled adapters without that check: the base model is the reference by choice, also
+            when the adapter was loaded already trained (a later on-policy round against the first round's base).
         model: the policy (a PeftModel when adapters are used), not yet wrapped for distribution.
         ref_model: an explicit reference model or `None`.
         probe_batch (`dict`): a collated batch used to check that disabled adapters reproduce the policy.
@@ -70,6 +72,11 @@ def _live_source(mode, model, ref_model, probe_batch, unwrap, precompute: bool):
         )
     if mode == "adapter_copy":
         return AdapterCopyReference(model, unwrap)
+    if mode == "base_model":
+        # Asked for by name: the base model, even where a loaded adapter makes it differ from the starting policy
+        # (on-policy rounds keep the round-0 base as the reference while the adapter goes on training).
+        logger.info("reference='base_model': the base model with adapters disabled, whatever the adapter's state.")
+        return DisabledAdapterReference(unwrap)
     return _adapter_source(mode, model, probe_batch, unwrap, precompute)
 
 

@@ -35,8 +35,9 @@ class PLDPOConfig(TrainingArguments):
             paper's code does this for Anthropic HH (256 with `max_length` 512). Must be below `max_length`.
             `None`: prompts are never cut.
         reference (`str`, defaults to `"auto"`): where the reference policy comes from: `"auto"`,
-            `"disabled_adapters"`, `"adapter_copy"`, `"ref_model"` or `"initial_policy"`
-            (see `dpo_ext.reference`).
+            `"disabled_adapters"`, `"adapter_copy"`, `"ref_model"`, `"initial_policy"` or `"base_model"` (the base
+            with adapters disabled even when the adapter was loaded already trained: continuing against the
+            original base, as on-policy rounds do) (see `dpo_ext.reference`).
         precompute_ref_log_probs (`bool`, defaults to `False`): compute reference log-probs once, before training,
             and store them as a `ref_logps` column.
         precompute_ref_batch_size (`int`, *optional*): batch size of that pass (defaults to the eval batch size).

@@ -103,6 +103,25 @@ def test_disabled_adapters_requested_for_a_trained_adapter_is_refused(tokenizer,
                      processing_class=tokenizer)
 
 
+def test_base_model_reference_keeps_the_base_for_a_loaded_trained_adapter(tokenizer, tmp_path):
+    """reference='base_model' is asked for by name (later on-policy rounds): the base, though the adapter is trained;
+    the record then says disabled_adapters, so a scorer scores the saved adapter against the base."""
+    path = _trained_adapter(tokenizer, tmp_path)
+    policy = PeftModel.from_pretrained(make_model(tokenizer), str(path), is_trainable=True)
+    base = _logps(policy, tokenizer, adapter_disabled=True)
+    trainer = PLDPOTrainer(policy, args=_args(tmp_path, reference="base_model"), train_dataset=_data(),
+                           processing_class=tokenizer)
+    assert trainer.reference.name == "disabled_adapters"
+    trainer.train()
+    batch = RankedCollator(tokenizer.pad_token_id)(list(prepare_ranked_dataset(_data(), tokenizer)))
+    torch.testing.assert_close(trainer.reference.ref_logps(trainer.model, batch).flatten(), base)
+    trainer.save_model(str(tmp_path / "saved"))
+    assert json.loads((tmp_path / "saved" / "dpo_ext_reference.json").read_text())["reference"] == "disabled_adapters"
+    with pytest.raises(ReferenceMismatchError, match="bias='all'"):
+        PLDPOTrainer(make_model(tokenizer), args=_args(tmp_path, reference="base_model"), train_dataset=_data(),
+                     processing_class=tokenizer, peft_config=LoraConfig(**LORA, bias="all"))
+
+
 def test_nonzero_init_is_detected_from_the_config(tokenizer, tmp_path):
     trainer = PLDPOTrainer(make_model(tokenizer), args=_args(tmp_path), train_dataset=_data(),
                            processing_class=tokenizer, peft_config=LoraConfig(**LORA, init_lora_weights=False))

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from dpo_ext.data.jsonl import iter_jsonl
+from dpo_ext.data.jsonl import iter_jsonl, write_jsonl  # noqa: F401 - write_jsonl: the commands' writer
 from dpo_ext.data.rows import PreferenceDataError
 from dpo_ext.hub.ids import looks_like_hub_id, offline
 from dpo_ext.training.checks import unwritable_folder
@@ -178,8 +178,3 @@ def check_output(path: Path | None) -> None:
         raise ValueError(f"--output {path}: its folder cannot be written ({problem}); choose another file")
 
 
-def write_jsonl(path: Path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")

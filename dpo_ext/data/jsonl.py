@@ -1,7 +1,8 @@
-"""Reading JSON Lines files with errors that name the file and line."""
+"""JSON Lines files: reading them with errors that name the file and line, and writing them whole or not at all."""
 
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -21,3 +22,17 @@ def iter_jsonl(path: Path, lines) -> Iterator[tuple[int, dict]]:
         if not isinstance(row, dict):
             raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
         yield number, row
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Write ``rows`` to ``path``, one JSON object per line (UTF-8, non-ASCII kept), through a temporary file in the same
+    folder renamed at the end: a run killed while writing leaves the old file or none, never half a file (a resumed
+    run trusts a file that exists). Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(partial, path)
+    return path

@@ -159,3 +159,17 @@ def save_base_and_adapter(tokenizer, root, target_modules=("c_attn",), lora_scal
     if adapter_tokenizer:
         tokenizer.save_pretrained(root / "adapter")
     return root
+
+
+def save_reward_model(tokenizer, folder, num_labels=1):
+    """A 2-layer `GPT2ForSequenceClassification` (``num_labels`` outputs) built from a config, saved to ``folder``
+    (weights only: save a tokenizer beside it)."""
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(3)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                        num_labels=num_labels, bos_token_id=tokenizer.eos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    GPT2ForSequenceClassification(config).save_pretrained(folder)
+    return folder

@@ -767,9 +767,9 @@ CASES = [
      ["score_long1.jsonl, line 1, field 'completion'", "64 positions"]),
     ("cli score .json array of non-objects",
      lambda env: cli(env, "score", *model_args(env), "-i", env.write("numbers.json", "[1, 2]"), "-o",
-                     env.tmp / "o.jsonl"), 2, ["numbers.json, row 0", "JSON object"]),
+                     env.tmp / "o.jsonl"), 2, ["numbers.json, row 1", "JSON object"]),
     ("cli validate .json array of non-objects", lambda env: cli(env, "validate", env.write("numbers.json", "[1, 2]")),
-     2, ["numbers.json, row 0", "JSON object"]),
+     2, ["numbers.json, row 1", "JSON object"]),
     ("cli validate malformed .json array",
      lambda env: cli(env, "validate", env.write("broken_array.json", '[{"prompt": }]')), 2,
      ["broken_array.json", "not valid JSON", "line 1 column 13"]),
@@ -990,6 +990,150 @@ CASES = [
      lambda env: push_preference_dataset(data_folder(env, "prefs_license", {"train.jsonl": json.dumps(
          {"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n"}), "alice/prefs", dry_run=env.tmp / "staging",
          license="gnu"), ValueError, ["license 'gnu'", "not a license id the Hub knows"]),
+    # -- issue 20: dpo-ext label --
+    ("cli label a file of pairs, no completions",
+     lambda env: label_cli(env, "label_pairs.jsonl", PAIR, judge="py:json:loads"), 2,
+     ["dpo-ext label: error: ", "label_pairs.jsonl, line 1, field 'completions'", "missing", "chosen, prompt"]),
+    ("cli label a row without a prompt",
+     lambda env: label_cli(env, "label_no_prompt.jsonl", LABEL_ROW, {"completions": ["good"]}, judge="py:json:loads"),
+     2, ["label_no_prompt.jsonl, line 2, field 'prompt'", "missing"]),
+    ("cli label K = 0", lambda env: label_cli(env, "label_k0.jsonl", LABEL_ROW, "", {**LABEL_ROW, "completions": []},
+                                              judge="py:json:loads"), 2,
+     ["label_k0.jsonl, line 3, field 'completions'", "empty list of completions"]),
+    ("cli label a reward model with two outputs",
+     lambda env: label_cli(env, "label_rm2.jsonl", LABEL_ROW, judge=f"rm:{reward_model_folder(env, 2)}"), 2,
+     ["dpo-ext label: error: reward model '", "rm_2_outputs'", "has 2 outputs", "num_labels=1"]),
+    ("cli label a causal LM as the reward model",
+     lambda env: label_cli(env, "label_lm.jsonl", LABEL_ROW, judge=f"rm:{env.saved.base}"), 2,
+     ["GPT2LMHeadModel, not a sequence-classification reward model"]),
+    ("cli label unknown judge kind", lambda env: label_cli(env, "label_kind.jsonl", LABEL_ROW, judge="gpt4:judge"), 2,
+     ["judge 'gpt4:judge': unknown kind 'gpt4'", "rm:PATH_OR_HUB_ID", "implicit:ADAPTER", "py:module:function"]),
+    ("cli label a judge folder without a kind",
+     lambda env: label_cli(env, "label_bare.jsonl", LABEL_ROW, judge=str(env.saved.adapter)), 2,
+     ["no KIND: prefix", "implicit:"]),
+    ("cli label module that cannot be imported",
+     lambda env: label_cli(env, "label_import.jsonl", LABEL_ROW, judge="py:no_such_judge_module:score"), 2,
+     ["judge 'py:no_such_judge_module:score': cannot import module 'no_such_judge_module'", "PYTHONPATH"]),
+    ("cli label module whose import fails",
+     lambda env: label_cli(env, "label_broken.jsonl", LABEL_ROW, module="def score(:\n"), 2,
+     ["cannot import module", "SyntaxError"]),
+    ("cli label function missing from its module",
+     lambda env: label_cli(env, "label_nofn.jsonl", LABEL_ROW, module="x = 1\n", function="nope"), 2,
+     ["has no attribute 'nope'"]),
+    ("cli label judge returns NaN",
+     lambda env: label_cli(env, "label_nan.jsonl", LABEL_ROW, "", LABEL_ROW,
+                           module="def score(p, c):\n    return [[1.0, float('nan')] for _ in p]\n"), 2,
+     ["label_nan.jsonl, line 1, field 'completions[1]'", "the judge py:", "returned nan"]),
+    ("cli label judge returns the wrong count",
+     lambda env: label_cli(env, "label_count.jsonl", LABEL_ROW, LABEL_ROW,
+                           module="def score(p, c):\n    return [[1.0] * (len(cs) + 1) for cs in c]\n"), 2,
+     ["label_count.jsonl, line 1, field 'completions'", "returned 3 scores for the row's 2 completions"]),
+    ("cli label judge returns text", lambda env: label_cli(env, "label_text.jsonl", LABEL_ROW, module=(
+        "def score(p, c):\n    return [['good', 'bad'] for _ in p]\n")), 2,
+     ["label_text.jsonl, line 1, field 'completions[0]'", "'good' (str), not a number"]),
+    ("cli label batch size 0",
+     lambda env: label_cli(env, "label_b0.jsonl", LABEL_ROW, judge="py:json:loads", extra=("--batch-size", "0")), 2,
+     ["--batch-size must be at least 1, got 0"]),
+    # -- issue 20: dpo-ext sample --
+    ("cli sample a file without prompts", lambda env: sample_cli(env, "sample_no_prompt.jsonl", {"text": "hi"}), 2,
+     ["dpo-ext sample: error: ", "sample_no_prompt.jsonl, line 1, field 'prompt'", "missing"]),
+    ("cli sample an empty prompt",
+     lambda env: sample_cli(env, "sample_empty.jsonl", {"prompt": "the movie"}, "", {"prompt": " "}), 2,
+     ["sample_empty.jsonl, line 3, field 'prompt'", "empty prompt"]),
+    ("cli sample K = 0", lambda env: sample_cli(env, "sample_k0.jsonl", {"prompt": "the"}, extra=("--k", "0")), 2,
+     ["dpo-ext sample: error: --k must be at least 1 (completions per prompt), got 0"]),
+    ("cli sample unreadable YAML",
+     lambda env: sample_cli(env, "sample_yaml.jsonl", {"prompt": "the"}, extra=(
+         "--config", env.write("gen_bad.yaml", "max_new_tokens: 8\ntemperature: [1.0\n"))), 2,
+     ["gen_bad.yaml, line 3", "not valid YAML"]),
+    ("cli sample generation field that does not exist",
+     lambda env: sample_cli(env, "sample_field.jsonl", {"prompt": "the"}, extra=(
+         "--config", env.write("gen_field.yaml", "max_new_tokens: 8\ntemprature: 0.7\n"))), 2,
+     ["gen_field.yaml, line 2, field 'temprature'", "not a GenerationConfig field"]),
+    ("cli sample YAML that is not a mapping",
+     lambda env: sample_cli(env, "sample_list.jsonl", {"prompt": "the"}, extra=(
+         "--config", env.write("gen_list.yaml", "- 8\n"))), 2, ["gen_list.yaml, line 1", "expected a mapping"]),
+    # -- issue 19: found by trying the README --
+    ("cli validate a BOM-prefixed JSONL file (Windows editors write one)",  # refused: "Unexpected UTF-8 BOM"
+     lambda env: cli(env, "validate", env.write("bom.jsonl", "\ufeff" + lines(PAIR))), 0,
+     ["bom.jsonl: 1 rows, 1 usable", "OK"]),
+    ("cli validate a CSV row is named from 1",
+     lambda env: cli(env, "validate", env.write("list.csv", 'prompt,completions,ranks\nthe movie,"[1]","[0]"\n')), 1,
+     ["list.csv, row 1, field 'completions'"]),
+    ("cli validate a folder that is not a saved dataset",  # datasets' message, with nothing to do
+     lambda env: cli(env, "validate", data_folder(env, "not_a_dataset", {"train.jsonl": lines(PAIR)})), 2,
+     ["not_a_dataset is a folder but not a saved dataset", "save_to_disk", ".jsonl"]),
+    ("cli eval --benchmark --split on a local file",  # the split was ignored: the file's rows were scored
+     lambda env: bench_cli(env, "rewardbench", env.write("rb_split.jsonl", lines(RB1_ROW)), "--split", "test"), 2,
+     ["rb_split.jsonl is a file, which holds one split", "'test'"]),
+    ("cli train --dataset_train_split on a single file",
+     lambda env: train_cli(env, "--dataset_train_split", "test", data=env.write("one_split.jsonl", lines(PAIR))), 2,
+     ["one_split.jsonl is a file, which holds one split", "'test'"]),
+    ("cli train row longer than the model names the file line",  # "train dataset, row 1": a plain ValueError
+     lambda env: train_cli(env, data=env.write("train_long.jsonl", lines(PAIR, "", {
+         **PAIR, "chosen": " ".join(["good"] * 80)}))), 2, ["train_long.jsonl, line 3", "64 positions"]),
+    ("cli score --reference-free with --ref-model",  # the reference was loaded and silently unused
+     lambda env: run_cli(env, "score", "free_ref.jsonl", PAIR, extra=["--reference-free", "--ref-model",
+                                                                     env.saved.base]), 2,
+     ["--reference-free", "--ref-model", "give one of them"]),
+    ("cli score --max-batch-tokens 0",  # accepted: 0 read as the default
+     lambda env: cli(env, "score", env.tmp / "no_model", "-i", env.write("ok.jsonl", lines(PAIR)), "-o",
+                     env.tmp / "o.jsonl", "--max-batch-tokens", "0"), 2, ["--max-batch-tokens: must be at least 1"]),
+    ("cli score --max-length 1 names the flag before the model loads",
+     lambda env: cli(env, "score", env.tmp / "no_model", "-i", env.write("ok.jsonl", lines(PAIR)), "-o",
+                     env.tmp / "o.jsonl", "--max-length", "1"), 2, ["--max-length: must be at least 2"]),
+    ("cli score --device on a GPU this machine lacks",  # a traceback, exit 1
+     lambda env: cli(env, "score", env.saved.adapter, "--base-model", env.saved.base, "--device", "cuda:99", "-i",
+                     env.write("ok.jsonl", lines(PAIR)), "-o", env.tmp / "o.jsonl"), 2,
+     ["dpo-ext score: error: device 'cuda:99'"]),
+    ("cli score --device torch does not know",  # a traceback, exit 1
+     lambda env: cli(env, "score", env.saved.adapter, "--device", "gpu", "-i", env.write("ok.jsonl", lines(PAIR)),
+                     "-o", env.tmp / "o.jsonl"), 2, ["device 'gpu' is not a device torch knows", "cuda:N"]),
+    ("cli score output is the input file",  # the input rows were replaced by the scores
+     lambda env: run_cli(env, "score", "in_place.jsonl", PAIR, extra=["-o", env.tmp / "in_place.jsonl"]), 2,
+     ["in_place.jsonl is the input file", "give another file"]),
+    ("cli eval output is the input file",
+     lambda env: run_cli(env, "eval", "in_place.jsonl", PAIR, output=False, extra=["-o", env.tmp / "in_place.jsonl"]),
+     2, ["in_place.jsonl is the input file"]),
+    ("scorer max_batch_tokens 0", lambda env: env.scorer(max_batch_tokens=0), SettingError,
+     ["max_batch_tokens", "at least 1"]),
+    ("cli push --eval-results a folder",  # IsADirectoryError traceback, exit 1
+     lambda env: push_cli(env, "--eval-results", data_folder(env, "results_dir", {})), 2,
+     ["eval results", "results_dir is a folder, not a file"]),
+    ("cli push --plot a folder",  # "does not exist"
+     lambda env: push_cli(env, "--plot", data_folder(env, "plots_dir", {})), 2, ["plot", "plots_dir is a folder"]),
+    ("cli push --eval-results missing names the flag's input",  # "[Errno 2] No such file or directory"
+     lambda env: push_cli(env, "--eval-results", env.tmp / "no_results.json"), 2,
+     ["eval results", "no_results.json does not exist"]),
+    ("cli push-dataset a file instead of the folder",  # "data folder ... does not exist"
+     lambda env: cli(env, "push-dataset", env.write("rows_file.jsonl", lines(PAIR)), "--repo-id", "alice/prefs",
+                     "--dry-run", env.tmp / "staging"), 2, ["rows_file.jsonl is a file", "the folder that holds it"]),
+    # -- issue 20: sampling settings, refused before a model loads --
+    ("cli rerank top-p above 1",
+     lambda env: run_cli(env, "rerank", "rerank_top_p.jsonl", {"prompt": "the "}, extra=("--top-p", "2")), 2,
+     ["top_p=2.0", "in (0, 1]"]),
+    ("cli rerank temperature 0",
+     lambda env: run_cli(env, "rerank", "rerank_temp.jsonl", {"prompt": "the "}, extra=("--temperature", "0")), 2,
+     ["temperature=0.0", "above 0"]),
+    ("cli sample top-k negative",
+     lambda env: cli(env, "sample", env.saved.adapter, "--base-model", env.saved.base, "-i",
+                     env.write("sample_top_k.jsonl", lines({"prompt": "the "})), "-o", env.tmp / "s.jsonl",
+                     "--top-k", "-1"), 2, ["top_k=-1", "whole number >= 0"]),
+    ("cli iterate temperature 0", lambda env: iterate_cli(env, "--temperature", "0"), 2, ["temperature=0.0"]),
+    # -- issue 20: dpo-ext iterate --
+    ("cli iterate prompts file without a prompt",
+     lambda env: iterate_cli(env, prompts=env.write("no_prompt.jsonl", lines({"prompt": "the movie was "}, "",
+                                                                              {"text": "the plot"}))),
+     2, ["no_prompt.jsonl, line 3, field 'prompt'", "missing"]),
+    ("cli iterate k below 2", lambda env: iterate_cli(env, "--k", "1"), 2, ["k must be at least 2", "1"]),
+    ("cli iterate self-rewarding without a starting adapter", lambda env: iterate_cli(env, "--judge", "self",
+                                                                                      "--eval_judge", "py:math:fsum"),
+     2, ["judge='self'", "pass start_adapter"]),
+    ("cli iterate without --prompts", lambda env: iterate_cli(env, prompts=""), 2, ["--prompts is required"]),
+    ("cli iterate without a LoRA", lambda env: iterate_cli(env, use_peft=False), 2, ["add --use_peft",
+                                                                                     "--start_adapter"]),
+    ("cli iterate unknown judge kind", lambda env: iterate_cli(env, "--judge", "gpt4"), 2,
+     ["judge 'gpt4'", "no KIND: prefix"]),
 ]
 
 
@@ -1090,3 +1234,56 @@ def ultrafeedback_rows(rating: str):
                for _ in range(2)]
     records[1]["completions"][1]["annotations"]["honesty"]["Rating"] = rating
     return uf.to_ranked_rows(records)
+
+
+# -- issue 20: dpo-ext sample (helpers) -------------------------------------------------------------------------------
+
+def sample_cli(env: Env, name: str, *rows, extra=()) -> int:
+    """`dpo-ext sample` on the saved adapter, with `rows` written to the input file `name` (inputs fail before it
+    loads)."""
+    return cli(env, "sample", env.saved.adapter, "--base-model", env.saved.base, "-i", env.write(name, lines(*rows)),
+               "-o", env.tmp / "samples.jsonl", *extra)
+
+
+# -- issue 20: dpo-ext label (helpers) --------------------------------------------------------------------------------
+
+LABEL_ROW = {"prompt": "the movie was ", "completions": ["good", "bad"]}
+
+
+def label_cli(env: Env, name: str, *rows, judge=None, module=None, function="score", extra=()) -> int:
+    """`dpo-ext label` on a file of ``rows``; the judge is ``judge``, or ``function`` of a module written from the
+    text ``module`` into the case's folder (named after the file, put on ``sys.path`` for the call only)."""
+    import sys
+
+    if module is not None:
+        module_name = name.removesuffix(".jsonl")
+        env.write(f"{module_name}.py", module)
+        judge = f"py:{module_name}:{function}"
+        sys.path.insert(0, str(env.tmp))
+    try:
+        return cli(env, "label", env.write(name, lines(*rows)), "--judge", judge, "-o", env.tmp / "labelled.jsonl",
+                   "--device", "cpu", *extra)
+    finally:
+        if module is not None:
+            sys.path.remove(str(env.tmp))
+            sys.modules.pop(name.removesuffix(".jsonl"), None)
+
+
+def reward_model_folder(env: Env, num_labels: int) -> Path:
+    from fixtures import save_reward_model
+
+    folder = save_reward_model(env.tokenizer, env.tmp / f"rm_{num_labels}_outputs", num_labels=num_labels)
+    env.tokenizer.save_pretrained(folder)
+    return folder
+
+
+# -- issue 20: dpo-ext iterate (helpers) ------------------------------------------------------------------------------
+
+def iterate_cli(env: Env, *extra, prompts=None, use_peft=True) -> int:
+    """`dpo-ext iterate` for one round on the saved base: every case fails before anything is sampled."""
+    prompts = env.write("prompts.jsonl", lines({"prompt": "the movie was "})) if prompts is None else prompts
+    # the judge: any importable function passes the spec check; no case gets as far as calling it
+    return cli(env, "iterate", "--model_name_or_path", env.saved.base, "--prompts", prompts, "--judge",
+               "py:math:fsum", "--rounds", "1", *(["--use_peft", "--lora_target_modules", "c_attn"]
+                                                         if use_peft else []),
+               "--use_cpu", "--report_to", "none", "--output_dir", env.tmp / "rounds", *extra)

@@ -19,6 +19,9 @@ _COMMAND_MODULES = (
     "dpo_ext.cli.validate",
     "dpo_ext.cli.hub",
     "dpo_ext.cli.train",
+    "dpo_ext.cli.sample",
+    "dpo_ext.cli.iterate",
+    "dpo_ext.cli.label",
 )
 
 
@@ -36,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] in (["train"], ["precompute-ref"]):  # their flags are TrlParser's (every trainer field)
+    if argv[:1] in (["train"], ["precompute-ref"], ["iterate"]):  # their flags are TrlParser's (every trainer field)
         return _train(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
@@ -53,6 +56,10 @@ def _train(command: str, argv) -> int:
         report_error(command, f"{error}; this command needs TRL: pip install 'dpo_ext[trl]'")
         return 2
     try:
+        if command == "iterate":
+            from dpo_ext.cli.iterate import main as iterate_main
+
+            return iterate_main(argv)
         return train_main(argv, command)
     except (ValueError, FileNotFoundError, PermissionError) as error:
         report_error(command, error)

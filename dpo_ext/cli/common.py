@@ -6,13 +6,13 @@ Nothing here imports torch at module level: ``dpo-ext --help`` imports every com
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from dpo_ext.data.jsonl import iter_jsonl, write_jsonl  # noqa: F401 - write_jsonl: the commands' writer
-from dpo_ext.data.rows import PreferenceDataError
-from dpo_ext.hub.ids import looks_like_hub_id, offline
+# Input rows are read by the library (the benchmarks' local files too); the commands import them from here.
+from dpo_ext.data.files import Rows, read_rows  # noqa: F401
+from dpo_ext.data.jsonl import write_jsonl  # noqa: F401 - write_jsonl: the commands' writer
+from dpo_ext.locations import looks_like_hub_id, offline
 from dpo_ext.training.checks import unwritable_folder
 
 
@@ -66,7 +66,15 @@ def scorer_from_arguments(args: argparse.Namespace):
     anything loads."""
     from dpo_ext.scoring.loading import adapter_config
     from dpo_ext.scoring.scorer import ImplicitRewardScorer
+    from dpo_ext.settings import as_number
 
+    if args.reference_free and args.ref_model:
+        raise ValueError("--reference-free scores without a reference, so --ref-model would be loaded and never "
+                         "used: give one of them")
+    for flag, value, minimum in (("--max-length", args.max_length, 2),
+                                 ("--max-batch-tokens", args.max_batch_tokens, 1)):
+        if value is not None:  # before minutes of loading
+            as_number(flag, value, int, minimum=minimum)
     if not Path(args.model).exists() and (offline() or not looks_like_hub_id(args.model)):
         raise FileNotFoundError(f"{args.model}: no such directory" +
                                 (" (HF_HUB_OFFLINE is set, so the Hub is not searched)" if offline() else ""))
@@ -83,94 +91,15 @@ def scorer_from_arguments(args: argparse.Namespace):
     )
 
 
-# -- input ---------------------------------------------------------------------------------------------------------
-
-class Rows:
-    """Input rows and how to name one in an error message (file line, or dataset row)."""
-
-    def __init__(self, source: str, rows: list, lines: list | None = None):
-        self.source, self.rows, self.lines = source, rows, lines
-
-    def where(self, index: int) -> str:
-        if self.lines is not None:
-            return f"{self.source}, line {self.lines[index]}"
-        return f"{self.source}, row {index}"
-
-    def describe(self, error: PreferenceDataError, fields: list[str] | None = None) -> str:
-        """An error about row ``error.row`` of these rows, named by file line (or row) and field. ``fields`` names
-        the row's completions by position (``["chosen", "rejected"]``...), for an error about one of them."""
-        field = error.field
-        if fields is not None and error.completion is not None:
-            field = fields[error.completion]
-        return f"{self.where(error.row)}{f', field {field!r}' if field else ''}: {error.problem}"
-
-    def error(self, error: Exception, fields: list[str] | None = None) -> ValueError:
-        """``error`` as a `ValueError` that names the input's line and field (or, for another error, the input)."""
-        if isinstance(error, PreferenceDataError) and error.row is not None:
-            return ValueError(self.describe(error, fields))
-        return ValueError(f"{self.source}: {error}")
-
-
-def read_rows(source: str, split: str = "train", config: str | None = None) -> Rows:
-    """Rows of a JSONL / JSON / Parquet / CSV file, a dataset folder, or a Hub dataset split (of configuration
-    ``config``). A file holds one split, whatever ``split`` says; a folder or Hub dataset without ``split`` raises
-    `KeyError` naming the splits it has. ``split`` `None` is ``"train"``."""
-    split = split or "train"
-    path = Path(source)
-    if path.is_file() and path.suffix in (".jsonl", ".json", ""):
-        return _read_json(path)
-    if path.is_file() or path.is_dir():
-        import datasets
-
-        kind = {".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
-        if path.is_file() and kind is None:
-            raise ValueError(f"{source}: unsupported file type '{path.suffix}' (use .jsonl, .json, .parquet or .csv)")
-        dataset = (datasets.load_dataset(kind, data_files=str(path), split="train") if kind
-                   else datasets.load_from_disk(str(path)))
-        if isinstance(dataset, datasets.DatasetDict):
-            if split not in dataset:
-                raise KeyError(f"{source} has no split {split!r} (its splits: {', '.join(dataset)})")
-            dataset = dataset[split]
-        if len(dataset) == 0:  # as for JSON files: an empty input is a mistake, not a result of nothing
-            raise ValueError(f"{source}: no rows")
-        return Rows(source, list(dataset))
-    if not looks_like_hub_id(source):
-        raise FileNotFoundError(f"{source}: no such file, and not a Hub dataset id")
-    import datasets
-
-    try:
-        return Rows(f"{source}[{split}]", list(datasets.load_dataset(source, name=config, split=split)))
-    except Exception as error:  # noqa: BLE001 - offline, missing repo or split: say which and why
-        raise ValueError(f"could not load the Hub dataset {source!r} (split {split!r}): {error}") from error
-
-
-def _read_json(path: Path) -> Rows:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error}); give a JSON array of row objects, or JSON Lines "
-                             "(one object per line)") from None
-        for index, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}, row {index}: expected a JSON object (one preference row), got "
-                                 f"{type(row).__name__}")
-        lines = None
-    else:
-        numbered = list(iter_jsonl(path, text.splitlines()))
-        rows, lines = [row for _, row in numbered], [number for number, _ in numbered]
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return Rows(str(path), rows, lines)
-
-
 # -- output --------------------------------------------------------------------------------------------------------
 
-def check_output(path: Path | None) -> None:
-    """Refuse an output file that cannot be written before the model loads, not after all the scoring work."""
+def check_output(path: Path | None, source: str | None = None) -> None:
+    """Refuse an output file that cannot be written before the model loads, not after all the scoring work, and one
+    that is the input file ``source`` (writing it would destroy the rows being read)."""
     if path is None:
         return
+    if source is not None and Path(source).is_file() and path.exists() and path.samefile(source):
+        raise ValueError(f"--output {path} is the input file: writing it would replace your rows; give another file")
     if path.is_dir():
         raise ValueError(f"--output {path} is a directory: give a file path, such as {path / 'out.jsonl'}")
     problem = unwritable_folder(path.parent)

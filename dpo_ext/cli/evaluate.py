@@ -9,7 +9,7 @@ from pathlib import Path
 from dpo_ext.cli.common import (Rows, add_input_arguments, add_model_arguments, check_output, read_rows,
                                 scorer_from_arguments)
 from dpo_ext.data.rows import CHOSEN, REJECTED, PreferenceDataError, completion_fields, normalize_row
-from dpo_ext.hub.ids import offline
+from dpo_ext.locations import offline
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from dpo_ext.scoring.evaluation import evaluate_preferences
 
-    check_output(args.output)
+    check_output(args.output, args.input)
     if args.benchmark:
         return _eval_benchmark(args)
     if args.input is None:
@@ -73,7 +73,9 @@ def _eval_benchmark(args: argparse.Namespace) -> int:
     if args.input is None and offline():
         raise ValueError(f"--benchmark {args.benchmark} reads {module.DATASET_ID} from the Hub, and HF_HUB_OFFLINE is "
                          "set: unset it, or give --input FILE (the benchmark's rows in its published schema)")
-    rows = read_rows(args.input or module.DATASET_ID, split)
+    local_file = args.input is not None and Path(args.input).is_file()
+    # a local file holds one split: the benchmark's default split names the Hub's, not the file's
+    rows = read_rows(args.input or module.DATASET_ID, args.split if local_file else split)
     with _named_by(rows, module):  # before the model loads: bad rows fail fast
         module.rows_to_inputs(rows.rows, chat=args.chat)
     if args.tokenization == "rewardbench" and not args.chat:

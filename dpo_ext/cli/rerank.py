@@ -54,15 +54,16 @@ def _check(rows: Rows) -> None:
 def _rerank(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
-    check_output(args.output)
+    from dpo_ext.sampling import generation_config, shard_seed
+
+    generation = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}
+    generation_config(None, generation)  # settings that cannot sample, refused before the model loads
+    check_output(args.output, args.input)
     rows = read_rows(args.input, args.split)
     _check(rows)
     scorer = scorer_from_arguments(args)
     from tqdm.auto import tqdm
-    from transformers import set_seed
 
-    set_seed(args.seed)
-    generation = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}
     out = []
     for i, row in enumerate(tqdm(rows.rows, desc="Best-of-N", unit="prompt")):
         field = _candidates_field(row)
@@ -71,8 +72,9 @@ def _rerank(args: argparse.Namespace) -> int:
                 scored = scorer.rerank(row[PROMPT], row[field], normalize=args.normalize)
                 ranked = sorted(scored, key=lambda c: c.index)
             else:
+                # each row alone, on its own seed (as a shard of `dpo_ext.sampling` would be)
                 ranked = scorer.best_of_n([row[PROMPT]], args.n, generation_config=generation,
-                                          normalize=args.normalize)[0].candidates
+                                          seed=shard_seed(args.seed, i), normalize=args.normalize)[0].candidates
         except PreferenceDataError as error:  # the scorer saw one prompt: name this row and its candidate field
             names = [f"{field}[{k}]" for k in range(len(row.get(field) or []))]
             raise rows.error(error.located(row=i), names) from error

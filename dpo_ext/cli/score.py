@@ -49,7 +49,7 @@ def _read(rows: Rows) -> list[tuple[tuple[str, ...], list[str] | None, list]]:
 
 
 def _score(args: argparse.Namespace) -> int:
-    check_output(args.output)
+    check_output(args.output, args.input)
     rows = read_rows(args.input, args.split)
     parsed = _read(rows)
     scorer = scorer_from_arguments(args)

@@ -282,6 +282,8 @@ def _eval_rows(script_args):
             logger.warning("%s is a single file (the training split): no evaluation at the end; give a test file "
                            "with --eval_dataset_name, or --dataset_test_split none to silence this", source)
             return None
+    elif Path(source).is_file():  # a test file holds one split: the default test split name does not apply to it
+        split = None
     try:
         return load_split(source, split, script_args.dataset_config, script_args.dataset_columns)
     except KeyError as error:  # a dataset folder without that split
@@ -302,7 +304,7 @@ def _check_publishing(training_args, script_args) -> None:
 
 def _publish(training_args, script_args, model_args, results: dict, card_kwargs: dict) -> None:
     from dpo_ext.hub.adapters import push_adapter
-    from dpo_ext.hub.ids import looks_like_hub_id
+    from dpo_ext.locations import looks_like_hub_id
 
     dataset = script_args.eval_dataset_name or script_args.dataset_name
     hub_datasets = [d for d in (script_args.dataset_name, script_args.eval_dataset_name)

@@ -3,7 +3,8 @@ rules that the trainer, the scorer, the CLI and `dpo-ext validate` share.
 
 Modules: `rows` (one row's rules: `normalize_row`; one prompt with completions to score: `check_scored`), `messages`
 (what a chat message is), `tokenize` (`tokenize_ranked`, `prepare_ranked_dataset`), `collate` (plain and packed
-batches), `validation` (`validate_rows`, the counts of what the rules drop), `jsonl` (reading JSON Lines files).
+batches), `validation` (`validate_rows`, the counts of what the rules drop), `jsonl` (reading and writing JSON Lines
+files), `files` (rows of a file, folder or Hub dataset, named by file line).
 
 Accepted row formats (all rows of a dataset share one format; K may vary from row to row):
 

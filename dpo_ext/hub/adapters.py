@@ -23,6 +23,7 @@ from dpo_ext.hub.cards import render_model_card
 from dpo_ext.hub.publish import PushResult, publish_folder
 from dpo_ext.hub.staging import StagedFile, copy_file, list_folder, resolve_staging, write_card, write_file, write_json
 from dpo_ext.hub.training_files import check_plots, dataset_names, read_eval_results
+from dpo_ext.reference.record import RECORD_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -152,9 +153,7 @@ def _write_files(staging_dir: Path, adapter_dir: Path, weights: Path, info: Adap
     if eval_results:
         write_json(staging_dir, "eval_results.json", eval_results)
     if info.reference_record is not None:  # the scorer reads it to pick (or refuse) the reference
-        from dpo_ext.reference.sources import REFERENCE_RECORD
-
-        write_json(staging_dir, REFERENCE_RECORD, info.reference_record)
+        write_json(staging_dir, RECORD_FILE, info.reference_record)
     for plot in plots:
         copy_file(staging_dir, plot, f"plots/{plot.name}")
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 
 import yaml
 
-from dpo_ext.hub.ids import looks_like_hub_id
+from dpo_ext.locations import looks_like_hub_id
 
 BENCHMARKS_KEY = "benchmarks"  # eval_results[BENCHMARKS_KEY][dataset_id] = {metric: value} measured on that benchmark
 EVAL_RESULTS_FOLDER = ".eval_results"  # huggingface_hub.constants.EVAL_RESULTS_FOLDER

@@ -125,6 +125,10 @@ def nested_tables(results: Mapping) -> list[dict]:
 
 
 def format_value(value) -> str:
+    """A number, name or list as one table cell: floats to 4 significant digits, a list in its order, a set sorted
+    (PEFT keeps target modules in a set, saved in any order), a mapping by its keys."""
+    if isinstance(value, (set, frozenset)):
+        value = sorted(value, key=str)
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, Mapping):  # nested deeper than a table can show: name the keys, the file has the values

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from dpo_ext.data.rows import CHOSEN, COMPLETIONS, PROMPT, RANKS, REJECTED, SCORES
 from dpo_ext.hub.benchmarks import HubBenchmark, benchmark_table, eval_results_files, split_eval_results
-from dpo_ext.hub.card_results import (BASELINE_KEY, NAMES, metric_rows, nested_tables, reported_metrics,
-                                      settings_in_results)
-from dpo_ext.hub.ids import looks_like_hub_id
+from dpo_ext.hub.card_results import (BASELINE_KEY, NAMES, format_value, metric_rows, nested_tables,
+                                      reported_metrics, settings_in_results)
+from dpo_ext.locations import looks_like_hub_id
 from dpo_ext.hub.licenses import card_license, check_license
 
 # Where the package comes from: it is not on PyPI, and pyproject.toml names no repository URL to `pip install git+`.
@@ -25,7 +25,7 @@ INSTALL = "pip install ."
 _HYPERPARAMETERS = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
     "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "optim", "max_length", "max_prompt_length",
-    "max_completion_length", "bf16",
+    "max_completion_length", "bf16", "on_policy_rounds", "round", "samples_per_prompt", "judge", "round_reference",
 )
 _BASELINES = {"preferred_ft": "Preferred-FT (fine-tuning on the best completion)",
               "unlikelihood": "unlikelihood training (best completion up, worst down)"}
@@ -35,7 +35,13 @@ _METHOD_NOTES = {
                          "Plackett-Luce model whose scores are the implicit rewards (Rafailov et al., 2023, appendix "
                          "A.3). With K = 2 it is DPO.",
     "DPO": None,
+    "DPO on all pairs": "DPO on all pairs trains the sigmoid DPO loss on every strictly ordered pair of each ranked "
+                        "list of completions, averaged over the list's pairs (Rafailov et al., 2023, Eq. 7).",
+    "LiPO-lambda": "LiPO-lambda trains a pairwise logistic loss over every pair of completions with different labels, "
+                   "each pair weighted by its LambdaLoss weight from the label gap and the pair's positions in the "
+                   "implicit-reward order (Liu et al., 2024, LiPO, arXiv 2402.01878).",
 }
+_LISTWISE_NAMES = {"all_pairs": "DPO on all pairs", "lipo_lambda": "LiPO-lambda"}
 _BASELINE_NOTE = ("This is a baseline, not a preference-optimisation method: it is not trained through the implicit "
                   "reward, which is reported below for comparison only.")
 _LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias")
@@ -58,7 +64,7 @@ def describe_method(training_config: Mapping, num_completions: int | None = None
 
     The Plackett-Luce loss with K = 2 is exactly DPO, so it is named Plackett-Luce DPO only when more than two
     completions were ranked per prompt (or, with K unknown, when the loss says so). `preferred_ft` and
-    `unlikelihood` are baselines, named as such.
+    `unlikelihood` are baselines, named as such; `all_pairs` and `lipo_lambda` by their own names.
     """
     loss = training_config.get("loss_type")
     loss = ", ".join(map(str, loss)) if isinstance(loss, (list, tuple)) else loss
@@ -66,6 +72,8 @@ def describe_method(training_config: Mapping, num_completions: int | None = None
     k = int(k) if k is not None else None
     if loss in _BASELINES:
         return _BASELINES[loss], loss, k
+    if loss in _LISTWISE_NAMES:
+        return _LISTWISE_NAMES[loss], loss, k
     plackett_luce = k > 2 if k is not None else loss == "plackett_luce"
     return ("Plackett-Luce DPO" if plackett_luce else "DPO"), loss, k
 
@@ -236,17 +244,18 @@ def _training_sections(training_config: Mapping, adapter_config: Mapping, beta: 
     """The template variables of the card's "How it was trained" and "Hyperparameters" sections (and its bias
     note). Run settings recorded with the results (steps trained, ...) join the hyperparameters."""
     # max_steps = -1 is the Trainer's "not set": leave it out rather than print a nonsensical value.
-    hyperparameters = [("beta", _format(beta))] + [
-        (key, _format(value)) for key in _HYPERPARAMETERS
+    hyperparameters = [("beta", format_value(beta))] + [
+        (key, format_value(value)) for key in _HYPERPARAMETERS
         if (value := training_config.get(key)) is not None and not (key == "max_steps" and value < 0)]
     shown = {key for key, _ in hyperparameters}
-    hyperparameters += [(key, _format(value)) for key, value in settings_in_results(results, training_config)
+    hyperparameters += [(key, format_value(value)) for key, value in settings_in_results(results, training_config)
                         if key not in shown]
     versions, versions_source = library_versions(training_config)
     bias = adapter_config.get("bias", "none")
     return {
         "seed": training_config.get("seed"), "hyperparameters": hyperparameters,
-        "lora": [(key, _format(adapter_config[key])) for key in _LORA_FIELDS if adapter_config.get(key) is not None],
+        "lora": [(key, format_value(_modules(key, adapter_config[key]))) for key in _LORA_FIELDS
+                 if adapter_config.get(key) is not None],
         "has_training_config": bool(training_config), "versions": versions, "versions_source": versions_source,
         "bias_note": bias if bias not in (None, "none") else None,
     }
@@ -308,7 +317,7 @@ def render_dataset_card(
         has_pairwise=any(f["config"] == "pairwise" for f in files),
         list_sizes=" or ".join(map(str, sizes)) or "K",
         extra_columns=sorted({c for f in files for c in f.get("columns", ()) if c not in described}),
-        generation=[(key, _format(value)) for key, value in (generation or {}).items()], license=license,
+        generation=[(key, format_value(value)) for key, value in (generation or {}).items()], license=license,
     ))
 
 
@@ -323,9 +332,6 @@ def _tidy(card_class, card):
     return card_class(re.sub(r"\n{3,}", "\n\n", str(card)))
 
 
-def _format(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, sorted(value, key=str)))
-    return str(value)
+def _modules(key: str, value):
+    """PEFT keeps ``target_modules`` as a set, which adapter_config.json lists in any order: show it sorted."""
+    return set(value) if key == "target_modules" and isinstance(value, list) else value

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpo_ext.hub.ids import HUB_ID_PATTERN, offline
+from dpo_ext.locations import HUB_ID_PATTERN, offline
 from dpo_ext.hub.staging import StagedFile
 from dpo_ext.safe_files import redact
 

@@ -35,6 +35,8 @@ def resolve_staging(source_dir, staging_dir, what: str) -> tuple[Path, Path]:
     """Resolved ``(source_dir, staging_dir)`` after checking that the source ``what`` folder exists and that staging
     can neither touch it nor mix with older files."""
     source_dir, staging_dir = Path(source_dir).resolve(), Path(staging_dir).resolve()
+    if source_dir.is_file():
+        raise ValueError(f"{what} folder {source_dir} is a file: give the folder that holds it")
     if not source_dir.is_dir():
         raise FileNotFoundError(f"{what} folder {source_dir} does not exist")
     # Staging must not touch the source: it is what makes an interrupted upload safe to re-run.

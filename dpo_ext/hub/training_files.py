@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from dpo_ext.data.files import existing_file
 from dpo_ext.hub.benchmarks import split_eval_results
 from dpo_ext.reference.record import CONFIG_FILES, read_config_file
 from dpo_ext.safe_files import scrub_config
@@ -37,10 +38,7 @@ def read_training_config(
     if isinstance(training_config, Mapping):
         return _checked_beta(scrub_config(training_config, secrets), "training_config")
     if training_config is not None:
-        path = Path(training_config)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config {path} does not exist")
-        return _read_config_file(path, secrets)
+        return _read_config_file(existing_file(training_config, "training config"), secrets)
     for path in (Path(adapter_dir) / name for name in CONFIG_FILES):
         if path.is_file():
             return _read_config_file(path, secrets)
@@ -83,7 +81,7 @@ def read_eval_results(eval_results: Mapping | str | Path | None) -> dict:
         return {}
     source = "eval_results"
     if not isinstance(eval_results, Mapping):
-        path = source = Path(eval_results)
+        path = source = existing_file(eval_results, "eval results")
         try:
             eval_results = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
@@ -106,9 +104,7 @@ def check_plots(plots: Sequence[str | Path]) -> list[Path]:
     """`plots` as paths, after checking that each is a PNG file and that no two share a name (they are published
     side by side under `plots/`)."""
     checked = []
-    for plot in map(Path, plots):
-        if not plot.is_file():
-            raise FileNotFoundError(f"plot {plot} does not exist")
+    for plot in (existing_file(p, "plot") for p in plots):
         with plot.open("rb") as file:
             if file.read(8) != _PNG_MAGIC:
                 raise ValueError(f"plot {plot} is not a PNG file: save it with `savefig('{plot.stem}.png')`")

@@ -36,9 +36,19 @@ def load_causal_lm(source, *, what: str = "model", hint: str = "pass another mod
         `FileNotFoundError`: no such folder, or not reachable on the Hub (or not in the cache, offline).
         `ValueError`: not a causal LM, weights pickled only or truncated, missing or unexpected weights.
     """
+    return load_checked_model(source, "AutoModelForCausalLM", check_causal_lm, what=what, hint=hint,
+                              revision=revision, **kwargs)
+
+
+def load_checked_model(source, auto_class: str, check_config, *, what: str = "model", hint: str = "pass another model",
+                       revision=None, **kwargs):
+    """`load_causal_lm` for any transformers auto class (``"AutoModelForSequenceClassification"``...): the same
+    weight checks, with ``check_config(config, name)`` refusing a config of the wrong kind before any weight is read
+    (a model object is returned as it is)."""
     if not isinstance(source, str):
         return source
-    from transformers import AutoConfig, AutoModelForCausalLM
+    import transformers
+    from transformers import AutoConfig
 
     name = f"{what} {source!r}"
     if os.path.isdir(source):
@@ -48,9 +58,9 @@ def load_causal_lm(source, *, what: str = "model", hint: str = "pass another mod
     elif source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise FileNotFoundError(f"{name}: no such directory; {hint}")
     try:
-        check_causal_lm(AutoConfig.from_pretrained(source, revision=revision), name)
-        model, info = AutoModelForCausalLM.from_pretrained(source, revision=revision, use_safetensors=True,
-                                                           output_loading_info=True, **kwargs)
+        check_config(AutoConfig.from_pretrained(source, revision=revision), name)
+        model, info = getattr(transformers, auto_class).from_pretrained(
+            source, revision=revision, use_safetensors=True, output_loading_info=True, **kwargs)
     except OSError as error:
         if isinstance(error, PermissionError):
             raise

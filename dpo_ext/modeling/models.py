@@ -90,6 +90,27 @@ def eval_mode(*models):
             m.train(training)
 
 
+def check_device(device) -> None:
+    """Refuse a device this machine does not have (``"cuda"`` without a CUDA GPU, ``"cuda:3"`` with two, a name torch
+    does not know) before any model loads: torch would say so only at the first tensor moved, in a traceback."""
+    import torch
+
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a device torch knows ({error}); use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: this machine has no CUDA GPU that torch can use; use cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use cpu")
+
+
 @contextlib.contextmanager
 def on_device(model, device):
     """Keep ``model`` on ``device`` for a while, then move it back. FSDP and DeepSpeed keep the model on the CPU until

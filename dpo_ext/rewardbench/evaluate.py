@@ -25,7 +25,7 @@ def evaluate_rewardbench(scorer, benchmark: str = "rewardbench", rows=None, *, s
         scorer ([`ImplicitRewardScorer`]): the model and its reference.
         benchmark (`str`): ``"rewardbench"`` or ``"rewardbench2"``.
         rows (*optional*): the benchmark's rows; default: loaded from the Hub (``split``, the benchmark's default
-            when `None`) or from ``data_files`` (local JSON lines in the published schema).
+            when `None`) or from ``data_files`` (local files in the published schema).
         chat (`bool`): give each prompt as one user message (rendered with the tokenizer's chat template).
         beta, normalize, reference_free: as in `ImplicitRewardScorer.score`. RewardBench's own reference-free
             default averages log-probs per token: ``reference_free=True, normalize="mean"``.

@@ -25,7 +25,7 @@ Where this differs from the reference, on purpose: ``calculate_scores_per_sectio
 subsets is present 0; here it is `None`, and so is the overall score unless all four sections are present.
 
 This module also holds what `dpo_ext.rewardbench.v2` shares with it: `BenchmarkRow`, the row checks, the
-local JSON-lines reader and the reading of rewards.
+local files' reader and the reading of rewards.
 """
 
 import logging
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from dpo_ext.data.jsonl import iter_jsonl
+from dpo_ext.data.files import read_rows as read_file_rows
 from dpo_ext.data.rows import PreferenceDataError
 
 logger = logging.getLogger(__name__)
@@ -115,17 +115,14 @@ def as_prompt(text: str, chat: bool):
 
 
 def read_rows(dataset_id: str, split: str, data_files) -> list[dict]:
-    """Rows of a Hub dataset split, or of local JSON-lines files (a path or a list of paths), in file order."""
+    """Rows of a Hub dataset split, or of local files (a path or a list of paths; JSON Lines, JSON, Parquet or CSV,
+    read by `dpo_ext.data.files.read_rows`), in file order."""
     if data_files is None:
         from datasets import load_dataset
 
         return list(load_dataset(dataset_id, split=split))
     paths = [data_files] if isinstance(data_files, (str, Path)) else list(data_files)
-    rows = []
-    for path in map(Path, paths):
-        with path.open(encoding="utf-8") as handle:
-            rows.extend(row for _, row in iter_jsonl(path, handle))
-    return rows
+    return [row for path in paths for row in read_file_rows(path).rows]
 
 
 def reward_rows(rewards, meta: list[BenchmarkRow]) -> list[list[float]]:
@@ -168,7 +165,8 @@ def count_nonfinite(values: list[list[float]], benchmark: str) -> int:
 
 def load_rows(split: str = DEFAULT_SPLIT, data_files=None) -> list[dict]:
     """RewardBench's rows: ``datasets.load_dataset("allenai/reward-bench", split=split)``, or with ``data_files`` the
-    rows of local JSON-lines files (a path or a list of paths) in the published schema (``split`` is then unused).
+    rows of local files (JSON Lines, JSON, Parquet or CSV; a path or a list of paths) in
+    the published schema (``split`` is then unused).
 
     Returns:
         `list[dict]`: the rows, for `rows_to_inputs`.

@@ -61,7 +61,8 @@ _OPTIONAL_FIELDS = {"models": (list, "a list of strings"), "additional_metadata"
 
 def load_rows(split: str = DEFAULT_SPLIT, data_files=None) -> list[dict]:
     """RewardBench 2's rows: ``datasets.load_dataset("allenai/reward-bench-2", split=split)``, or with ``data_files``
-    the rows of local JSON-lines files (a path or a list of paths) in the published schema (``split`` is then unused).
+    the rows of local files (JSON Lines, JSON, Parquet or CSV; a path or a list of paths) in
+    the published schema (``split`` is then unused).
     """
     return read_rows(DATASET_ID, split, data_files)
 

@@ -20,8 +20,9 @@ import json
 import logging
 import os
 
-from dpo_ext.hub.ids import offline
+from dpo_ext.locations import offline
 from dpo_ext.modeling.loading import load_causal_lm
+from dpo_ext.modeling.models import check_device
 from dpo_ext.reference.record import CONFIG_FILES, RECORD_FILE, choose_beta, read_training_record
 from dpo_ext.reference.sources import REF_ADAPTER_NAME as TRL_REF_ADAPTER  # TRL saves its frozen copy there too
 from dpo_ext.safe_files import (
@@ -222,6 +223,7 @@ def load_scorer(cls, model_id_or_path: str, *, base_model=None, ref_model=None, 
     """
     import torch
 
+    check_device(device)
     config = adapter_config(model_id_or_path, revision)
     record_folder = _record_folder(model_id_or_path, revision)  # before any weights load: a bad record fails fast
     beta, beta_source = choose_beta(record_folder, beta, override_beta)

@@ -122,6 +122,8 @@ class ImplicitRewardScorer:
         self.model, self.tokenizer, self.ref_model, self.ref_adapter = model, tokenizer, ref_model, ref_adapter
         self.beta, self.reference_free, self.max_length = beta, reference_free, max_length
         on_cpu = next(model.parameters()).device.type == "cpu"
+        if max_batch_tokens is not None:  # 0 would otherwise read as "the default"
+            max_batch_tokens = as_number("max_batch_tokens", max_batch_tokens, int, minimum=1)
         self.max_batch_tokens = max_batch_tokens or (1024 if on_cpu else 8192)
         self.max_row_tokens = max_row_tokens
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
@@ -261,7 +263,7 @@ class ImplicitRewardScorer:
         return sorted(candidates_of(result, 0, list(candidates)), key=lambda c: -c.reward)
 
     def best_of_n(self, prompts, n: int, generation_config=None, sampler=None, sampler_tokenizer=None,
-                  **score_kwargs) -> list[BestOfN]:
+                  seed: int = 0, **score_kwargs) -> list[BestOfN]:
         """Sample ``n`` completions per prompt and pick the one with the highest implicit reward.
 
         Args:
@@ -273,8 +275,10 @@ class ImplicitRewardScorer:
             sampler_tokenizer (*optional*): the sampler's tokenizer when it differs from the scorer's; samples are
                 then decoded and scored as text. Otherwise the sampled token ids themselves are scored (with
                 ``tokenization="rewardbench"``: decoded and scored as text, tokenized RewardBench's way).
+            seed (`int`, defaults to 0): the sampling seed (`dpo_ext.sampling.sample_completions`: the same samples
+                whatever the batch layout; the caller's random state is left as it was).
         """
-        from dpo_ext.scoring.sampling import sample_completions
+        from dpo_ext.sampling import sample_completions
 
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
@@ -282,7 +286,7 @@ class ImplicitRewardScorer:
         context = self._policy_context() if sampler is None else contextlib.nullcontext()
         with context, eval_mode(sampler or self.model):
             samples = sample_completions(sampler or self.model, sampler_tokenizer or self.tokenizer, prompts, n,
-                                         generation_config)
+                                         generation_config, seed=seed)
         if same_tokens:
             result = self.score_tokens([s.prompt_ids for s in samples], [s.completion_ids for s in samples],
                                        **score_kwargs)

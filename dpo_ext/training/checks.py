@@ -71,10 +71,9 @@ def check_rows_fit(dataset, name: str, limit: int | None, max_length: int | None
             if max_length is not None:
                 length = min(length, max_length)
             if check_length and length > limit:
-                raise ValueError(
-                    f"{name} dataset, row {row}: prompt + completion is {length} tokens, more than the model's "
-                    f"{limit} positions; set max_length={limit} or lower (longer rows are then truncated)"
-                )
+                raise PreferenceDataError(
+                    f"prompt + completion is {length} tokens, more than the model's {limit} positions; set "
+                    f"max_length={limit} or lower (longer rows are then truncated)", row, dataset=name)
 
 
 def check_weights_present(model, what: str) -> None:

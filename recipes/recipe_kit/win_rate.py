@@ -73,16 +73,14 @@ def generation_config(settings) -> dict:
 
 
 def sample_texts(model, tokenizer, prompts: list, settings) -> list[str]:
-    """One completion per prompt; prompt i is sampled under seed ``settings.generation_seed + i``."""
-    from dpo_ext.scoring.sampling import sample_completions
+    """One completion per prompt; prompt i is sampled alone, as a shard of the package's sampler seeded
+    ``settings.generation_seed + i`` (the caller's random state is left as it was)."""
+    from dpo_ext import sampling
 
-    device = next(model.parameters()).device
-    texts = []
-    for i, prompt in enumerate(prompts):
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(settings.generation_seed + i)
-            texts.append(sample_completions(model, tokenizer, [prompt], 1, generation_config(settings))[0].texts[0])
-    return texts
+    config = sampling.generation_config(tokenizer, generation_config(settings))
+    return [tokenizer.decode(sampling.sample_shard(model, [sampling.encode_prompt(prompt, tokenizer)], 1, config,
+                                                   settings.generation_seed + i)[0][0], skip_special_tokens=True)
+            for i, prompt in enumerate(prompts)]
 
 
 def sample_policy_and_sft(policy_dir, sft_model: str, prompts: list, settings, dtype=None) -> tuple[list, list]:
@@ -104,47 +102,15 @@ def sample_policy_and_sft(policy_dir, sft_model: str, prompts: list, settings, d
     return policy, reference
 
 
-def reward_text(prompt, completion: str, tokenizer) -> str:
-    """What the reward model reads: ``prompt + completion``, or for chat prompts the conversation rendered by the
-    reward model's own chat template."""
-    if isinstance(prompt, str):
-        return prompt + completion
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("the prompts are chat messages but the reward model's tokenizer has no chat template: use a "
-                         "reward model trained on chats, or give text prompts")
-    return tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=False)
-
-
-@torch.inference_mode()
 def reward_scores(reward_model_name: str, prompts: list, completions: list[str], batch_size: int = 8,
                   dtype=None) -> list[float]:
-    """The reward model's score of each ``(prompt, completion)``; long texts lose their beginning, not the reply."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """The reward model's score of each ``(prompt, completion)`` (`dpo_ext.judges.RewardModelJudge`: what it reads,
+    truncation, chat prompts); the model is freed afterwards."""
+    from dpo_ext.judges import RewardModelJudge
 
-    from dpo_ext.modeling.models import position_limit
-
-    model = AutoModelForSequenceClassification.from_pretrained(reward_model_name, use_safetensors=True, dtype=dtype)
-    if model.config.num_labels != 1:
-        raise ValueError(f"reward model {reward_model_name}: {model.config.num_labels} outputs; a reward model has one "
-                         "(num_labels=1), its score")
-    tokenizer = AutoTokenizer.from_pretrained(reward_model_name)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config.pad_token_id = tokenizer.pad_token_id  # where a decoder reward model finds each text's last token
-    tokenizer.truncation_side = "left"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(device).eval()
-    chat = not isinstance(prompts[0], str)  # a chat template writes its own special tokens
-    texts = [reward_text(p, c, tokenizer) for p, c in zip(prompts, completions)]
-    # The model's position table, or the tokenizer's limit; neither known (a huge placeholder): no truncation
-    limit = min(position_limit(model) or tokenizer.model_max_length, tokenizer.model_max_length)
-    limit = limit if limit < 1_000_000 else None
-    scores = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=limit is not None,
-                          max_length=limit, add_special_tokens=not chat, return_tensors="pt").to(device)
-        scores += model(**batch).logits[:, 0].float().tolist()  # (b,)
-    del model
+    judge = RewardModelJudge.from_pretrained(reward_model_name, batch_size=batch_size, dtype=dtype)
+    scores = judge.score_flat(prompts, completions)
+    del judge
     free_memory()
     return scores
 

@@ -53,7 +53,7 @@ def test_score_writes_rewards_equal_to_the_library(saved, tmp_path):
 
 
 def test_rerank_samples_or_reranks_and_keeps_the_best(saved, tmp_path):
-    from transformers import set_seed
+    from dpo_ext.sampling import shard_seed
 
     rows = [{"prompt": "the movie was"}, {"prompt": "i saw", "candidates": [" good", " bad", " fine fun"]}]
     out = tmp_path / "best.jsonl"
@@ -62,8 +62,9 @@ def test_rerank_samples_or_reranks_and_keeps_the_best(saved, tmp_path):
     sampled, given = _read(out)
     # the same samples and rewards as the Python API gives with the same seed, and the best is the API's best
     scorer = ImplicitRewardScorer.from_pretrained(str(saved / "adapter"), device="cpu")
-    set_seed(3)
-    expected = scorer.best_of_n(["the movie was"], 3, generation_config={"max_new_tokens": 4})[0]
+    # row 0 is sampled alone on seed shard_seed(3, 0), whatever the global random state
+    expected = scorer.best_of_n(["the movie was"], 3, generation_config={"max_new_tokens": 4},
+                                seed=shard_seed(3, 0))[0]
     assert sampled["candidates"] == [c.completion for c in expected.candidates]
     assert sampled["rewards"] == pytest.approx([c.reward for c in expected.candidates], abs=1e-6)
     assert (sampled["best"], sampled["best_reward"]) == (expected.best.completion,

@@ -80,7 +80,7 @@ def test_tokenized_dataset_folder(tmp_path, capsys):
             {"prompt_ids": [], "completion_ids": [[7, 1], [8, 1]], "ranks": [0, 1]}]
     datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)}).save_to_disk(tmp_path / "bad")
     assert main(["validate", str(tmp_path / "bad"), "--split", "test"]) == 1
-    assert "bad[test]" not in (out := capsys.readouterr().out) and "row 1, field 'prompt_ids': empty prompt" in out
+    assert "bad[test]" not in (out := capsys.readouterr().out) and "bad, row 2, field 'prompt_ids': empty prompt" in out
     datasets.Dataset.from_list(rows[:1]).save_to_disk(tmp_path / "good")
     assert main(["validate", str(tmp_path / "good"), "--max-length", "5", "--json"]) == 0  # ids: no tokenizer
     report = json.loads(capsys.readouterr().out)

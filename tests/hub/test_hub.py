@@ -275,6 +275,9 @@ def test_method_named_from_the_training_config(adapter):
     assert describe_method({"loss_type": "plackett_luce"})[0] == "Plackett-Luce DPO"
     assert describe_method({"loss_type": ["sigmoid"]})[0] == "DPO"  # TRL's list form
     assert describe_method({"loss_type": "preferred_ft"})[0].startswith("Preferred-FT")
+    # the listwise losses by their own names, whatever K (they were called Plackett-Luce DPO for K > 2)
+    assert describe_method({"loss_type": "lipo_lambda", "num_completions": 4})[0] == "LiPO-lambda"
+    assert describe_method({"loss_type": "all_pairs", "num_completions": 4})[0] == "DPO on all pairs"
 
     card = build_model_card(adapter[0], "alice/dpo", training_config={"beta": 0.25, "loss_type": "plackett_luce"},
                             num_completions=2)

@@ -204,7 +204,7 @@ def test_win_rate_counts_its_samples_and_the_sft_side_is_the_sft_model(hh_run):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from dpo_ext.scoring.sampling import sample_completions
+    from dpo_ext import sampling
     from recipe_kit.win_rate import SAMPLES_FILE, generation_config
 
     root, models, results = hh_run
@@ -230,9 +230,10 @@ def test_win_rate_counts_its_samples_and_the_sft_side_is_the_sft_model(hh_run):
             ids = reward_tokenizer(sample["prompt"] + sample[side], return_tensors="pt")
             with torch.no_grad():
                 assert reward(**ids).logits[0, 0].item() == pytest.approx(sample[f"reward_{side}"], abs=1e-5)
-        torch.manual_seed(run.recipe.generation_seed + i)
-        again = sample_completions(sft.eval(), tokenizer, [sample["prompt"]], 1, generation_config(run.recipe))
-        assert again[0].texts[0] == sample["sft"]
+        config = sampling.generation_config(tokenizer, generation_config(run.recipe))
+        again = sampling.sample_shard(sft, [sampling.encode_prompt(sample["prompt"], tokenizer)], 1, config,
+                                      seed=run.recipe.generation_seed + i)
+        assert tokenizer.decode(again[0][0], skip_special_tokens=True) == sample["sft"]
 
 
 def test_staged_card_carries_the_preference_accuracy_and_the_win_rate(hh_run):

@@ -180,5 +180,5 @@ def test_no_rows_is_an_error_not_a_table_of_n_a(tmp_path):
         evaluate_rewardbench(None, "rewardbench", rows=[])
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    with pytest.raises(ValueError, match="empty.jsonl: no rows to score"):
+    with pytest.raises(ValueError, match="empty.jsonl: no rows"):
         evaluate_rewardbench(None, "rewardbench2", data_files=str(empty))

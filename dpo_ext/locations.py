@@ -1,5 +1,6 @@
-"""Hub repository ids and offline mode: the one place that says what looks like a Hub id and whether the Hub may be
-contacted. Light to import (no torch), so the CLI can ask before loading anything."""
+"""Where a model or dataset lives: the one place that says what looks like a Hub repository id (rather than a local
+path) and whether the Hub may be contacted (offline mode). Below every layer that reads a source (data files,
+scoring, judges, the Hub, the CLI); light to import (no torch), so the CLI can ask before loading anything."""
 
 import os
 import re

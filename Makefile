@@ -28,9 +28,11 @@ demo: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) recipes/sentiment/run.py --output_dir $(DEMO_OUT)
 
 test: $(VENV)/.installed
+	$(PY) -m ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test-all: $(VENV)/.installed
+	$(PY) -m ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m ""
 
 bench: $(VENV)/.installed

@@ -21,8 +21,20 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (MEMORY_ENV, PeakMemory, build_model, child_result, lora_config, machine, on_gpu,  # noqa: E402
-                    print_table, quiet, ranked_rows, run_child, write_results)
+from common import (  # noqa: E402
+    MEMORY_ENV,
+    PeakMemory,
+    build_model,
+    child_result,
+    lora_config,
+    machine,
+    on_gpu,
+    print_table,
+    quiet,
+    ranked_rows,
+    run_child,
+    write_results,
+)
 
 K = 4
 

@@ -1,11 +1,15 @@
-"""Benchmark: `dpo_ext.sampling.sample_completions` against a plain batched ``generate`` loop (tokens per second).
+"""Benchmark: `dpo_ext.sampling.sample_completions`, in both layouts, against a plain batched ``generate`` loop
+(tokens per second).
 
-    python benchmarks/sampling.py            # toy GPT-2 on CPU: 64 prompts of 8-24 tokens, K=8, 32 new tokens
+    python benchmarks/sampling.py     # toy GPT-2 on CPU: 64 prompts, K=8, 32 new tokens, mixed and one prompt length
 
 The plain loop is what one writes without the package: prompts left-padded into batches of ``--batch-prompts``,
-``num_return_sequences=K``, on the global random stream. The sampler groups prompts by length (no padding) in
-seeded shards. Both count the completion tokens they return (up to and including EOS); each is timed ``--repeats``
-times, alternating, and the best run is kept (so both see the same load on a shared machine). Not a timed test.
+``num_return_sequences=K``, on the global random stream. The sampler runs seeded shards of 1024 sequences, 256 per
+``generate`` call, with prompts sorted by length, either never mixing two lengths in a call (``by_length``, no
+padding) or left-padding them (``padded``). Prompts of mixed lengths (uniform on 8-24 tokens) and of one length (16)
+are timed in one run. Every method counts the completion tokens it returns (up to and including EOS); each is timed
+``--repeats`` times, alternating, and the best run is kept (so all see the same load on a shared machine). Not a
+timed test.
 """
 
 import argparse
@@ -59,34 +63,48 @@ def plain_loop(model, prompts, k, max_new_tokens, batch_prompts) -> int:
     return tokens
 
 
-def main(argv=None):
+def prompt_sets(n: int):
+    """{name: prompts}: ``n`` prompts of random token ids, of mixed lengths (uniform on 8-24 tokens) and of one length
+    (16 tokens, as in the sentiment recipe)."""
+    generator = torch.Generator().manual_seed(1)
+    mixed = [torch.randint(2, 1000, (int(torch.randint(8, 25, (1,), generator=generator)),),
+                           generator=generator).tolist() for _ in range(n)]
+    one = [torch.randint(2, 1000, (16,), generator=generator).tolist() for _ in range(n)]
+    return {"mixed lengths (8-24 tokens, uniform)": mixed, "one length (16 tokens)": one}
+
+
+METHODS = ("plain generate loop", "sampler, layout='by_length'", "sampler, layout='padded'")
+
+
+def run(method, model, prompts, args) -> int:
+    """Completion tokens (up to and including EOS) that ``method`` returns for ``prompts``."""
     from dpo_ext.sampling import sample_completions
 
+    if method == "plain generate loop":
+        return plain_loop(model, prompts, args.k, args.max_new_tokens, args.batch_prompts)
+    layout = method.split("'")[1]
+    samples = sample_completions(model, IdTokenizer(), prompts, args.k, {"max_new_tokens": args.max_new_tokens},
+                                 seed=0, layout=layout)
+    return sum(len(c) for s in samples for c in s.completion_ids)
+
+
+def main(argv=None):
     args = parse_args(argv)
     model = toy_model()
-    generator = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(2, 1000, (int(torch.randint(8, 25, (1,), generator=generator)),),
-                             generator=generator).tolist() for _ in range(args.prompts)]
-    best = {"plain generate loop": float("inf"), "dpo_ext sampler": float("inf")}
-    counts = {}
-    for _ in range(args.repeats):
-        for name in best:
-            start = time.perf_counter()
-            if name == "plain generate loop":
-                counts[name] = plain_loop(model, prompts, args.k, args.max_new_tokens, args.batch_prompts)
-            else:
-                samples = sample_completions(model, IdTokenizer(), prompts, args.k,
-                                             {"max_new_tokens": args.max_new_tokens}, seed=0)
-                counts[name] = sum(len(c) for s in samples for c in s.completion_ids)
-            best[name] = min(best[name], time.perf_counter() - start)
-    print(f"{args.prompts} prompts x K={args.k}, {args.max_new_tokens} new tokens, torch threads "
-          f"{torch.get_num_threads()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    print("| method | tokens | best s | tokens/s |\n|---|---|---|---|")
-    rates = {}
-    for name, seconds in best.items():
-        rates[name] = counts[name] / seconds
-        print(f"| {name} | {counts[name]} | {seconds:.2f} | {rates[name]:.0f} |")
-    print(f"ratio sampler / plain loop: {rates['dpo_ext sampler'] / rates['plain generate loop']:.2f}")
+    print(f"{args.prompts} prompts x K={args.k}, {args.max_new_tokens} new tokens, plain loop {args.batch_prompts} "
+          f"prompts per call, sampler 256 sequences per call; torch threads {torch.get_num_threads()}, CPU "
+          f"capability {torch.backends.cpu.get_cpu_capability()}; best of {args.repeats}")
+    for set_name, prompts in prompt_sets(args.prompts).items():
+        best, counts = {m: float("inf") for m in METHODS}, {}
+        for _ in range(args.repeats):
+            for method in METHODS:  # alternating, so every method sees the same load on a shared machine
+                start = time.perf_counter()
+                counts[method] = run(method, model, prompts, args)
+                best[method] = min(best[method], time.perf_counter() - start)
+        rates = {m: counts[m] / best[m] for m in METHODS}
+        print(f"\n{set_name}\n| method | tokens | best s | tokens/s | ratio to plain loop |\n|---|---|---|---|---|")
+        for m in METHODS:
+            print(f"| {m} | {counts[m]} | {best[m]:.2f} | {rates[m]:.0f} | {rates[m] / rates[METHODS[0]]:.2f} |")
 
 
 if __name__ == "__main__":

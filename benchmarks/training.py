@@ -3,11 +3,11 @@
     python benchmarks/training.py                      # 4-layer 512-dim GPT-2 from a config, CPU float32, ~2.5 min
     python benchmarks/training.py --model <id> --bf16  # any causal LM (on the GPU when there is one)
 
-TRL gets each list as its 3 adjacent pairs (1>2, 2>3, 3>4) and processes the same lists per optimizer step, in one
-of two settings (``--trl-modes``): ``batch`` = one batch of 3B pairs, ``accumulate`` = 3 micro-batches of B pairs
-with gradient accumulation. Both trainers train the same LoRA adapter (all linear layers, r=16) on the same model,
-with the reference = adapters disabled, dropout off, no gradient checkpointing, float32 (``--bf16`` to change),
-one torch thread on the CPU (``--threads``).
+TRL gets each list as its K-1 adjacent pairs (1>2, 2>3, 3>4 at K=4) and processes the same lists per optimizer
+step, in one of two settings (``--trl-modes``): ``batch`` = one batch of (K-1)B pairs, ``accumulate`` = K-1
+micro-batches of B pairs with gradient accumulation. Both trainers train the same LoRA adapter (all linear
+layers, r=16) on the same model, with the reference = adapters disabled, dropout off, no gradient checkpointing,
+float32 (``--bf16`` to change), one torch thread on the CPU (``--threads``).
 PLDPOTrainer runs once with one row per completion and once with prefix sharing (one packed row per list).
 
 Every configuration runs in two child processes of its own. Timing: lists per step / the median wall-clock time of
@@ -24,8 +24,22 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (MEMORY_ENV, PeakMemory, adjacent_pairs, build_model, child_result, lora_config,  # noqa: E402
-                    machine, on_gpu, print_table, quiet, ranked_rows, run_child, step_timer, write_results)
+from common import (  # noqa: E402
+    MEMORY_ENV,
+    PeakMemory,
+    adjacent_pairs,
+    build_model,
+    child_result,
+    lora_config,
+    machine,
+    on_gpu,
+    print_table,
+    quiet,
+    ranked_rows,
+    run_child,
+    step_timer,
+    write_results,
+)
 
 K = 4
 MEMORY_STEPS = 2
@@ -35,20 +49,21 @@ def _trainer(cfg: dict, model, tokenizer, rows, callbacks):
     """(trainer, a collated batch of one step's lists) for the configuration."""
     import datasets
 
-    lists, steps = cfg["lists_per_step"], cfg["steps"]
+    lists, steps, pairs = cfg["lists_per_step"], cfg["steps"], cfg.get("k", K) - 1
+    max_length = cfg.get("max_length") or cfg["prompt_tokens"] + cfg["completion_tokens"] + 8
     common = dict(output_dir=tempfile.mkdtemp(), max_steps=steps, learning_rate=1e-4, report_to="none",
                   logging_steps=steps, save_strategy="no", disable_tqdm=True, seed=0, use_cpu=not on_gpu(),
-                  bf16=cfg["spec"]["bf16"], max_length=cfg["prompt_tokens"] + cfg["completion_tokens"] + 8,
-                  dataloader_num_workers=0)
+                  bf16=cfg["spec"]["bf16"], max_length=max_length, dataloader_num_workers=0)
     if cfg["trainer"] == "trl":
         from trl import DPOConfig, DPOTrainer
 
-        micro = 3 * lists if cfg["trl_mode"] == "batch" else lists
-        args = DPOConfig(**common, per_device_train_batch_size=micro, gradient_accumulation_steps=3 * lists // micro,
-                         gradient_checkpointing=False, loss_type=["sigmoid"])
+        micro = pairs * lists if cfg["trl_mode"] == "batch" else lists
+        args = DPOConfig(**common, per_device_train_batch_size=micro,
+                         gradient_accumulation_steps=pairs * lists // micro, gradient_checkpointing=False,
+                         loss_type=["sigmoid"])
         trainer = DPOTrainer(model, args=args, train_dataset=datasets.Dataset.from_list(adjacent_pairs(rows)),
                              processing_class=tokenizer, peft_config=lora_config(), callbacks=callbacks)
-        return trainer, trainer.data_collator([trainer.train_dataset[i] for i in range(3 * lists)])
+        return trainer, trainer.data_collator([trainer.train_dataset[i] for i in range(pairs * lists)])
     from dpo_ext import PLDPOConfig, PLDPOTrainer
 
     args = PLDPOConfig(**common, per_device_train_batch_size=lists, prefix_sharing=cfg["prefix_sharing"])

@@ -31,7 +31,8 @@ def as_number(name: str, value, kind: type = float, *, minimum: float | None = N
         try:
             parsed = kind(value.strip())
         except ValueError:
-            raise SettingError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+            expected = "an integer" if kind is int else "a number"
+            raise SettingError(f"{name}: expected {expected}, got {value!r}") from None
     if isinstance(parsed, bool) or not isinstance(parsed, Integral if kind is int else Real):
         raise SettingError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {value!r} "
                            f"({type(value).__name__})")

@@ -11,9 +11,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(2)
 
-from dpo_ext.testing import tiny_tokenizer
-from fixtures import READ_TOKEN, TOKEN
-from hub_server import FakeHub
+# after the environment above: these import huggingface_hub, which reads it at import
+from fixtures import READ_TOKEN, TOKEN  # noqa: E402
+from hub_server import FakeHub  # noqa: E402
+
+from dpo_ext.testing import tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

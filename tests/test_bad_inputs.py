@@ -20,15 +20,15 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from fixtures import make_model, pairwise_rows, ranked_rows
 from peft import LoraConfig, get_peft_model
 
-from fixtures import make_model, pairwise_rows, ranked_rows
 from dpo_ext import ImplicitRewardScorer, PLDPOConfig, PLDPOTrainer, push_adapter
 from dpo_ext.cli import main as cli_main
+from dpo_ext.data.rows import PreferenceDataError
 from dpo_ext.data.tokenize import prepare_ranked_dataset
 from dpo_ext.hub.datasets import push_preference_dataset
 from dpo_ext.reference import REFERENCE_RECORD
-from dpo_ext.data.rows import PreferenceDataError
 from dpo_ext.safe_files import WeightsFileError
 from dpo_ext.scoring.evaluation import evaluate_preferences
 from dpo_ext.settings import SettingError
@@ -76,6 +76,11 @@ class Env:
         path = self.tmp / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
+        return path
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        path = self.tmp / name
+        path.write_bytes(data)
         return path
 
 
@@ -838,7 +843,7 @@ CASES = [
      ["absent.jsonl: no such file"]),
     ("cli validate --max-length 1",
      lambda env: cli(env, "validate", env.write("ok.jsonl", lines(PAIR)), "--max-length", "1"), 2,
-     ["--max-length must be at least 2", "1"]),
+     ["--max-length: must be at least 2, got 1"]),  # the words of every command's --max-length
     # -- issue 19: RewardBench and dpo-ext eval --
     ("cli eval --benchmark empty input file",
      lambda env: bench_cli(env, "rewardbench", env.write("rb_empty.jsonl", "")), 2,
@@ -1134,6 +1139,45 @@ CASES = [
                                                                                      "--start_adapter"]),
     ("cli iterate unknown judge kind", lambda env: iterate_cli(env, "--judge", "gpt4"), 2,
      ["judge 'gpt4'", "no KIND: prefix"]),
+    # -- issue 19: last loose ends --
+    ("cli validate --max-prompt-length without --max-length",  # unknown flag: validate could not check the setting
+     lambda env: cli(env, "validate", env.write("mpl.jsonl", lines(PAIR)), "--max-prompt-length", "4"), 2,
+     ["--max-prompt-length (4) must be below --max-length (None)", "give --max-length"]),
+    ("cli validate --max-prompt-length not below --max-length",
+     lambda env: cli(env, "validate", env.write("mpl.jsonl", lines(PAIR)), "--max-length", "16",
+                     "--max-prompt-length", "16"), 2, ["--max-prompt-length (16) must be below --max-length (16)"]),
+    ("cli validate a CSV list column",  # "expected a list, got str", nothing on why a list is text
+     lambda env: cli(env, "validate", env.write("list_column.csv", CSV_LIST_COLUMN)), 1,
+     ["list_column.csv, row 1, field 'completions'", "expected a list, got str", "CSV cells are plain text",
+      "JSONL or Parquet"]),
+    ("cli train a CSV list column", lambda env: train_cli(env, data=env.write("train_list.csv", CSV_LIST_COLUMN)), 2,
+     ["train_list.csv, row 1, field 'completions'", "CSV cells are plain text"]),
+    ("cli push-dataset a BOM-prefixed JSONL file",  # refused: "line 1: not valid JSON" (validate and train read it)
+     lambda env: cli(env, "push-dataset", data_folder(env, "bom_data", {"train.jsonl": "\ufeff" + lines(PAIR, PAIR)}),
+                     "--repo-id", "alice/prefs", "--dry-run", env.tmp / "staging"), 0, ["pairwise/train.jsonl"]),
+    ("cli push-dataset names Parquet rows from 1",  # "row 1" for the second row: validate and train say "row 2"
+     lambda env: cli(env, "push-dataset", parquet_folder(env, "bad_rows", [PAIR, {**PAIR, "chosen": " "}]),
+                     "--repo-id", "alice/prefs", "--dry-run", env.tmp / "staging"), 2,
+     ["train.parquet, row 2, field 'chosen'"]),
+    ("cli validate a UTF-16 JSONL file",  # "'utf-8' codec can't decode byte 0xff": no file, nothing to do
+     lambda env: cli(env, "validate", env.write_bytes("utf16.jsonl", lines(PAIR).encode("utf-16"))), 2,
+     ["utf16.jsonl: not UTF-8 text", "save it as UTF-8"]),
+    ("cli push-dataset a UTF-16 JSONL file",  # the same bare codec message
+     lambda env: cli(env, "push-dataset", data_folder_bytes(env, "utf16_data", lines(PAIR).encode("utf-16")),
+                     "--repo-id", "alice/prefs", "--dry-run", env.tmp / "staging"), 2,
+     ["utf16_data/train.jsonl: not UTF-8 text", "save it as UTF-8"]),
+    ("cli score a file named .parquet that is not Parquet",  # "Parquet magic bytes not found": which file?
+     lambda env: cli(env, "score", env.saved.adapter, "--base-model", env.saved.base, "-i",
+                     env.write("rows.parquet", "prompt,chosen,rejected\n"), "-o", env.tmp / "o.jsonl"), 2,
+     ["rows.parquet: not a readable Parquet file"]),
+    ("cli validate a CSV separated by semicolons",  # "field 'prompt': missing", with the prompt right there
+     lambda env: cli(env, "validate", env.write("semicolons.csv", "prompt;chosen;rejected\nthe movie ;good;bad\n")),
+     1, ["semicolons.csv, row 1, field 'prompt': missing", "one column, 'prompt;chosen;rejected'",
+         "separated by commas"]),
+    ("cli eval a .json file holding one object over several lines",  # "line 1: not valid JSON"
+     lambda env: cli(env, "eval", env.saved.adapter, "--base-model", env.saved.base, "-i",
+                     env.write("pretty.json", json.dumps({"rows": [PAIR]}, indent=1))), 2,
+     ["pretty.json: one JSON object over several lines", "under 'rows'", "JSON array of row objects"]),
 ]
 
 
@@ -1287,3 +1331,23 @@ def iterate_cli(env: Env, *extra, prompts=None, use_peft=True) -> int:
                "py:math:fsum", "--rounds", "1", *(["--use_peft", "--lora_target_modules", "c_attn"]
                                                          if use_peft else []),
                "--use_cpu", "--report_to", "none", "--output_dir", env.tmp / "rounds", *extra)
+
+
+# -- issue 19: last loose ends (helpers) -------------------------------------------------------------------------------
+
+CSV_LIST_COLUMN = 'prompt,completions,ranks\nthe movie was ,"[""good"", ""bad""]","[0, 1]"\n'  # lists as cell text
+
+
+def data_folder_bytes(env: Env, name: str, data: bytes) -> Path:
+    """A folder holding ``train.jsonl`` with the bytes ``data``."""
+    folder = env.tmp / name
+    folder.mkdir()
+    (folder / "train.jsonl").write_bytes(data)
+    return folder
+
+
+def parquet_folder(env: Env, name: str, rows: list) -> Path:
+    """A folder holding ``train.parquet`` with ``rows``."""
+    folder = env.tmp / name
+    datasets.Dataset.from_list(rows).to_parquet(folder / "train.parquet")
+    return folder

@@ -9,9 +9,9 @@ import math
 import datasets
 import pytest
 import torch
+from fixtures import make_model, ranked_rows, save_base_and_adapter, save_reward_model, train_settings
 from peft import LoraConfig
 
-from fixtures import make_model, ranked_rows, save_base_and_adapter, save_reward_model, train_settings
 from dpo_ext import PLDPOConfig, PLDPOTrainer
 from dpo_ext.data.rows import PreferenceDataError
 from dpo_ext.judges import FunctionJudge, ImplicitRewardJudge, RewardModelJudge, load_judge

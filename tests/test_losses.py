@@ -208,7 +208,8 @@ def test_shape_errors_are_clear():
 
 
 def test_dpo_loss_by_hand():
-    """beta 0.5, chosen ratio 2 - 1 = 1, rejected ratio 0 - 1 = -1: -log sigmoid(0.5 * 2) = log(1 + e^-1) = 0.3132617."""
+    """beta 0.5, chosen ratio 2 - 1 = 1, rejected ratio 0 - 1 = -1:
+    -log sigmoid(0.5 * 2) = log(1 + e^-1) = 0.3132617."""
     loss = dpo_loss(torch.tensor([2.0]), torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([1.0]), 0.5)
     assert loss.item() == pytest.approx(0.3132617, abs=1e-6)
 

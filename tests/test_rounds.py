@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
+from fixtures import make_model, train_settings
 from peft import LoraConfig
 from safetensors.torch import load_file
 
-from fixtures import make_model, train_settings
 from dpo_ext import PLDPOConfig
 from dpo_ext.cli import main as cli_main
 from dpo_ext.rounds import RoundSettings, run_rounds

@@ -10,10 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from fixtures import save_base_and_adapter
 from safetensors.torch import save_file
 
-from fixtures import save_base_and_adapter
-from dpo_ext.scoring import loading as scoring_load
 from dpo_ext.safe_files import (
     NonFiniteWeightsError,
     WeightsFileError,
@@ -22,10 +21,11 @@ from dpo_ext.safe_files import (
     verify_finite_safetensors,
     verify_safetensors,
 )
+from dpo_ext.scoring import loading as scoring_load
 from dpo_ext.scoring.scorer import ImplicitRewardScorer
 
-TENSORS = {"a.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b.bias": torch.ones(5, dtype=torch.bfloat16),
-           "empty": torch.zeros(0)}
+TENSORS = {"a.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+           "b.bias": torch.ones(5, dtype=torch.bfloat16), "empty": torch.zeros(0)}
 
 
 class CreatesMarker:
@@ -295,9 +295,9 @@ def test_a_base_model_with_an_infinite_weight_is_refused_when_loading_a_scorer(s
 
 def test_resuming_from_a_checkpoint_with_nan_adapter_weights_is_refused(tokenizer, tmp_path):
     import datasets
+    from fixtures import make_model, ranked_rows, train_settings
     from peft import LoraConfig
 
-    from fixtures import make_model, ranked_rows, train_settings
     from dpo_ext import PLDPOConfig, PLDPOTrainer
 
     def trainer(steps):

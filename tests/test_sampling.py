@@ -11,11 +11,13 @@ from dpo_ext.sampling import (
     DEFAULT_GENERATION,
     encode_prompt,
     generation_config,
+    plan_calls,
     plan_shards,
     sample_completions,
     sample_shard,
     sample_token_ids,
     shard_seed,
+    until_eos,
 )
 from dpo_ext.testing import tiny_model, tiny_tokenizer
 
@@ -97,7 +99,8 @@ def test_the_callers_random_state_is_untouched_and_a_seed_fixes_the_samples(pair
     model.eval()
 
 
-def test_samples_do_not_depend_on_the_workers_or_on_batches_of_a_shard_or_more(pair):
+@pytest.mark.parametrize("layout", ["padded", "by_length"])
+def test_samples_do_not_depend_on_the_workers_or_on_batches_of_a_shard_or_more(pair, layout):
     """Shards are fixed by the data and seeded on their own: two workers taking every other shard, in any order,
     write what one worker writes; a shard's samples are those of its prompts sampled alone with its seed; and any
     number of sequences per call from one shard up gives the same samples."""
@@ -105,15 +108,17 @@ def test_samples_do_not_depend_on_the_workers_or_on_batches_of_a_shard_or_more(p
     prompts = _ids(tokenizer) * 2  # 16 prompts
     config = generation_config(tokenizer, {"max_new_tokens": 7})
     assert [len(s) for s in plan_shards(len(prompts), 3, shard_sequences=12)] == [4, 4, 4, 4]
-    one = sample_token_ids(model, prompts, 3, config, seed=2, shard_sequences=12)
-    worker_b = sample_token_ids(model, prompts, 3, config, seed=2, shard_sequences=12, shards=[3, 1])
-    worker_a = sample_token_ids(model, prompts, 3, config, seed=2, shard_sequences=12, shards=[0, 2])
+    one = sample_token_ids(model, prompts, 3, config, seed=2, shard_sequences=12, layout=layout)
+    worker_b = sample_token_ids(model, prompts, 3, config, seed=2, shard_sequences=12, shards=[3, 1], layout=layout)
+    worker_a = sample_token_ids(model, prompts, 3, config, seed=2, shard_sequences=12, shards=[0, 2], layout=layout)
     merged = [a if a is not None else b for a, b in zip(worker_a, worker_b)]
     assert merged == one and all(len(row) == 3 and all(row) for row in one)
     assert worker_a[4:8] == [None] * 4
-    assert one[8:12] == sample_shard(model, prompts[8:12], 3, config, shard_seed(2, 2))
-    wide = sample_token_ids(model, prompts, 3, config, seed=2, shard_sequences=12, batch_sequences=12 * 16)
-    assert wide == one == sample_token_ids(model, prompts, 3, config, seed=2, shard_sequences=12, batch_sequences=12)
+    assert one[8:12] == sample_shard(model, prompts[8:12], 3, config, shard_seed(2, 2), layout=layout)
+    wide = sample_token_ids(model, prompts, 3, config, seed=2, shard_sequences=12, batch_sequences=12 * 16,
+                            layout=layout)
+    assert wide == one == sample_token_ids(model, prompts, 3, config, seed=2, shard_sequences=12, batch_sequences=12,
+                                           layout=layout)
 
 
 def test_bad_arguments_are_refused(pair):
@@ -182,3 +187,121 @@ def test_vllm_glue_passes_documented_arguments(pair, monkeypatch):
     assert samples[1].completion_ids == [[4], [4, 4], [4, 4, 4, tokenizer.eos_token_id]]
     greedy = sample_completions(llm, tokenizer, TEXTS[:1], 1, {"do_sample": False, "max_new_tokens": 2})
     assert stand_in.calls[2][2][0].kwargs["temperature"] == 0.0 and len(greedy) == 1
+
+
+def _llama_style(tokenizer):
+    """A tiny Llama (rotary positions, unlike GPT-2's learned table), seeded."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_padded_layout_samples_each_prompt_as_if_it_were_alone(pair, arch):
+    """Every token the padded layout samples was drawn from the logits `generate` computed in the padded call;
+    those give the same log-probs as one unpadded forward of the prompt and its completion (position ids come from
+    the attention mask). The calls really were padded, so the check is not vacuous."""
+    model, tokenizer = pair
+    model = model if arch == "gpt2" else _llama_style(tokenizer)
+    prompts = _ids(tokenizer)  # 1 to 4 tokens
+    steps = []  # (input_ids, attention_mask, last logits) of every forward that generate runs
+
+    def record(module, args, kwargs, output):
+        steps.append((kwargs["input_ids"], kwargs.get("attention_mask"), output.logits[:, -1].float()))
+
+    hook = model.register_forward_hook(record, with_kwargs=True)
+    try:
+        samples = sample_token_ids(model, prompts, 2, generation_config(tokenizer, {"max_new_tokens": 6}), seed=5,
+                                   layout="padded")
+    finally:
+        hook.remove()
+    prefill_ids, prefill_mask, _ = steps[0]
+    assert len(steps) > 1 and prefill_ids.shape[1] == 4 and (prefill_mask == 0).any()  # one padded call
+    eos = tokenizer.eos_token_id
+    checked = 0
+    for row in range(prefill_ids.shape[0]):
+        prompt = prefill_ids[row][prefill_mask[row] == 1].tolist()
+        sampled = [int(step[0][row, 0]) for step in steps[1:]]  # the token drawn at step t is fed at step t + 1
+        completion = until_eos(sampled, {eos})
+        index = prompts.index(prompt)
+        assert completion == samples[index][row % 2][: len(completion)]  # what the sampler returned
+        padded = torch.stack([torch.log_softmax(steps[t][2][row], -1)[token] for t, token in enumerate(completion)])
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].float()  # (T, V), no padding
+        alone = torch.log_softmax(logits[len(prompt) - 1 : -1], -1).gather(-1, torch.tensor(completion)[:, None])
+        torch.testing.assert_close(padded, alone[:, 0], atol=1e-5, rtol=1e-5)
+        checked += len(completion)
+    assert checked > 20
+
+
+def test_padded_layout_is_exact_in_distribution_on_an_enumerable_case():
+    """A 6-token vocabulary and 2 new tokens: every completion's probability is enumerable from unpadded forwards.
+    4000 samples of a short and a long prompt, drawn in one padded call, fit those probabilities (Pearson chi-square),
+    while the long prompt's distribution read without its position shift would not."""
+    from scipy.stats import chi2
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(3)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=6, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                                       eos_token_id=1, pad_token_id=0)).eval()
+    with torch.no_grad():
+        model.transformer.wpe.weight.mul_(50)  # make positions matter, so a wrong shift would show
+    short, long = [2, 3], [4, 5, 2, 3, 4]
+    config = generation_config(None, {"max_new_tokens": 2, "eos_token_id": 1, "pad_token_id": 0})
+    k = 20
+    samples = sample_token_ids(model, [short, long] * 100, k, config, seed=0, shard_sequences=4000,
+                               batch_sequences=4000, layout="padded")
+
+    def exact(prompt, position_offset=0):
+        """{completion: probability} from unpadded forwards (positions shifted by ``position_offset``)."""
+        def logps(ids):
+            positions = torch.arange(len(ids))[None] + position_offset
+            with torch.no_grad():
+                return torch.log_softmax(model(input_ids=torch.tensor([ids]), position_ids=positions).logits[0, -1],
+                                         -1)
+        first = logps(prompt).exp()
+        table = {(1,): float(first[1])}
+        for t1 in (0, 2, 3, 4, 5):
+            second = logps(prompt + [t1]).exp()
+            table.update({(t1, t2): float(first[t1] * second[t2]) for t2 in range(6)})
+        return table
+
+    def p_value(prompt_rows, table):
+        counts = {}
+        for rows in prompt_rows:
+            for completion in rows:
+                counts[tuple(completion)] = counts.get(tuple(completion), 0) + 1
+        n = sum(counts.values())
+        assert set(counts) <= set(table)
+        kept = [c for c in table if table[c] * n >= 5]  # the chi-square approximation needs >= 5 expected
+        rest = n - sum(counts.get(c, 0) for c in kept)
+        expected = [table[c] * n for c in kept] + [n * (1 - sum(table[c] for c in kept))]
+        observed = [counts.get(c, 0) for c in kept] + [rest]
+        statistic = sum((o - e) ** 2 / e for o, e in zip(observed, expected) if e > 0)
+        return chi2.sf(statistic, len(kept))
+
+    assert p_value(samples[0::2], exact(short)) > 1e-3
+    assert p_value(samples[1::2], exact(long)) > 1e-3
+    # the short prompt sat behind 3 pads: read from position 3 its distribution is another one, which the test sees
+    assert p_value(samples[0::2], exact(short, position_offset=3)) < 1e-6
+
+
+def test_the_layouts_agree_on_prompts_of_one_length_and_padded_is_the_default(pair):
+    model, tokenizer = pair
+    config = generation_config(tokenizer, {"max_new_tokens": 5})
+    same = [ids for ids in _ids(tokenizer) if len(ids) == 2] * 3
+    assert len(same) >= 6
+    by_length = sample_token_ids(model, same, 3, config, seed=1, batch_sequences=6, layout="by_length")
+    assert by_length == sample_token_ids(model, same, 3, config, seed=1, batch_sequences=6, layout="padded")
+    mixed = _ids(tokenizer)
+    assert [s.completion_ids for s in sample_completions(model, tokenizer, mixed, 3, {"max_new_tokens": 5}, seed=1)] \
+        == sample_token_ids(model, mixed, 3, config, seed=1, layout="padded") \
+        != sample_token_ids(model, mixed, 3, config, seed=1, layout="by_length")
+    assert plan_calls(mixed, 3, batch_sequences=9, layout="by_length") == [[5, 7], [2, 3], [0, 1], [4, 6]]
+    assert plan_calls(mixed, 3, batch_sequences=9, layout="padded") == [[5, 7, 2], [3, 0, 1], [4, 6]]
+    with pytest.raises(ValueError, match="layout must be one of padded, by_length, got 'ragged'"):
+        sample_completions(model, tokenizer, mixed, 2, layout="ragged")

@@ -6,8 +6,14 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
-from dpo_ext.cli.common import (Rows, add_input_arguments, add_model_arguments, check_output, read_rows,
-                                scorer_from_arguments)
+from dpo_ext.cli.common import (
+    Rows,
+    add_input_arguments,
+    add_model_arguments,
+    check_output,
+    read_rows,
+    scorer_from_arguments,
+)
 from dpo_ext.data.rows import CHOSEN, REJECTED, PreferenceDataError, completion_fields, normalize_row
 from dpo_ext.locations import offline
 

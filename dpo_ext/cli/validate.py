@@ -15,9 +15,10 @@ def register(subparsers) -> None:
         description="Check every row of a preference dataset with the trainer's own rules and report, at once, "
                     "every invalid row (file line or row number, and field) and what training would drop or "
                     "normalise: rows with no preference, identical completions collapsed, exact duplicate rows and, "
-                    "with --tokenizer and --max-length, rows whose prompt is too long and completions that would be "
-                    "cut. Exit status: 0 when training would accept the data, 1 when it would fail (an invalid row, "
-                    "or no usable row), 2 when the data cannot be read.")
+                    "with --tokenizer and --max-length, rows whose prompt is too long (or, with --max-prompt-length, "
+                    "prompts that would be cut) and completions that would be cut. Exit status: 0 when training "
+                    "would accept the data, 1 when it would fail (an invalid row, or no usable row), 2 when the data "
+                    "cannot be read.")
     validate.add_argument("data", help="JSONL/JSON/Parquet/CSV file, a dataset folder (save_to_disk), or a Hub "
                                        "dataset id")
     validate.add_argument("--split", default="train", help="dataset split, for folders and Hub datasets "
@@ -26,22 +27,25 @@ def register(subparsers) -> None:
                                               "tokenization, and lengths with --max-length")
     validate.add_argument("--max-length", type=int, help="the training max_length (needs --tokenizer unless the "
                                                          "rows are tokenized)")
+    validate.add_argument("--max-prompt-length", type=int,
+                          help="the training max_prompt_length: a prompt that does not fit with its longest "
+                               "completion keeps its last tokens (counted as cut, not dropped); needs --max-length")
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
     validate.set_defaults(handler=_validate)
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from dpo_ext.data.tokenize import check_length_settings
     from dpo_ext.data.validation import validate_rows
 
-    if args.max_length is not None and args.max_length < 2:
-        raise ValueError(f"--max-length must be at least 2, got {args.max_length}")
+    check_length_settings(args.max_length, args.max_prompt_length, ("--max-length", "--max-prompt-length"))
     rows = read_rows(args.data, args.split)
     tokenizer = None
     if args.tokenizer:
         from dpo_ext.modeling.models import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer, "--tokenizer")
-    report = validate_rows(rows.rows, tokenizer, args.max_length)
+    report = validate_rows(rows.rows, tokenizer, args.max_length, args.max_prompt_length)
     if args.json:
         problems = [{"row": e.row, "line": rows.lines[e.row] if rows.lines else None, "field": e.field,
                      "problem": e.problem, "message": rows.describe(e)} for e in report.problems]

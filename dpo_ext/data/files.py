@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from dpo_ext.data.jsonl import iter_jsonl
-from dpo_ext.data.rows import PreferenceDataError
+from dpo_ext.data.rows import LIST_FIELDS, PreferenceDataError
 from dpo_ext.locations import looks_like_hub_id
 
 # A file holds one split: asking it for another one is a mistake (the rows read would not be that split).
@@ -23,10 +23,12 @@ class Rows:
         source (`str`): the file, folder or ``hub-id[split]`` the rows come from.
         rows (`list[dict]`): the rows, in file order.
         lines (`list[int]` or `None`): each row's 1-based line number, for JSON Lines files.
+        text_cells (`bool`): whether every value was read as text or a number (CSV files), so that a list field
+            holding text gets told why.
     """
 
-    def __init__(self, source: str, rows: list, lines: list | None = None):
-        self.source, self.rows, self.lines = source, rows, lines
+    def __init__(self, source: str, rows: list, lines: list | None = None, text_cells: bool = False):
+        self.source, self.rows, self.lines, self.text_cells = source, rows, lines, text_cells
 
     def where(self, index: int) -> str:
         """``"file.jsonl, line 4"`` or ``"file.parquet, row 3"`` for the row at position ``index`` (from 0)."""
@@ -40,7 +42,23 @@ class Rows:
         field = error.field
         if fields is not None and error.completion is not None:
             field = fields[error.completion]
-        return f"{self.where(error.row)}{f', field {field!r}' if field else ''}: {error.problem}"
+        return f"{self.where(error.row)}{f', field {field!r}' if field else ''}: {error.problem}{self._hint(error)}"
+
+    def _hint(self, error: PreferenceDataError) -> str:
+        """Why a list field holds text, when it comes from a CSV file (the row rules cannot know the file type)."""
+        if not self.text_cells or error.row not in range(len(self.rows)):
+            return ""
+        columns = list(self.rows[error.row])
+        if len(columns) == 1 and any(mark in columns[0] for mark in ";\t|"):
+            return (f" (the file has one column, {columns[0]!r}: CSV columns are separated by commas; save it "
+                    "with ',' as the separator)")
+        name = (error.field or "").split("[")[0]
+        if not self.text_cells or name not in LIST_FIELDS or error.row not in range(len(self.rows)):
+            return ""
+        if not isinstance(self.rows[error.row].get(name), str):
+            return ""
+        return (f" (CSV cells are plain text, so {name!r} was read as the text of a list, not a list: give list "
+                "columns in a JSONL or Parquet file)")
 
     def error(self, error: Exception, fields: list[str] | None = None) -> ValueError:
         """``error`` as a `ValueError` that names the input's line and field (or, for another error, the input)."""
@@ -84,8 +102,22 @@ def read_rows(source, split: str | None = None, config: str | None = None) -> Ro
         raise ValueError(f"could not load the Hub dataset {source!r} (split {split!r}): {error}") from error
 
 
+def read_text(path: Path) -> str:
+    """The text of a JSON or JSON Lines file, as every command reads it (`dpo-ext push-dataset` too): UTF-8, with
+    or without a byte-order mark.
+
+    Raises:
+        `ValueError`: naming the file, for bytes that are not UTF-8 (a file saved as UTF-16, say).
+    """
+    try:
+        return Path(path).read_text(encoding=_TEXT_ENCODING)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8 (Windows "
+                         "editors and PowerShell's `>` may write UTF-16, called 'Unicode')") from None
+
+
 def _read_json(path: Path) -> Rows:
-    text = path.read_text(encoding=_TEXT_ENCODING)
+    text = read_text(path)
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -98,9 +130,29 @@ def _read_json(path: Path) -> Rows:
                                  f"{type(row).__name__}")
         lines = None
     else:
-        numbered = list(iter_jsonl(path, text.splitlines()))
+        try:
+            numbered = list(iter_jsonl(path, text.splitlines()))
+        except ValueError:
+            _refuse_one_object(path, text)
+            raise
         rows, lines = [row for _, row in numbered], [number for number, _ in numbered]
     return _non_empty(Rows(str(path), rows, lines))
+
+
+def _refuse_one_object(path: Path, text: str) -> None:
+    """Name the mistake when a file that is not JSON Lines is one JSON object written over several lines (an
+    indented dump, or rows nested under a key): iter_jsonl can only say that its first line is not JSON."""
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        return
+    if not isinstance(whole, dict):
+        return
+    nested = next((key for key, value in whole.items()
+                   if isinstance(value, list) and value and all(isinstance(v, dict) for v in value)), None)
+    where = f" (its rows are under {nested!r})" if nested else ""
+    raise ValueError(f"{path}: one JSON object over several lines{where}, not rows; give a JSON array of row objects "
+                     "(a .json file) or JSON Lines (one row object per line)")
 
 
 def _read_table(path: Path) -> Rows:
@@ -109,8 +161,12 @@ def _read_table(path: Path) -> Rows:
     kind = {".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
     if kind is None:
         raise ValueError(f"{path}: unsupported file type '{path.suffix}' (use .jsonl, .json, .parquet or .csv)")
-    dataset = datasets.load_dataset(kind, data_files=str(path), split="train")
-    return _non_empty(Rows(str(path), list(dataset)))
+    try:
+        dataset = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except (ValueError, datasets.exceptions.DatasetGenerationError) as error:  # Arrow's errors are ValueErrors
+        raise ValueError(f"{path}: not a readable {kind.upper() if kind == 'csv' else 'Parquet'} file ({error}); "
+                         "write it again (`Dataset.to_parquet`, `Dataset.to_csv`) or give JSON Lines") from None
+    return _non_empty(Rows(str(path), list(dataset), text_cells=kind == "csv"))
 
 
 def _read_folder(path: Path, split: str) -> Rows:

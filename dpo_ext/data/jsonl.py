@@ -25,8 +25,8 @@ def iter_jsonl(path: Path, lines) -> Iterator[tuple[int, dict]]:
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    """Write ``rows`` to ``path``, one JSON object per line (UTF-8, non-ASCII kept), through a temporary file in the same
-    folder renamed at the end: a run killed while writing leaves the old file or none, never half a file (a resumed
+    """Write ``rows`` to ``path``, one JSON object per line (UTF-8, non-ASCII kept), through a temporary file in the
+    same folder renamed at the end: a run killed while writing leaves the old file or none, never half a file (a resumed
     run trusts a file that exists). Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

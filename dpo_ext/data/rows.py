@@ -18,6 +18,8 @@ from dpo_ext.data.messages import assistant_message, is_blank, is_messages, mess
 PROMPT, COMPLETIONS, RANKS, SCORES, CHOSEN, REJECTED = "prompt", "completions", "ranks", "scores", "chosen", "rejected"
 COMPLETION = "completion"  # a row to score (`dpo-ext score`) may give a single completion
 PROMPT_IDS, COMPLETION_IDS, REF_LOGPS, ROW_INDEX = "prompt_ids", "completion_ids", "ref_logps", "row_index"
+# The fields that hold a list in every row format (a prompt or a completion may be text): a CSV cell cannot
+LIST_FIELDS = (COMPLETIONS, RANKS, SCORES, PROMPT_IDS, COMPLETION_IDS, REF_LOGPS)
 
 # Why a valid row carries no preference (keys of the logged and reported counts)
 IDENTICAL, ALL_TIED = "identical_completions", "all_tied"

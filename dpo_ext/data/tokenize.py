@@ -19,6 +19,7 @@ from dpo_ext.data.rows import (
     normalize_row,
 )
 from dpo_ext.data.validation import summarize_counts
+from dpo_ext.settings import SettingError, as_number
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,28 @@ def tokenize_ranked(prompt, completions, tokenizer) -> tuple[list[int], list[lis
             "token, so nothing would predict that token. End the prompt where a token ends (with a space or a "
             "newline, say), or start it with the tokenizer's BOS token text", field=PROMPT)
     return prompt_ids[:prompt_len], [ids[prompt_len:] for ids in full]
+
+
+def check_length_settings(max_length, max_prompt_length, names: tuple[str, str] = ("max_length",
+                                                                                  "max_prompt_length")) -> None:
+    """The one rule on ``max_length`` and ``max_prompt_length``, for training (`PLDPOConfig`) and `dpo-ext validate`:
+    ``max_length`` an integer of at least 2, ``max_prompt_length`` an integer of at least 1 and below ``max_length``
+    (either may be `None`, but ``max_prompt_length`` needs a ``max_length``). ``names`` name the two settings in the
+    message (``("--max-length", "--max-prompt-length")`` for a command line).
+
+    Raises:
+        `dpo_ext.settings.SettingError`: naming the setting and what to do.
+    """
+    length_name, prompt_name = names
+    if max_length is not None:
+        as_number(length_name, max_length, int, minimum=2)
+    if max_prompt_length is None:
+        return
+    as_number(prompt_name, max_prompt_length, int, minimum=1)
+    if max_length is None or max_prompt_length >= max_length:
+        raise SettingError(f"{prompt_name} ({max_prompt_length}) must be below {length_name} ({max_length}): it is "
+                           f"what a prompt keeps so that a completion still fits; lower it, "
+                           f"{'give' if max_length is None else 'raise'} {length_name}, or leave {prompt_name} unset")
 
 
 def keep_prompt_end(prompt_ids: list[int], completion_ids: list[list[int]], max_length: int | None,
@@ -174,13 +197,15 @@ def tokenize_rewardbench(prompt, completions, tokenizer, max_length: int = REWAR
                 field=f"{COMPLETIONS}[{k}]", completion=k)
         start = len(prompt_ids) - (joint[: len(prompt_ids)] != prompt_ids)
         pairs.append(([bos] + joint[:start], joint[start:] + [eos]))
-    longest = max(len(ids) for _, ids in pairs)
+    completions = [ids for _, ids in pairs]
+    longest = max(len(ids) for ids in completions)
     out = []
     for prompt_part, completion in pairs:
+        # RewardBench's prompt cut is training's (`keep_prompt_end`, against the longest completion of the prompt);
+        # only the completion cut after it is RewardBench's own
+        prompt_part = keep_prompt_end(prompt_part, completions, max_length, max_prompt_length)
         if len(prompt_part) + longest > max_length:
-            prompt_part = prompt_part[-max_prompt_length:]
-            if len(prompt_part) + longest > max_length:
-                completion = completion[: max_length - max_prompt_length]
+            completion = completion[: max_length - max_prompt_length]
         out.append((prompt_part, completion))
     return out
 

@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpo_ext.locations import looks_like_hub_id
 from dpo_ext.hub.training_files import PICKLED_ARGS, pickled_args_advice, read_training_config
+from dpo_ext.locations import looks_like_hub_id
 from dpo_ext.reference.record import check_beta, folder_config_file, read_training_record, recorded_beta
 from dpo_ext.safe_files import convert_adapter_hint, pickled_weights_error, read_adapter_config, verify_safetensors
 from dpo_ext.settings import positive

@@ -79,7 +79,7 @@ def metric_rows(results: Mapping, training_config: Mapping = {}, reward: str | N
     baseline = results.get(BASELINE_KEY) if isinstance(results.get(BASELINE_KEY), Mapping) else {}
     definitions = results.get(DEFINITIONS_KEY) if isinstance(results.get(DEFINITIONS_KEY), Mapping) else {}
     rows = []
-    for key, value in reported_metrics(results, training_config).items():
+    for key in reported_metrics(results, training_config):
         definition = definitions.get(key) or DEFINITIONS.get(key)
         if key == "ground_truth_reward" and reward and key not in definitions:
             definition = f"{definition}; reward: {reward}"

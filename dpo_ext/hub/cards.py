@@ -15,10 +15,17 @@ from pathlib import Path
 
 from dpo_ext.data.rows import CHOSEN, COMPLETIONS, PROMPT, RANKS, REJECTED, SCORES
 from dpo_ext.hub.benchmarks import HubBenchmark, benchmark_table, eval_results_files, split_eval_results
-from dpo_ext.hub.card_results import (BASELINE_KEY, NAMES, format_value, metric_rows, nested_tables,
-                                      reported_metrics, settings_in_results)
-from dpo_ext.locations import looks_like_hub_id
+from dpo_ext.hub.card_results import (
+    BASELINE_KEY,
+    NAMES,
+    format_value,
+    metric_rows,
+    nested_tables,
+    reported_metrics,
+    settings_in_results,
+)
 from dpo_ext.hub.licenses import card_license, check_license
+from dpo_ext.locations import looks_like_hub_id
 
 # Where the package comes from: it is not on PyPI, and pyproject.toml names no repository URL to `pip install git+`.
 INSTALL = "pip install ."

@@ -9,11 +9,11 @@ else -> train).
 """
 
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from dpo_ext.data.files import read_text
 from dpo_ext.data.jsonl import iter_jsonl
 from dpo_ext.data.rows import CHOSEN, COMPLETIONS, PROMPT, REJECTED, PreferenceDataError, normalize_row
 from dpo_ext.hub.cards import render_dataset_card
@@ -61,18 +61,17 @@ def inspect_data_file(path: str | Path) -> DataFile:
     """
     path = Path(path)
     data = None
-    with closing(_located_rows(path)) as rows:  # closes the JSONL file when a bad row stops the loop
-        for where, row in rows:
-            data = data or _kind(path, list(row))
-            _check_row(data, row, f"{path}, {where}")
-            data.rows += 1
+    for where, row in _located_rows(path):
+        data = data or _kind(path, list(row))
+        _check_row(data, row, f"{path}, {where}")
+        data.rows += 1
     if data is None:
         raise ValueError(f"{path} has no rows")
     return data
 
 
 def _located_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    """(where, row) for each row of a JSONL (``line N``) or Parquet (``row N``) file."""
+    """(where, row) for each row of a JSONL (``line N``) or Parquet (``row N``, from 1) file."""
     if path.suffix == ".parquet":
         import pyarrow
         import pyarrow.parquet
@@ -82,10 +81,11 @@ def _located_rows(path: Path) -> Iterator[tuple[str, dict]]:
         except pyarrow.ArrowException as error:
             raise ValueError(f"{path}: not a readable Parquet file ({error}); write it again, e.g. with "
                              "`Dataset.to_parquet`") from None
-        yield from ((f"row {index}", row) for index, row in enumerate(table.to_pylist()))
+        yield from ((f"row {index}", row) for index, row in enumerate(table.to_pylist(), start=1))
         return
-    with path.open(encoding="utf-8") as file:
-        yield from ((f"line {number}", row) for number, row in iter_jsonl(path, file))
+    # Read as every command reads it (a leading byte-order mark too), and published as it is: `datasets`' JSON loader
+    # skips a leading BOM (datasets 5.2, packaged_modules/json/json.py, `_generate_tables`): it loads the same rows.
+    yield from ((f"line {number}", row) for number, row in iter_jsonl(path, read_text(path).splitlines()))
 
 
 def _kind(path: Path, columns: list[str]) -> DataFile:

@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpo_ext.locations import HUB_ID_PATTERN, offline
 from dpo_ext.hub.staging import StagedFile
+from dpo_ext.locations import HUB_ID_PATTERN, offline
 from dpo_ext.safe_files import redact
 
 logger = logging.getLogger(__name__)
@@ -234,6 +234,7 @@ def with_retries(fn: Callable, *, repo_id: str, action: str, secrets: Sequence[s
 def _classify(error: Exception) -> tuple[int | None, bool]:
     """(HTTP status or None, whether retrying can help)."""
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
     # huggingface_hub's public alias of the HTTP library it uses (httpx2 in 2.x), kept stable across its releases:
     # its transport errors (dropped connection, timeout) are the ones worth retrying.
     from huggingface_hub.utils import httpx

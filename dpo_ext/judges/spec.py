@@ -13,9 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from dpo_ext.locations import looks_like_hub_id, offline
 from dpo_ext.judges.base import FunctionJudge, ImplicitRewardJudge, Judge
 from dpo_ext.judges.reward_model import RewardModelJudge
+from dpo_ext.locations import looks_like_hub_id, offline
 
 JUDGE_KINDS = {
     "rm": "rm:PATH_OR_HUB_ID (a sequence-classification reward model with one output)",
@@ -61,7 +61,8 @@ def _parsed(spec: str):
     checked as far as can be done without loading a model."""
     kind, sep, value = spec.partition(":") if isinstance(spec, str) else ("", "", "")
     if not sep or kind not in JUDGE_KINDS:
-        hint = f" (a folder: write rm:{spec} or implicit:{spec})" if isinstance(spec, str) and Path(spec).exists() else ""
+        is_folder = isinstance(spec, str) and Path(spec).exists()
+        hint = f" (a folder: write rm:{spec} or implicit:{spec})" if is_folder else ""
         raise _spec_error(spec, f"unknown kind {kind!r}{hint}" if sep else f"no KIND: prefix{hint}")
     if not value:
         raise _spec_error(spec, f"nothing after {kind}:")

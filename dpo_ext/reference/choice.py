@@ -114,7 +114,8 @@ def scoring_reference(model, ref_model=None, ref_adapter: str | None = None):
 
     Args:
         model: the policy (a PeftModel, or a full model).
-        ref_model (*optional*): a separate reference model -> `ModelReference` (left unfrozen: the scorer only reads it).
+        ref_model (*optional*): a separate reference model -> `ModelReference` (left unfrozen: the scorer only reads
+            it).
         ref_adapter (`str`, *optional*): an adapter of ``model`` -> `AdapterReference` (TRL's saved ``ref/`` copy).
 
     Returns:

@@ -39,9 +39,8 @@ import math
 
 import torch
 
-from dpo_ext.rewardbench.v1 import (BenchmarkRow, as_prompt, check_fields, count_nonfinite, read_rows,
-                                            reward_rows)
 from dpo_ext.data.rows import PreferenceDataError
+from dpo_ext.rewardbench.v1 import BenchmarkRow, as_prompt, check_fields, count_nonfinite, read_rows, reward_rows
 
 NAME = "RewardBench 2"
 DATASET_ID = "allenai/reward-bench-2"

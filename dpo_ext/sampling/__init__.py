@@ -12,13 +12,19 @@ the calls run, decides the samples. The sampler therefore fixes that computation
 - the prompts are cut, in order, into shards of ``max(1, shard_sequences // k)`` prompts, and shard ``i`` is
   sampled on its own random stream seeded ``shard_seed(seed, i)``; workers (processes, a job pool) can run shards
   anywhere, in any order, and get the same samples (`sample_token_ids`' ``shards`` picks a worker's share);
-- inside a shard, prompts are grouped by token length (so `generate` never sees padding, and position ids need no
-  care) and each group is generated ``max(1, batch_sequences // k)`` prompts per call, the K rows of a prompt side
-  by side, shortest prompts first.
+- inside a shard, prompts are sorted by token length (shortest first, ties in input order) and generated
+  ``max(1, batch_sequences // k)`` prompts per call, the K rows of a prompt side by side (`plan_calls`). The
+  ``layout`` says how prompts of different lengths share a call: ``"padded"`` (the default) fills every call,
+  left-padding its prompts to the longest; ``generate`` derives position ids from the attention mask, so a padded
+  prompt is read as it is alone (tested: the log-probs of its samples equal those computed without padding).
+  ``"by_length"`` never mixes two lengths in a call, so `generate` never sees padding, at the price of one or more
+  calls per distinct length: with mixed lengths, many small calls (`benchmarks/sampling.py` measures both). With
+  prompts of one length the two layouts make the same calls and give the same samples.
 
-``shard_sequences`` and ``batch_sequences`` are therefore part of what the samples are, like the seed: keep them to
-reproduce a file (any ``batch_sequences`` at least ``shard_sequences`` gives the same samples, one call per length
-group). The caller's random state (CPU, and CUDA when sampling there) is restored afterwards.
+``shard_sequences``, ``batch_sequences`` and ``layout`` are therefore part of what the samples are, like the seed:
+keep them to reproduce a file (any ``batch_sequences`` at least ``shard_sequences`` gives the same samples: one call
+per shard, or per length group). The caller's random state (CPU, and CUDA when sampling there) is restored
+afterwards.
 """
 
 import sys
@@ -28,10 +34,14 @@ import torch
 from dpo_ext.sampling.generate import (
     BATCH_SEQUENCES,
     DEFAULT_GENERATION,
+    LAYOUT,
+    LAYOUTS,
     SHARD_SEQUENCES,
     Samples,
     encode_prompt,
     generation_config,
+    left_pad,
+    plan_calls,
     plan_shards,
     sample_shard,
     sample_token_ids,
@@ -41,9 +51,9 @@ from dpo_ext.sampling.generate import (
 
 BACKENDS = ("auto", "transformers", "vllm")
 
-__all__ = ["BATCH_SEQUENCES", "DEFAULT_GENERATION", "SHARD_SEQUENCES", "Samples", "encode_prompt",
-           "generation_config", "plan_shards", "sample_completions", "sample_shard", "sample_token_ids",
-           "shard_seed", "until_eos", "vllm_available"]
+__all__ = ["BATCH_SEQUENCES", "DEFAULT_GENERATION", "LAYOUT", "LAYOUTS", "SHARD_SEQUENCES", "Samples",
+           "encode_prompt", "generation_config", "left_pad", "plan_calls", "plan_shards", "sample_completions",
+           "sample_shard", "sample_token_ids", "shard_seed", "until_eos", "vllm_available"]
 
 
 def vllm_available() -> bool:
@@ -55,8 +65,8 @@ def vllm_available() -> bool:
 
 def sample_completions(model, tokenizer, prompts, k: int, generation=None, seed: int = 0, *, backend: str = "auto",
                        shard_sequences: int = SHARD_SEQUENCES, batch_sequences: int = BATCH_SEQUENCES,
-                       lora_request=None, progress=None) -> list[Samples]:
-    """Sample ``k`` completions for each prompt; the same samples whatever the batch layout or worker count.
+                       layout: str = LAYOUT, lora_request=None, progress=None) -> list[Samples]:
+    """Sample ``k`` completions for each prompt; the same samples whatever the worker count.
 
     Args:
         model: a causal LM or `PeftModel` (transformers backend), or a `vllm.LLM` (vLLM backend).
@@ -70,6 +80,8 @@ def sample_completions(model, tokenizer, prompts, k: int, generation=None, seed:
             (`dpo_ext.sampling.vllm_backend`, not run here), or ``"auto"``: vLLM when ``model`` is a `vllm.LLM`. The
             two backends give different samples.
         shard_sequences, batch_sequences (`int`): see the module docstring (part of the result, like the seed).
+        layout (`str`, defaults to `LAYOUT`, ``"padded"``): ``"padded"`` or ``"by_length"``, how a shard's prompts
+            share `generate` calls (see the module docstring; part of the result). Ignored by vLLM.
         lora_request (*optional*): vLLM only, the `LoRARequest` of an adapter to sample from.
         progress (`Callable[[int], None]`, *optional*): called with a count of prompts done.
 
@@ -88,6 +100,8 @@ def sample_completions(model, tokenizer, prompts, k: int, generation=None, seed:
         raise ValueError(f"k must be at least 1 (completions per prompt), got {k}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     config = generation_config(tokenizer, generation)
     prompt_ids = []
     for i, prompt in enumerate(prompts):
@@ -106,6 +120,6 @@ def sample_completions(model, tokenizer, prompts, k: int, generation=None, seed:
             progress(len(prompt_ids))
     else:
         completions = sample_token_ids(model, prompt_ids, k, config, seed, shard_sequences=shard_sequences,
-                                       batch_sequences=batch_sequences, progress=progress)
+                                       batch_sequences=batch_sequences, layout=layout, progress=progress)
     return [Samples(ids, rows, [tokenizer.decode(c, skip_special_tokens=True) for c in rows])
             for ids, rows in zip(prompt_ids, completions)]

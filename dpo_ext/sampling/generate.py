@@ -11,6 +11,10 @@ import torch
 # so its samples are those it always drew.
 SHARD_SEQUENCES = 1024
 BATCH_SEQUENCES = 256
+# How a shard's prompts are laid out in `generate` calls (see the module docstring of `dpo_ext.sampling`). The default
+# is the faster one as `benchmarks/sampling.py` measured it; the sentiment recipe names "by_length" (its samples).
+LAYOUTS = ("padded", "by_length")
+LAYOUT = "padded"
 DEFAULT_GENERATION = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 64}
 
 
@@ -104,9 +108,39 @@ def plan_shards(num_prompts: int, k: int, shard_sequences: int = SHARD_SEQUENCES
     return [range(start, min(start + per_shard, num_prompts)) for start in range(0, num_prompts, per_shard)]
 
 
+def plan_calls(prompt_ids: list[list[int]], k: int, batch_sequences: int = BATCH_SEQUENCES,
+               layout: str = LAYOUT) -> list[list[int]]:
+    """The prompt indices of each `generate` call of a shard, in call order: ``max(1, batch_sequences // k)``
+    prompts per call, shortest prompts first (ties in input order); ``"by_length"`` never puts two lengths in one
+    call, ``"padded"`` fills every call (prompts of one length: the same calls)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    rows_per_call = max(1, batch_sequences // k)
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))  # stable: ties keep input order
+    if layout == "padded":
+        groups = [order]
+    else:
+        by_length = defaultdict(list)
+        for index in order:
+            by_length[len(prompt_ids[index])].append(index)
+        groups = list(by_length.values())
+    return [group[start : start + rows_per_call] for group in groups for start in range(0, len(group), rows_per_call)]
+
+
+def left_pad(prompts: list[list[int]], pad_token_id) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)``, both (b, L): the prompts left-padded to the longest, so every row's next
+    token is at the same column; ``generate`` derives position ids from the mask (the cumulative sum), so a padded
+    prompt is read at the positions it has alone."""
+    width = max(len(p) for p in prompts)
+    pad = 0 if pad_token_id is None else pad_token_id  # masked out: any id will do
+    input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts])  # (b, L)
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # (b, L)
+    return input_ids, attention_mask
+
+
 @torch.no_grad()
 def sample_shard(model, prompt_ids: list[list[int]], k: int, config, seed: int,
-                 batch_sequences: int = BATCH_SEQUENCES) -> list[list[list[int]]]:
+                 batch_sequences: int = BATCH_SEQUENCES, layout: str = LAYOUT) -> list[list[list[int]]]:
     """Sample ``k`` completions for each prompt of one shard, as one fixed computation on a stream seeded ``seed``.
 
     Args:
@@ -116,34 +150,31 @@ def sample_shard(model, prompt_ids: list[list[int]], k: int, config, seed: int,
         config (`GenerationConfig`): see `generation_config`; ``num_return_sequences`` is ignored.
         seed (`int`): the shard's seed; the caller's random state is restored afterwards.
         batch_sequences (`int`): sequences per `generate` call (see the module docstring: part of the result).
+        layout (`str`, defaults to `LAYOUT`): ``"padded"`` or ``"by_length"`` (`plan_calls`; part of the result).
 
     Returns:
         `list[list[list[int]]]`: (P, k) completions as token-id lists.
     """
+    calls = plan_calls(prompt_ids, k, batch_sequences, layout)
     config = copy.deepcopy(config)
     config.num_return_sequences = 1  # the K rows are repeated prompts, so each call's layout is ours
     stop = set(eos_ids(config))
-    by_length = defaultdict(list)
-    for index, prompt in enumerate(prompt_ids):
-        by_length[len(prompt)].append(index)
     results = [[None] * k for _ in prompt_ids]
-    rows_per_call = max(1, batch_sequences // k)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            for length in sorted(by_length):
-                group = by_length[length]
-                for start in range(0, len(group), rows_per_call):
-                    indices = group[start : start + rows_per_call]
-                    input_ids = torch.tensor([prompt_ids[i] for i in indices], device=device)  # (b, L)
-                    input_ids = input_ids.repeat_interleave(k, dim=0)  # (b * k, L), a prompt's k rows together
-                    output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                            generation_config=config)
-                    for row, tokens in enumerate(output[:, length:].tolist()):  # (b * k, <= max_new_tokens)
-                        results[indices[row // k]][row % k] = until_eos(tokens, stop)
+            for indices in calls:
+                input_ids, attention_mask = left_pad([prompt_ids[i] for i in indices], config.pad_token_id)
+                # (b * k, L): a prompt's k rows together
+                input_ids = input_ids.repeat_interleave(k, dim=0).to(device)
+                attention_mask = attention_mask.repeat_interleave(k, dim=0).to(device)
+                output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+                width = input_ids.shape[1]
+                for row, tokens in enumerate(output[:, width:].tolist()):  # (b * k, <= max_new_tokens)
+                    results[indices[row // k]][row % k] = until_eos(tokens, stop)
     finally:
         model.train(was_training)
     return results
@@ -151,13 +182,14 @@ def sample_shard(model, prompt_ids: list[list[int]], k: int, config, seed: int,
 
 def sample_token_ids(model, prompt_ids: list[list[int]], k: int, config, seed: int = 0, *,
                      shard_sequences: int = SHARD_SEQUENCES, batch_sequences: int = BATCH_SEQUENCES,
-                     shards=None, progress=None) -> list:
+                     layout: str = LAYOUT, shards=None, progress=None) -> list:
     """`sample_shard` over the shards of `plan_shards`, shard ``i`` seeded ``shard_seed(seed, i)``.
 
     Args:
         shards (`Iterable[int]`, *optional*): run only these shards (a worker's share); the prompts of the others
             get `None`. The samples of a shard never depend on which others run.
         progress (`Callable[[int], None]`, *optional*): called with the number of prompts of each finished shard.
+        layout (`str`, defaults to `LAYOUT`): how a shard's prompts share `generate` calls (`plan_calls`).
 
     Returns:
         `list`: (P, k) completions as token-id lists (`None` rows for shards not run).
@@ -169,7 +201,7 @@ def sample_token_ids(model, prompt_ids: list[list[int]], k: int, config, seed: i
         if i not in chosen:
             continue
         results[indices.start : indices.stop] = sample_shard(model, prompt_ids[indices.start : indices.stop], k,
-                                                             config, shard_seed(seed, i), batch_sequences)
+                                                             config, shard_seed(seed, i), batch_sequences, layout)
         if progress is not None:
             progress(len(indices))
     return results

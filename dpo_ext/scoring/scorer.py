@@ -30,9 +30,12 @@ import torch
 from dpo_ext.data.tokenize import REWARDBENCH_MAX_PROMPT_LENGTH, check_rewardbench_tokenizer
 from dpo_ext.losses import implicit_rewards
 from dpo_ext.modeling.models import (
+    active_adapter,
     check_tokenizer_fits,
+    eval_mode,
     load_tokenizer,
 )
+from dpo_ext.modeling.prompt_cache import Runner, prompt_cache_problem, score_groups
 from dpo_ext.reference.checks import ReferenceMismatchError, check_reference_model, is_peft_model
 from dpo_ext.reference.choice import scoring_reference
 from dpo_ext.reference.record import DEFAULT_BETA
@@ -43,8 +46,6 @@ from dpo_ext.scoring.inputs import (
     tokenize_inputs,
     tokenize_inputs_rewardbench,
 )
-from dpo_ext.modeling.prompt_cache import Runner, prompt_cache_problem, score_groups
-from dpo_ext.modeling.models import active_adapter, eval_mode
 from dpo_ext.scoring.results import BestOfN, ScoredCandidate, ScoreResult, candidates_of, check_finite_logps
 from dpo_ext.settings import as_number, positive
 
@@ -292,7 +293,8 @@ class ImplicitRewardScorer:
                                        **score_kwargs)
         else:
             result = self._score_texts(prompts, [s.texts for s in samples], allow_empty=True, **score_kwargs)
-        return [BestOfN(prompt, candidates_of(result, b, s.texts)) for b, (prompt, s) in enumerate(zip(prompts, samples))]
+        return [BestOfN(prompt, candidates_of(result, b, s.texts))
+                for b, (prompt, s) in enumerate(zip(prompts, samples))]
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str, **kwargs) -> "ImplicitRewardScorer":

@@ -1,5 +1,5 @@
-"""The Trainer side of `dpo_ext.training.checkpoints`: checkpoints written complete or not at all, and resuming only from a
-complete one. A mixin, so that any `transformers.Trainer` subclass can use it (`PLDPOTrainer` does)."""
+"""The Trainer side of `dpo_ext.training.checkpoints`: checkpoints written complete or not at all, and resuming only
+from a complete one. A mixin, so that any `transformers.Trainer` subclass can use it (`PLDPOTrainer` does)."""
 
 import os
 import shutil

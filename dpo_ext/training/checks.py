@@ -4,9 +4,9 @@ rather than hours into a run inside torch (or never, training silently on garbag
 import os
 import tempfile
 
-from dpo_ext.modeling.models import vocabulary_problem
 from dpo_ext.data.rows import PreferenceDataError, normalize_row
 from dpo_ext.data.validation import rows_as_dataset
+from dpo_ext.modeling.models import vocabulary_problem
 
 
 def unwritable_folder(folder) -> str | None:

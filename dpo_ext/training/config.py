@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from dpo_ext.data.tokenize import check_length_settings
 from dpo_ext.reference import REFERENCE_CHOICES
 from dpo_ext.reference.cache import cache_folder_problem
 from dpo_ext.settings import SettingError, as_number, check_numeric_fields, positive
@@ -83,7 +84,8 @@ class PLDPOConfig(TrainingArguments):
     )
     ref_cache_dir: str | None = field(
         default=None, metadata={"help": "Folder keeping precomputed reference log-probs between runs, reused only "
-                                        "when their fingerprint (weights, adapter, tokenizer, max_length, data) matches."}
+                                        "when their fingerprint (weights, adapter, tokenizer, max_length, data) "
+                                        "matches."}
     )
     disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in policy and reference."})
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset tokenization."})
@@ -100,14 +102,8 @@ class PLDPOConfig(TrainingArguments):
         self.beta = positive("PLDPOConfig.beta", self.beta)
         as_number("PLDPOConfig.unlikelihood_alpha", self.unlikelihood_alpha, minimum=0.0)
         as_number("PLDPOConfig.learning_rate", self.learning_rate, minimum=0.0)
-        if self.max_length is not None:
-            as_number("PLDPOConfig.max_length", self.max_length, int, minimum=2)
-        if self.max_prompt_length is not None:
-            as_number("PLDPOConfig.max_prompt_length", self.max_prompt_length, int, minimum=1)
-            if self.max_length is None or self.max_prompt_length >= self.max_length:
-                raise SettingError(f"PLDPOConfig.max_prompt_length ({self.max_prompt_length}) must be below max_length "
-                                   f"({self.max_length}): it is what a prompt keeps so that a completion still fits; "
-                                   "lower it, raise max_length, or leave max_prompt_length unset")
+        check_length_settings(self.max_length, self.max_prompt_length,  # the rule `dpo-ext validate` applies too
+                              ("PLDPOConfig.max_length", "PLDPOConfig.max_prompt_length"))
         if self.ref_cache_dir and not self.precompute_ref_log_probs:
             raise SettingError("PLDPOConfig.ref_cache_dir keeps precomputed reference log-probs: set "
                                "precompute_ref_log_probs=True too (or leave ref_cache_dir unset)")

@@ -15,7 +15,6 @@ from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 from transformers import Trainer, set_seed
 
-from dpo_ext.training.config import PLDPOConfig
 from dpo_ext.data.collate import RankedCollator
 from dpo_ext.data.rows import REF_LOGPS, SCORES
 from dpo_ext.logps import sequence_logps, to_grid
@@ -42,8 +41,9 @@ from dpo_ext.reference.cache import ReferenceCache
 from dpo_ext.reference.fingerprint import model_digests, reference_fingerprint
 from dpo_ext.reference.record import write_training_record
 from dpo_ext.safe_files import check_finite_weights, scrub_config, verify_finite_safetensors
-from dpo_ext.training.checks import check_output_dir
 from dpo_ext.training.checkpointing import CompleteCheckpointsMixin
+from dpo_ext.training.checks import check_output_dir
+from dpo_ext.training.config import PLDPOConfig
 from dpo_ext.training.setup import DatasetPreparer, prepare_models
 
 logger = logging.getLogger(__name__)

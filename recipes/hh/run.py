@@ -6,7 +6,8 @@ of the train split; evaluated on the single-turn dialogues of the test split.
         --config recipes/hh/configs/lora.yaml --gradient_accumulation_steps 1
 
 Rows: `hh_data` (the prompt is the dialogue up to its last assistant turn; pairs that part before it are dropped).
-SFT and the win rate: `recipe_kit`. Training, evaluation and publishing: `dpo_ext.cli.train.run_training`. See README.md.
+SFT and the win rate: `recipe_kit`. Training, evaluation and publishing: `dpo_ext.cli.train.run_training`.
+See README.md.
 """
 
 import logging

@@ -11,11 +11,10 @@ every group contributes its pick.
 import json
 from pathlib import Path
 
-import torch
-
 import evaluation
 import generation
 import preference_data
+import torch
 
 
 def picks_per_prompt(scores: torch.Tensor, truth: torch.Tensor, n: int) -> torch.Tensor:

@@ -38,7 +38,8 @@ def evaluate_policy(model, tokenizer, reward, prompts, samples_per_prompt, max_n
     flat_prompts = [p for p, row in zip(prompts, completions) for _ in row]
     flat_completions = [c for row in completions for c in row]
     texts = [
-        preference_data.reward_text(tokenizer, preference_data.decode(tokenizer, p), preference_data.decode(tokenizer, c))
+        preference_data.reward_text(tokenizer, preference_data.decode(tokenizer, p),
+                                    preference_data.decode(tokenizer, c))
         for p, c in zip(flat_prompts, flat_completions)
     ]
     rewards = reward(texts)

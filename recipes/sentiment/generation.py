@@ -24,7 +24,8 @@ def sample(model, prompts, num_samples, max_new_tokens, eos_token_id, pad_token_
     """
     config = generation_config(generation={**SAMPLING, "max_new_tokens": max_new_tokens,
                                            "eos_token_id": eos_token_id, "pad_token_id": pad_token_id})
-    return sample_shard(model, prompts, num_samples, config, seed, batch_sequences=batch_size)
+    # "by_length": the layout the recipe's results were drawn with (the package's default pads; other samples)
+    return sample_shard(model, prompts, num_samples, config, seed, batch_sequences=batch_size, layout="by_length")
 
 
 def sample_job(model_dir, prompts, num_samples, max_new_tokens, seed, use_cpu=True):

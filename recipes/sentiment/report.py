@@ -154,7 +154,7 @@ def frontier_plot(path: Path, sft_point, runs: dict) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     seen = set()
     order = {m: i for i, m in enumerate(PREFERENCE_METHODS + RL_METHODS)}
-    for name, r in sorted(runs.items(), key=lambda item: order.get(item[1]["method"], 99)):
+    for r in sorted(runs.values(), key=lambda run: order.get(run["method"], 99)):
         method = r["method"]
         points = [{"kl": 0.0, "reward": sft_point["reward"]}] + r["checkpoints"]
         label = None if method in seen else LABELS.get(method, method)

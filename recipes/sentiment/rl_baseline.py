@@ -8,7 +8,6 @@ longer ships. On-policy sampling makes it the costliest run per step on CPU, so 
 def make_trainer(method, run, model, tokenizer, prefs, config, peft_config, callbacks, reward):
     """TRL's RLOO or GRPO trainer; its config takes ``config``'s (the run's `PLDPOConfig`) training settings."""
     from datasets import Dataset
-
     from train_methods import trl_config
 
     prompts = [row["prompt"] for row in prefs["ranked"]]

@@ -65,7 +65,7 @@ def train_tiny(out_dir: Path, args, tokenizer, texts: list[str], log) -> None:
     model.train()
     start, order, losses = time.time(), torch.empty(0, dtype=torch.long), []
     progress = tqdm(range(total_steps), desc="SFT", mininterval=2, disable=args.training.disable_tqdm)
-    for step in progress:
+    for _ in progress:
         if len(order) < batch_size:
             order = torch.cat([order, torch.randperm(len(texts), generator=generator)])
         index, order = order[:batch_size], order[batch_size:]

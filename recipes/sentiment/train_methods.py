@@ -123,9 +123,8 @@ def lora_config(model_args, model):
 
 
 def load_adapter(sft_dir: Path, adapter_dir: Path, use_cpu: bool):
-    from peft import PeftModel
-
     import sft_policy
+    from peft import PeftModel
 
     model = PeftModel.from_pretrained(sft_policy.load(sft_dir, use_cpu), str(adapter_dir))
     return model.eval()

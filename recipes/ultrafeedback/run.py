@@ -60,7 +60,9 @@ class UltraFeedbackArguments(RecipeArguments):
 
 def as_chat(row: dict) -> dict:
     """A text row as chat messages: the prompt a user turn, each completion an assistant turn."""
-    reply = (lambda text: [{"role": "assistant", "content": text}])
+    def reply(text):
+        return [{"role": "assistant", "content": text}]
+
     out = {"prompt": [{"role": "user", "content": row["prompt"]}]}
     for key in ("chosen", "rejected"):
         if key in row:

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from fixtures import save_base_and_adapter
+
 from dpo_ext.cli import main
 from dpo_ext.data.rows import PreferenceDataError
 from dpo_ext.scoring.evaluation import evaluate_preferences

@@ -4,8 +4,8 @@ import json
 import sys
 
 import pytest
-
 from fixtures import save_reward_model
+
 from dpo_ext.cli import main
 from dpo_ext.judges import load_judge
 

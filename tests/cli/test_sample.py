@@ -4,10 +4,10 @@ settings come from YAML with the flags on top."""
 import json
 
 import pytest
+from fixtures import save_base_and_adapter
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from fixtures import save_base_and_adapter
 from dpo_ext.cli import main
 from dpo_ext.sampling import sample_completions
 

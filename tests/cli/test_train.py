@@ -6,8 +6,8 @@ import json
 
 import pytest
 import yaml
-
 from fixtures import make_model, ranked_rows
+
 from dpo_ext.cli import main
 from dpo_ext.scoring.evaluation import evaluate_preferences
 from dpo_ext.scoring.scorer import ImplicitRewardScorer

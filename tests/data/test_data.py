@@ -1,5 +1,6 @@
 """Row validation, tokenization (same as TRL's) and collation of ranked data."""
 
+import json
 import logging
 import math
 import pickle
@@ -7,12 +8,11 @@ import pickle
 import datasets
 import pytest
 import torch
-
 from fixtures import make_model, ranked_rows
+
+from dpo_ext.data.collate import PackedRankedCollator, RankedCollator
 from dpo_ext.data.rows import ALL_TIED, IDENTICAL, PreferenceDataError, normalize_row
-from dpo_ext.data.collate import RankedCollator
 from dpo_ext.data.tokenize import prepare_ranked_dataset, tokenize_ranked
-from dpo_ext.data.collate import PackedRankedCollator
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} <eos> {% endfor %}"
@@ -331,5 +331,31 @@ def test_max_prompt_length_must_be_below_max_length(tmp_path):
     assert PLDPOConfig(**common).max_prompt_length is None
     assert PLDPOConfig(**common, max_length=512, max_prompt_length=256).max_prompt_length == 256
     for max_length, max_prompt_length in ((512, 512), (None, 256)):
-        with pytest.raises(SettingError, match="max_prompt_length .* below max_length"):
+        with pytest.raises(SettingError, match=r"PLDPOConfig.max_prompt_length .* below PLDPOConfig.max_length"):
             PLDPOConfig(**common, max_length=max_length, max_prompt_length=max_prompt_length)
+
+
+def test_a_bom_jsonl_file_reads_the_same_in_every_command_and_is_published_as_datasets_loads_it(tmp_path):
+    """One rule for a byte-order mark: `read_rows` (validate, train, score...) and `dpo-ext push-dataset` read a
+    BOM-prefixed JSONL file as the same file without it; push-dataset publishes it as it is, and `datasets`' JSON
+    loader (what the Hub's users load it with) gives the rows of the BOM-less file."""
+    from dpo_ext.data.files import read_rows
+    from dpo_ext.hub.datasets import inspect_data_file, stage_preference_dataset
+
+    rows = [{"prompt": "the movie was ", "chosen": "good", "rejected": "bad"},
+            {"prompt": "the plot ", "chosen": "held", "rejected": "sagged"}]
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "bom").mkdir()
+    (tmp_path / "plain" / "train.jsonl").write_text(text, encoding="utf-8")
+    (tmp_path / "bom" / "train.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode())
+
+    read = read_rows(tmp_path / "bom" / "train.jsonl")
+    assert (read.rows, read.lines) == (rows, [1, 2])
+    assert inspect_data_file(tmp_path / "bom" / "train.jsonl").card_entry() == \
+        inspect_data_file(tmp_path / "plain" / "train.jsonl").card_entry()
+    stage_preference_dataset(tmp_path / "bom", tmp_path / "staged", repo_id="alice/prefs")
+    staged = tmp_path / "staged" / "pairwise" / "train.jsonl"
+    assert staged.read_bytes() == (tmp_path / "bom" / "train.jsonl").read_bytes()
+    loaded = datasets.load_dataset("json", data_files=str(staged), split="train", cache_dir=str(tmp_path / "cache"))
+    assert loaded.column_names == ["prompt", "chosen", "rejected"] and list(loaded) == rows

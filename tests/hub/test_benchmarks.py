@@ -7,7 +7,6 @@ import logging
 
 import pytest
 import yaml
-
 from fixtures import TOKEN
 from test_hub import EVAL, make_adapter, push
 

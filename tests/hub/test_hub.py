@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fixtures import READ_TOKEN, TOKEN
 from hub_server import FakeHub
 
@@ -266,8 +265,8 @@ def test_training_config_sources(adapter, tmp_path):
 
 
 def test_method_named_from_the_training_config(adapter):
-    from dpo_ext.hub.cards import describe_method
     from dpo_ext.hub.adapters import build_model_card
+    from dpo_ext.hub.cards import describe_method
 
     assert describe_method({"loss_type": "plackett_luce", "num_completions": 4}) == ("Plackett-Luce DPO",
                                                                                      "plackett_luce", 4)
@@ -469,9 +468,9 @@ def test_truncated_weights_are_never_staged(adapter, tmp_path, capsys):
 def test_trainer_saves_the_training_config_that_push_publishes(tokenizer, tmp_path, init_lora_weights):
     """Every save (checkpoints too, and the adapter-copy branch) writes training_config.json without the token."""
     import datasets
+    from fixtures import make_model, ranked_rows
     from peft import LoraConfig
 
-    from fixtures import make_model, ranked_rows
     from dpo_ext import PLDPOConfig, PLDPOTrainer, push_adapter
 
     secret = "hf_trainertokenabcdef"

@@ -3,8 +3,8 @@
 
 import pytest
 import torch
-
 from fixtures import make_model
+
 from dpo_ext.modeling.loading import check_loading_info, load_causal_lm
 
 

@@ -7,16 +7,15 @@ import random
 import datasets
 import pytest
 import torch
+from fixtures import make_model, ranked_rows, train_settings
 from peft import LoraConfig, get_peft_model
 
-from fixtures import make_model, ranked_rows, train_settings
 from dpo_ext import PLDPOConfig, PLDPOTrainer
-from dpo_ext.modeling import support as prefix_sharing
-from dpo_ext.data.collate import RankedCollator
-from dpo_ext.modeling.batches import batch_token_logps, completion_logps
+from dpo_ext.data.collate import PackedRankedCollator, RankedCollator
 from dpo_ext.logps import to_grid
 from dpo_ext.losses import plackett_luce_loss
-from dpo_ext.data.collate import PackedRankedCollator
+from dpo_ext.modeling import support as prefix_sharing
+from dpo_ext.modeling.batches import batch_token_logps, completion_logps
 from dpo_ext.modeling.forward import block_attention_mask
 from dpo_ext.modeling.prompt_cache import Group, Runner, prompt_cache_problem
 from dpo_ext.modeling.support import choose_collator, prefix_sharing_unsupported

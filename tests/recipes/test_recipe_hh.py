@@ -15,8 +15,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "recipes" / "hh"),
                 str(Path(__file__).resolve().parents[2] / "recipes")]
 
 import hh_data  # noqa: E402
-from dpo_ext import PreferenceDataError  # noqa: E402
 from fixtures import card_metrics, load_recipe, parse_recipe_config, run_sft_dpo_recipe  # noqa: E402
+
+from dpo_ext import PreferenceDataError  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "hh_rlhf_sample.jsonl"
 
@@ -45,7 +46,8 @@ def test_transcripts_without_a_shared_assistant_turn_are_refused_with_their_row(
         hh_data.split_pair("\n\nHuman: A\n\nAssistant: B", "\n\nHuman: C\n\nAssistant: D", row=7)
 
 
-MOVIE, SKY = "\n\nHuman: What is a good movie for a rainy day?\n\nAssistant:", "\n\nHuman: Is the sky blue?\n\nAssistant:"
+MOVIE = "\n\nHuman: What is a good movie for a rainy day?\n\nAssistant:"
+SKY = "\n\nHuman: Is the sky blue?\n\nAssistant:"
 FRUIT = "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?\n\nHuman: Name a fruit.\n\nAssistant:"
 GRASS = " \n\nHuman: What color is grass?\n\nAssistant:"  # leading whitespace, as some published rows have
 
@@ -98,9 +100,9 @@ def test_a_long_history_keeps_its_end_with_max_prompt_length_as_the_paper(tmp_pa
     """A 30-turn dialogue whose prompt alone exceeds max_length: with max_prompt_length it keeps its last ids (the
     end of the history, with the turn to answer); without, the row is dropped (and no row is left)."""
     import datasets
+    from recipe_kit.bpe import train_byte_level_bpe
 
     from dpo_ext.data.tokenize import prepare_ranked_dataset
-    from recipe_kit.bpe import train_byte_level_bpe
 
     rows, _ = hh_data.load_rows("train", data_files=_write_dialogue(tmp_path / "long.jsonl", 30))
     prompt = rows[0]["prompt"]
@@ -202,10 +204,10 @@ def test_win_rate_counts_its_samples_and_the_sft_side_is_the_sft_model(hh_run):
     set's preferred responses (the paper's "chosen" baseline), and the mean rewards; the rewards, from the reward
     model read one text at a time; and the SFT sample of each prompt, drawn again from the SFT model alone."""
     import torch
+    from recipe_kit.win_rate import SAMPLES_FILE, generation_config
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from dpo_ext import sampling
-    from recipe_kit.win_rate import SAMPLES_FILE, generation_config
 
     root, models, results = hh_run
     samples = [json.loads(line) for line in (root / "dpo" / SAMPLES_FILE).read_text().splitlines()]

@@ -75,6 +75,7 @@ def test_default_run_trains_with_the_settings_behind_the_readme(tmp_path):
 
 def test_lora_comes_from_trl_model_config():
     import train_methods
+
     from dpo_ext.testing import tiny_model, tiny_tokenizer
 
     args = recipe_config.parse_args([])
@@ -234,6 +235,7 @@ def test_sampling_is_from_the_untouched_distribution():
     """The KL estimate needs samples from pi itself: the processed scores generate samples from must equal the raw
     logits (no top-k, top-p or temperature warping)."""
     import generation
+
     from dpo_ext.testing import tiny_model, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
@@ -248,9 +250,9 @@ def test_sampling_is_from_the_untouched_distribution():
 def test_fresh_adapter_has_zero_kl_and_zero_implicit_reward(tmp_path):
     import evaluation
     import generation
+    import train_methods
     from peft import get_peft_model
 
-    import train_methods
     from dpo_ext.testing import tiny_model, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
@@ -338,8 +340,9 @@ def check_runs_report_their_own_results(out: Path, results: dict, settings: dict
         last = run["checkpoints"][-1]
         assert (last["step"], last["reward"], last["kl"]) == (run["train_steps"], run["ground_truth_reward"],
                                                               run["kl"]), name
-        assert (f"| {name} | " in table and f"| {run['ground_truth_reward']:.3f} +- {run['ground_truth_reward_sem']:.3f}"
-                f" | {run['kl']:.2f} +- {run['kl_sem']:.2f} | {run['train_steps']} |" in table), name
+        reward = f"{run['ground_truth_reward']:.3f} +- {run['ground_truth_reward_sem']:.3f}"
+        assert (f"| {name} | " in table and f"| {reward} | {run['kl']:.2f} +- {run['kl_sem']:.2f} | "
+                f"{run['train_steps']} |" in table), name
         config = json.loads((folder / "training_config.json").read_text())
         if run["method"] == "rloo":  # its own step budget; its batch counts completions, not pairs
             assert run["train_steps"] == settings["rl_max_steps"], name
@@ -444,6 +447,7 @@ def test_sharded_sampling_gives_the_same_samples_on_one_or_two_workers(tmp_path,
     the data, and every process runs torch on one thread."""
     import generation
     import parallel
+
     from dpo_ext.testing import tiny_model, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
@@ -485,10 +489,9 @@ def stage_demo_card(root: Path) -> tuple[Path, dict]:
     import types
 
     import peft
-    import transformers
-
     import publish
     import train_methods
+    import transformers
 
     out = root / "sentiment"
     args = recipe_config.parse_args(["--quick", "--output_dir", str(out), "--push_to_hub", "--hub_model_id",

@@ -17,9 +17,10 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "recipes" / "tldr"),
                 str(Path(__file__).resolve().parents[2] / "recipes")]
 
 import tldr_data  # noqa: E402
-from dpo_ext import PreferenceDataError  # noqa: E402
 from fixtures import card_metrics, launch_commands, parse_recipe_config, run_sft_dpo_recipe  # noqa: E402
 from recipe_kit.sft import sft_rows  # noqa: E402
+
+from dpo_ext import PreferenceDataError  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "tldr_comparisons_sample.jsonl"
 

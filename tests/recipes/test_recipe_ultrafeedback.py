@@ -22,8 +22,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "recipes" / "ultrafeed
                 str(Path(__file__).resolve().parents[2] / "recipes")]
 
 import ultrafeedback_data as uf  # noqa: E402
-from dpo_ext import PreferenceDataError, normalize_row  # noqa: E402
 from fixtures import card_metrics, load_recipe, parse_recipe_config  # noqa: E402
+
+from dpo_ext import PreferenceDataError, normalize_row  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "ultrafeedback_sample.jsonl"
 FAST = settings(max_examples=60, deadline=None, derandomize=True, database=None)

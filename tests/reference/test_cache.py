@@ -6,9 +6,9 @@ import json
 import datasets
 import pytest
 import torch
+from fixtures import make_model, ranked_rows, train_settings
 from peft import LoraConfig, get_peft_model
 
-from fixtures import make_model, ranked_rows, train_settings
 from dpo_ext import PLDPOConfig, PLDPOTrainer
 from dpo_ext.reference import REFERENCE_RECORD
 from dpo_ext.reference.cache import ReferenceCacheError, ReferenceCacheMismatchError
@@ -16,9 +16,10 @@ from dpo_ext.settings import SettingError
 
 LORA = dict(r=4, target_modules=["c_attn"], lora_dropout=0.0, task_type="CAUSAL_LM")
 TRAIN, EVAL = ranked_rows(8, k=3, seed=5), ranked_rows(4, k=3, seed=6)
+FRESH_LORA = LoraConfig(**LORA)  # the default adapter of `trainer`; None: the model is already a PeftModel
 
 
-def trainer(tokenizer, tmp_path, cache, model=None, train=TRAIN, peft_config=LoraConfig(**LORA), **overrides):
+def trainer(tokenizer, tmp_path, cache, model=None, train=TRAIN, peft_config=FRESH_LORA, **overrides):
     settings = {"per_device_train_batch_size": 4, "max_length": 32, "max_steps": 1, **overrides}
     args = PLDPOConfig(**train_settings(tmp_path, precompute_ref_log_probs=True, ref_cache_dir=str(cache), **settings))
     return PLDPOTrainer(model if model is not None else make_model(tokenizer), args=args,

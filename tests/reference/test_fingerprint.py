@@ -2,9 +2,9 @@
 
 import datasets
 import torch
+from fixtures import make_model
 from peft import LoraConfig, get_peft_model
 
-from fixtures import make_model
 from dpo_ext.reference.fingerprint import (
     PARTS,
     changed_parts,
@@ -51,12 +51,13 @@ def test_each_input_changes_only_its_own_part(tokenizer):
     before = reference_fingerprint(model_digests(model, False), tokenizer, 64, dataset)
     assert set(before) == set(PARTS) - {"max_prompt_length"} and before["starting_adapter"] == "none"  # unset
     assert changed_parts(before, reference_fingerprint(model_digests(model, False), tokenizer, 64, dataset)) == []
-    assert changed_parts(before, reference_fingerprint(model_digests(model, False), tokenizer, 32, dataset)) == ["max_length"]
+    assert changed_parts(before, reference_fingerprint(model_digests(model, False), tokenizer, 32,
+                                                       dataset)) == ["max_length"]
     other_rows = {**ROWS, "ranks": [[0, 1], [0, 1]]}
     assert changed_parts(before, reference_fingerprint(model_digests(model, False), tokenizer, 64,
                                                        datasets.Dataset.from_dict(other_rows))) == ["dataset"]
-    assert changed_parts(before, reference_fingerprint(model_digests(make_model(tokenizer, seed=1), False), tokenizer, 64,
-                                                       dataset)) == ["reference_weights"]
+    other_weights = model_digests(make_model(tokenizer, seed=1), False)
+    assert changed_parts(before, reference_fingerprint(other_weights, tokenizer, 64, dataset)) == ["reference_weights"]
     copy = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, **tokenizer.special_tokens_map)
     assert tokenizer_digest(copy) == tokenizer_digest(tokenizer)
     copy.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"

@@ -8,9 +8,9 @@ import warnings
 import datasets
 import pytest
 import torch
+from fixtures import make_model, ranked_rows, train_settings
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from fixtures import make_model, ranked_rows, train_settings
 from dpo_ext import PLDPOConfig, PLDPOTrainer, ReferenceMismatchError
 from dpo_ext.data.collate import RankedCollator
 from dpo_ext.data.tokenize import prepare_ranked_dataset

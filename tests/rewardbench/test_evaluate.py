@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fixtures import save_base_and_adapter
+
 from dpo_ext.cli import build_parser, main
 from dpo_ext.cli.common import scorer_from_arguments
 from dpo_ext.rewardbench import v1, v2

@@ -7,16 +7,16 @@ import math
 import datasets
 import pytest
 import torch
-from peft import LoraConfig
-
 from fixtures import SCORING_LORA as LORA
 from fixtures import make_model, perturbed_lora, ranked_rows, train_settings
-from dpo_ext.modeling import prompt_cache
+from peft import LoraConfig
+
 from dpo_ext.data.collate import RankedCollator
 from dpo_ext.data.tokenize import tokenize_ranked
+from dpo_ext.modeling import prompt_cache
 from dpo_ext.modeling.batches import completion_logps
-from dpo_ext.reference import ReferenceMismatchError
 from dpo_ext.modeling.support import prefix_sharing_unsupported
+from dpo_ext.reference import ReferenceMismatchError
 from dpo_ext.sampling import sample_completions
 from dpo_ext.scoring.evaluation import evaluate_preferences
 from dpo_ext.scoring.scorer import ImplicitRewardScorer

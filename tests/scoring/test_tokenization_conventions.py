@@ -5,12 +5,12 @@ checked against a naive computation (one forward per prompt + completion with Re
 
 import pytest
 import torch
+from fixtures import SCORING_LORA as LORA
+from fixtures import make_model, perturbed_lora
 from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from fixtures import SCORING_LORA as LORA
-from fixtures import make_model, perturbed_lora
 from dpo_ext.data.rows import PreferenceDataError
 from dpo_ext.data.tokenize import tokenize_ranked, tokenize_rewardbench
 from dpo_ext.scoring.inputs import token_groups
@@ -19,7 +19,7 @@ from dpo_ext.testing import tiny_model
 
 WORDS = ["<pad>", "<eos>", "<bos>", "<unk>", "the", "movie", "was", "good", "bad", "fun", "i", "we"]
 # ids:      0        1        2        3        4       5        6       7      8      9    10    11
-PAD, EOS, BOS, THE, MOVIE, WAS, GOOD, BAD, FUN, I, WE = 0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11
+PAD, EOS, BOS, THE, MOVIE, WAS, GOOD, BAD, FUN, I_, WE = 0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11  # I_: the word 'i'
 # Merges "a" + "b": a prompt ending in "a" and a completion starting with "b" share their boundary token.
 LETTERS = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "a": 3, "b": 4, "c": 5, "ab": 6}
 A, B, C, AB = 3, 4, 5, 6
@@ -88,8 +88,8 @@ def test_a_merging_boundary_moves_the_completion_start_back_one_token():
     """Prompt 'ca' is [c a]; 'ca' + 'b' is [c ab], 'ca' + 'c' is [c a c].
 
     RewardBench, per completion: 'b' merges, so its completion starts one token earlier, at 'ab':
-    [<bos> c] | [ab <eos>]; 'c' does not: [<bos> c a] | [c <eos>]. TRL cuts every completion where the prompt and *any* joint tokenization
-    first differ: [c] | [ab <eos>], [a c <eos>] (the 'a' is scored as part of 'c')."""
+    [<bos> c] | [ab <eos>]; 'c' does not: [<bos> c a] | [c <eos>]. TRL cuts every completion where the prompt and
+    *any* joint tokenization first differ: [c] | [ab <eos>], [a c <eos>] (the 'a' is scored as part of 'c')."""
     tok = letter_tokenizer()
     assert tokenize_ranked("ca", ["b", "c"], tok) == ([C], [[AB, EOS], [A, C, EOS]])
     assert rewardbench("ca", ["b", "c"], tok) == [([BOS, C], [AB, EOS]), ([BOS, C, A], [C, EOS])]
@@ -112,8 +112,8 @@ def test_chat_rows_are_rendered_as_rewardbench_renders_them():
     tok = word_tokenizer()
     tok.chat_template = CHAT_TEMPLATE
     prompt, completion = [{"role": "user", "content": "the movie was"}], [{"role": "assistant", "content": "good"}]
-    assert tokenize_ranked(prompt, [completion], tok) == ([BOS, I, THE, MOVIE, WAS, EOS, WE], [[GOOD, EOS]])
-    assert rewardbench(prompt, [completion], tok) == [([BOS, BOS, I, THE, MOVIE, WAS, EOS], [WE, GOOD, EOS, EOS])]
+    assert tokenize_ranked(prompt, [completion], tok) == ([BOS, I_, THE, MOVIE, WAS, EOS, WE], [[GOOD, EOS]])
+    assert rewardbench(prompt, [completion], tok) == [([BOS, BOS, I_, THE, MOVIE, WAS, EOS], [WE, GOOD, EOS, EOS])]
 
 
 def test_truncation_keeps_the_prompt_end_then_the_completion_start():
@@ -151,7 +151,7 @@ def test_a_tokenizer_without_bos_starts_with_its_eos_as_in_rewardbench():
         ([EOS, THE, MOVIE, WAS], [GOOD, EOS]), ([EOS, THE, MOVIE, WAS], [BAD, FUN, EOS])]
     tok = no_bos_tokenizer(CHAT_TEMPLATE)
     prompt, completion = [{"role": "user", "content": "the movie was"}], [{"role": "assistant", "content": "good"}]
-    assert rewardbench(prompt, [completion], tok) == [([EOS, EOS, I, THE, MOVIE, WAS, EOS], [WE, GOOD, EOS, EOS])]
+    assert rewardbench(prompt, [completion], tok) == [([EOS, EOS, I_, THE, MOVIE, WAS, EOS], [WE, GOOD, EOS, EOS])]
     assert tok.bos_token is None and tok.bos_token_id is None
     assert tok.apply_chat_template(prompt, tokenize=False) == " i the movie was <eos> "
 

@@ -1,5 +1,5 @@
-"""Run by tests/training/test_checkpoints.py: a training server that runs tiny PLDPOTrainer runs (6 steps over 1.5 epochs,
-a checkpoint every 2 steps) in forked children, and SIGKILLs them at a chosen point.
+"""Run by tests/training/test_checkpoints.py: a training server that runs tiny PLDPOTrainer runs (6 steps over 1.5
+epochs, a checkpoint every 2 steps) in forked children, and SIGKILLs them at a chosen point.
 
     python tests/scripts/train_checkpoints.py TESTS_DIR
 

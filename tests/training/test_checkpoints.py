@@ -172,9 +172,9 @@ def test_an_incomplete_checkpoint_is_named_with_its_bad_file(reference, tmp_path
 def test_an_explicit_corrupt_checkpoint_raises_a_clear_error(tokenizer, reference, tmp_path):
     """resume_from_checkpoint=<a checkpoint with a truncated trainer_state.json> names the file and the way out."""
     import datasets
+    from fixtures import make_model, ranked_rows
     from peft import LoraConfig
 
-    from fixtures import make_model, ranked_rows
     from dpo_ext import PLDPOConfig, PLDPOTrainer
 
     run_dir = tmp_path / "run"
@@ -200,10 +200,10 @@ def test_same_checkpoints_and_bookkeeping_as_the_plain_trainer(tokenizer, tmp_pa
     checkpoint is named once when it is the one being saved, then kept by rotation beside the newest.
     """
     import datasets
+    from fixtures import make_model, ranked_rows
     from peft import LoraConfig
     from transformers import Trainer
 
-    from fixtures import make_model, ranked_rows
     from dpo_ext import PLDPOConfig, PLDPOTrainer
 
     class PlainCheckpoints(PLDPOTrainer):

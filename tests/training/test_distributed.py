@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
-
 from fixtures import make_model, ranked_rows
+from safetensors.torch import load_file
 
 TESTS = Path(__file__).resolve().parents[1]  # tests/: fixtures.py and scripts/
 SCRIPT = TESTS / "scripts" / "train_engines.py"

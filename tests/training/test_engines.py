@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from fixtures import make_model, ranked_rows
+
 from dpo_ext import PLDPOConfig, PLDPOTrainer
 from dpo_ext.training.engines import Launch, check_launch, launch_problems
 

@@ -8,9 +8,9 @@ import random
 import datasets
 import pytest
 import torch
+from fixtures import make_model, ranked_rows, train_settings
 from peft import LoraConfig
 
-from fixtures import make_model, ranked_rows, train_settings
 from dpo_ext import PLDPOConfig, PLDPOTrainer
 from dpo_ext.data.collate import PackedRankedCollator, RankedCollator
 from dpo_ext.data.tokenize import prepare_ranked_dataset

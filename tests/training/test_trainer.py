@@ -5,9 +5,9 @@ import math
 import datasets
 import pytest
 import torch
+from fixtures import make_model, pairwise_rows, ranked_rows, train_settings
 from peft import LoraConfig
 
-from fixtures import make_model, pairwise_rows, ranked_rows, train_settings
 from dpo_ext import PLDPOConfig, PLDPOTrainer
 
 LORA = dict(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")

@@ -307,6 +307,12 @@ def cli(env: Env, *argv) -> int:
     return cli_main([str(a) for a in argv])
 
 
+def run_missing(env: Env, command: str, *argv) -> int:
+    """`dpo-ext COMMAND ... -i missing.jsonl`, a relative name that is no file here (outputs go under env.tmp)."""
+    argv = [env.tmp / a if a == "o.jsonl" else a for a in argv]
+    return cli(env, command, *argv, "-i", "missing.jsonl")
+
+
 def model_args(env: Env, adapter=None) -> list:
     return [adapter or env.saved.adapter, "--base-model", env.saved.base, "--device", "cpu"]
 
@@ -1178,6 +1184,37 @@ CASES = [
      lambda env: cli(env, "eval", env.saved.adapter, "--base-model", env.saved.base, "-i",
                      env.write("pretty.json", json.dumps({"rows": [PAIR]}, indent=1))), 2,
      ["pretty.json: one JSON object over several lines", "under 'rows'", "JSON array of row objects"]),
+    # -- issue 22: the CLI --
+    # A missing rows.jsonl (named as typed: relative, like a Hub id) was "could not load the Hub dataset
+    # 'missing.jsonl'": it is a file that is not there.
+    ("cli score a missing input file", lambda env: run_missing(env, "score", *model_args(env), "-o", "o.jsonl"), 2,
+     ["dpo-ext score: error: ", "missing.jsonl: no such file"]),
+    ("cli rerank a missing input file", lambda env: run_missing(env, "rerank", *model_args(env), "-o", "o.jsonl"),
+     2, ["dpo-ext rerank: error: ", "missing.jsonl: no such file"]),
+    ("cli eval a missing input file", lambda env: run_missing(env, "eval", *model_args(env)), 2,
+     ["dpo-ext eval: error: ", "missing.jsonl: no such file"]),
+    ("cli validate a missing file", lambda env: cli(env, "validate", "missing.jsonl"), 2,
+     ["dpo-ext validate: error: ", "missing.jsonl: no such file"]),
+    ("cli label a missing file",
+     lambda env: cli(env, "label", "missing.jsonl", "--judge", "py:os:getcwd", "-o", env.tmp / "o.jsonl"),
+     2, ["dpo-ext label: error: ", "missing.jsonl: no such file"]),
+    ("cli sample a missing prompts file",
+     lambda env: run_missing(env, "sample", env.saved.adapter, "--base-model", env.saved.base, "-o", "o.jsonl",
+                             "--k", "2"), 2, ["dpo-ext sample: error: ", "missing.jsonl: no such file"]),
+    ("cli train a missing dataset file",
+     lambda env: cli(env, "train", "--dataset_name", "missing.jsonl", "--model_name_or_path",
+                     env.saved.base, "--output_dir", env.tmp / "out"), 2,
+     ["dpo-ext train: error: ", "missing.jsonl: no such file"]),
+    ("cli iterate a missing prompts file",
+     lambda env: cli(env, "iterate", "--prompts", "missing.jsonl", "--model_name_or_path", env.saved.base,
+                     "--use_peft", "--judge", "py:os:getcwd", "--output_dir", env.tmp / "out"), 2,
+     ["dpo-ext iterate: error: ", "missing.jsonl: no such file"]),
+    ("cli push-dataset a missing file",
+     lambda env: cli(env, "push-dataset", "missing.jsonl", "--repo-id", "alice/prefs", "--dry-run",
+                     env.tmp / "staging"), 2, ["dpo-ext push-dataset: error: ", "missing.jsonl", "no such file"]),
+    ("cli train a missing --config file",  # TrlParser's own open(): "[Errno 2] No such file or directory"
+     lambda env: cli(env, "train", "--config", env.tmp / "missing.yaml"), 2,
+     ["dpo-ext train: error: --config ", "missing.yaml: no such file"]),
 ]
 
 

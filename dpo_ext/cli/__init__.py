@@ -8,8 +8,10 @@ inside the handlers, so ``dpo-ext --help`` stays fast.
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from dpo_ext.cli.common import report_error
+from dpo_ext.cli.parsing import accept_both_spellings
 
 # Modules that add subcommands, in the order they appear in --help.
 _COMMAND_MODULES = (
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    accept_both_spellings(parser)  # --reference-free or --reference_free, as the TrlParser commands take them
     return parser
 
 
@@ -56,6 +59,8 @@ def _train(command: str, argv) -> int:
         report_error(command, f"{error}; this command needs TRL: pip install 'dpo_ext[trl]'")
         return 2
     try:
+        if "--config" in argv[:-1] and not Path(argv[argv.index("--config") + 1]).is_file():  # TrlParser: "Errno 2"
+            raise FileNotFoundError(f"--config {argv[argv.index('--config') + 1]}: no such file")
         if command == "iterate":
             from dpo_ext.cli.iterate import main as iterate_main
 

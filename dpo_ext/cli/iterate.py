@@ -50,13 +50,11 @@ class IterateArguments:
 
 
 def make_parser():
-    from trl import ModelConfig, TrlParser
+    from dpo_ext.cli.parsing import trainer_parser
 
-    from dpo_ext.training.config import PLDPOConfig
-
-    return TrlParser((IterateArguments, PLDPOConfig, ModelConfig), prog="dpo-ext iterate",
-                     description="On-policy rounds: sample K completions per prompt from the policy, label them with "
-                                 "a judge, train on them with any loss_type, evaluate, and repeat.")
+    return trainer_parser(IterateArguments, prog="dpo-ext iterate",
+                          description="On-policy rounds: sample K completions per prompt from the policy, label them "
+                                      "with a judge, train on them with any loss_type, evaluate, and repeat.")
 
 
 def register(subparsers) -> None:
@@ -82,7 +80,7 @@ def read_prompts(source: str, flag: str) -> list:
 
 def main(argv=None) -> int:
     from dpo_ext.cli.train import load_policy, lora_config
-    from dpo_ext.modeling.models import load_tokenizer
+    from dpo_ext.modeling.tokenizers import load_tokenizer
     from dpo_ext.rounds import RoundSettings, run_rounds
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -34,6 +34,11 @@ CARD_METRICS = {"eval_rewards/accuracies": "preference_accuracy", "eval_rewards/
                 "eval_rewards/pairwise_accuracy": "pairwise_accuracy", "eval_rewards/kendall_tau": "kendall_tau",
                 "eval_rewards/margins": "reward_margin"}
 HELP = "train a causal LM on preference rows with PLDPOTrainer (TRL-style flags and --config YAML)"
+PRECOMPUTE_HELP = ("write reference log-probs with their fingerprint to --ref_cache_dir (the flags of train); a train "
+                   "run with the same inputs reuses them")
+PRECOMPUTE_DESCRIPTION = ("Write the reference log-probs of the train (and test) rows, with their fingerprint, to "
+                          "--ref_cache_dir; no training. Takes the flags of dpo-ext train: a later train run with the "
+                          "same model, LoRA, tokenizer, max_length and rows reuses them.")
 EVAL_RESULTS = "eval_results.json"
 
 
@@ -56,23 +61,20 @@ class TrainScriptArguments:
                                         "folder instead of sending it."})
 
 
-def make_parser():
-    from trl import ModelConfig, TrlParser
+def make_parser(command: str = "train"):
+    """The `trl.TrlParser` of ``dpo-ext train`` (or ``precompute-ref``, which takes the same flags)."""
+    from dpo_ext.cli.parsing import trainer_parser
 
-    from dpo_ext.training.config import PLDPOConfig
-
-    return TrlParser((TrainScriptArguments, PLDPOConfig, ModelConfig), prog="dpo-ext train",
-                     description="Train a causal LM on preference rows with PLDPOTrainer (Plackett-Luce DPO; "
-                                 "K = 2 is DPO). Every field is a flag and a YAML key of --config.")
+    description = (PRECOMPUTE_DESCRIPTION if command == "precompute-ref" else
+                   "Train a causal LM on preference rows with PLDPOTrainer (Plackett-Luce DPO; K = 2 is DPO).")
+    return trainer_parser(TrainScriptArguments, prog=f"dpo-ext {command}", description=description)
 
 
 def register(subparsers) -> None:
     """Lists the commands in ``dpo-ext --help``; `dpo_ext.cli.main` hands their arguments to `main` unparsed,
     because `TrlParser` (not argparse subparsers) reads them."""
     subparsers.add_parser("train", help=HELP, add_help=False)
-    subparsers.add_parser("precompute-ref", add_help=False,
-                          help="write reference log-probs with their fingerprint to --ref_cache_dir (the flags of "
-                               "train); a train run with the same inputs reuses them")
+    subparsers.add_parser("precompute-ref", add_help=False, help=PRECOMPUTE_HELP)
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -165,16 +167,21 @@ def load_policy(model_args, training_args):
     return model
 
 
-def lora_config(model_args):
-    """`trl.get_peft_config`, except that one plain module name stays a name: `trl.ModelConfig` turns a one-item
-    ``lora_target_modules`` list into a string, which PEFT reads as a regular expression over full module paths
-    (``c_attn`` would then match no module)."""
+def lora_config(model_args, model=None):
+    """`trl.get_peft_config` of ``model_args`` (`trl.ModelConfig`), except that one plain module name stays a name:
+    `trl.ModelConfig` turns a one-item ``lora_target_modules`` list into a string, which PEFT reads as a regular
+    expression over full module paths (``c_attn`` would then match no module). Given ``model``, ``fan_in_fan_out``
+    follows it: GPT-2's Conv1D layers store weights transposed (PEFT would correct it itself, with a warning)."""
     from trl import get_peft_config
 
     config = get_peft_config(model_args)
     targets = getattr(config, "target_modules", None)
     if isinstance(targets, str) and targets != "all-linear" and targets.isidentifier():
         config.target_modules = {targets}
+    if config is not None and model is not None:
+        from transformers.pytorch_utils import Conv1D
+
+        config.fan_in_fan_out = any(isinstance(module, Conv1D) for module in model.modules())
     return config
 
 
@@ -219,7 +226,7 @@ def build_trainer(training_args, model_args, train_rows, eval_rows):
     refuses is then named by its file line)."""
     from dpo_ext.cli.common import Rows
     from dpo_ext.data.rows import PreferenceDataError
-    from dpo_ext.modeling.models import load_tokenizer
+    from dpo_ext.modeling.tokenizers import load_tokenizer
     from dpo_ext.training.trainer import PLDPOTrainer
 
     read = {name: rows for name, rows in (("train", train_rows), ("eval", eval_rows)) if isinstance(rows, Rows)}
@@ -325,7 +332,7 @@ def main(argv=None, command: str = "train") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if command == "precompute-ref":
         argv = ["--precompute_ref_log_probs", "true", *argv]  # what the command is for
-    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+    script_args, training_args, model_args = make_parser(command).parse_args_and_config(argv)
     if command == "precompute-ref":
         precompute_reference(script_args, training_args, model_args)
     else:

@@ -42,7 +42,7 @@ def _validate(args: argparse.Namespace) -> int:
     rows = read_rows(args.data, args.split)
     tokenizer = None
     if args.tokenizer:
-        from dpo_ext.modeling.models import load_tokenizer
+        from dpo_ext.modeling.tokenizers import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer, "--tokenizer")
     report = validate_rows(rows.rows, tokenizer, args.max_length, args.max_prompt_length)

@@ -13,8 +13,7 @@ Layout of one packed row (P prompt tokens, completions of lengths C_1..C_K, then
 
 The first token of every completion is predicted by the last prompt position (P-1), the others by the token before
 them, so per-completion log-probs come out as (N,) rows in the same order (and ``slot_index``) as
-`RankedCollator`, with each completion cut the way that collator cuts it (prompt + completion kept to
-``max_length`` tokens).
+`RankedCollator`, with each completion cut the way that collator cuts it (`dpo_ext.data.lengths.fit_max_length`).
 
 The forward pass over packed rows, and which models support it, are in `dpo_ext.modeling`.
 """
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dpo_ext.data.lengths import fit_max_length
 from dpo_ext.data.rows import EMPTY_PROMPT, PROMPT_IDS, RANKS, REF_LOGPS, ROW_INDEX, SCORES, PreferenceDataError
 from dpo_ext.losses import rank_labels
 
@@ -92,14 +92,10 @@ class RankedCollator:
         max_k = max(len(e["completion_ids"]) for e in examples)
         sequences, completion_masks, slots = [], [], []
         for b, example in enumerate(examples):
-            prompt = prompt_ids_of(example)
-            for k, completion in enumerate(example["completion_ids"]):
-                ids = prompt + list(completion)
-                mask = [0] * len(prompt) + [1] * len(completion)
-                if self.max_length is not None:  # keep the start, like TRL: the prompt survives, the tail goes
-                    ids, mask = ids[: self.max_length], mask[: self.max_length]
-                sequences.append(ids)
-                completion_masks.append(mask)
+            prompt, kept, _ = fit_max_length(prompt_ids_of(example), example["completion_ids"], self.max_length)
+            for k, completion in enumerate(kept):
+                sequences.append(prompt + completion)
+                completion_masks.append([0] * len(prompt) + [1] * len(completion))
                 slots.append(b * max_k + k)
         return {
             "input_ids": pad_rows(sequences, self.pad_token_id),
@@ -132,13 +128,9 @@ class PackedRankedCollator:
         packed, segments, positions = [], [], []
         completions = []  # per completion row: (list b, start in the packed row, length, prompt length)
         for b, example in enumerate(examples):
-            prompt = prompt_ids_of(example)
-            if self.max_length is not None:
-                prompt = prompt[: self.max_length]
-            room = None if self.max_length is None else self.max_length - len(prompt)
+            prompt, kept, _ = fit_max_length(prompt_ids_of(example), example["completion_ids"], self.max_length)
             ids, seg, pos = list(prompt), [0] * len(prompt), list(range(len(prompt)))
-            for k, completion in enumerate(example["completion_ids"]):
-                completion = list(completion)[:room]  # RankedCollator keeps (prompt + completion)[:max_length]
+            for k, completion in enumerate(kept):
                 completions.append((b, len(ids), len(completion), len(prompt)))
                 ids += completion
                 seg += [k + 1] * len(completion)

@@ -67,6 +67,10 @@ class Rows:
         return ValueError(f"{self.source}: {error}")
 
 
+# A missing source with one of these endings is a file that is not there, not a Hub dataset id.
+_ROW_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".txt")
+
+
 def read_rows(source, split: str | None = None, config: str | None = None) -> Rows:
     """Rows of a JSONL / JSON / Parquet / CSV file, a dataset folder (``save_to_disk``), or a Hub dataset split (of
     configuration ``config``).
@@ -92,8 +96,8 @@ def read_rows(source, split: str | None = None, config: str | None = None) -> Ro
         return _read_table(path)
     if path.is_dir():
         return _read_folder(path, split)
-    if not looks_like_hub_id(str(source)):
-        raise FileNotFoundError(f"{source}: no such file, and not a Hub dataset id")
+    if not looks_like_hub_id(str(source)) or path.suffix.lower() in _ROW_FILE_SUFFIXES:  # rows.jsonl: a file
+        raise FileNotFoundError(f"{source}: no such file" + ("" if path.suffix else ", and not a Hub dataset id"))
     import datasets
 
     try:

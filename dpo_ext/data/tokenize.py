@@ -6,6 +6,8 @@ to reproduce RewardBench's numbers.
 import logging
 from collections import Counter
 
+from dpo_ext.data.lengths import check_length_settings as check_length_settings  # its old home: keep importable
+from dpo_ext.data.lengths import fit_max_length, keep_prompt_end
 from dpo_ext.data.rows import (
     COMPLETION_IDS,
     COMPLETIONS,
@@ -18,8 +20,7 @@ from dpo_ext.data.rows import (
     PreferenceDataError,
     normalize_row,
 )
-from dpo_ext.data.validation import summarize_counts
-from dpo_ext.settings import SettingError, as_number
+from dpo_ext.data.summary import summarize_counts
 
 logger = logging.getLogger(__name__)
 
@@ -69,42 +70,6 @@ def tokenize_ranked(prompt, completions, tokenizer) -> tuple[list[int], list[lis
             "token, so nothing would predict that token. End the prompt where a token ends (with a space or a "
             "newline, say), or start it with the tokenizer's BOS token text", field=PROMPT)
     return prompt_ids[:prompt_len], [ids[prompt_len:] for ids in full]
-
-
-def check_length_settings(max_length, max_prompt_length, names: tuple[str, str] = ("max_length",
-                                                                                  "max_prompt_length")) -> None:
-    """The one rule on ``max_length`` and ``max_prompt_length``, for training (`PLDPOConfig`) and `dpo-ext validate`:
-    ``max_length`` an integer of at least 2, ``max_prompt_length`` an integer of at least 1 and below ``max_length``
-    (either may be `None`, but ``max_prompt_length`` needs a ``max_length``). ``names`` name the two settings in the
-    message (``("--max-length", "--max-prompt-length")`` for a command line).
-
-    Raises:
-        `dpo_ext.settings.SettingError`: naming the setting and what to do.
-    """
-    length_name, prompt_name = names
-    if max_length is not None:
-        as_number(length_name, max_length, int, minimum=2)
-    if max_prompt_length is None:
-        return
-    as_number(prompt_name, max_prompt_length, int, minimum=1)
-    if max_length is None or max_prompt_length >= max_length:
-        raise SettingError(f"{prompt_name} ({max_prompt_length}) must be below {length_name} ({max_length}): it is "
-                           f"what a prompt keeps so that a completion still fits; lower it, "
-                           f"{'give' if max_length is None else 'raise'} {length_name}, or leave {prompt_name} unset")
-
-
-def keep_prompt_end(prompt_ids: list[int], completion_ids: list[list[int]], max_length: int | None,
-                    max_prompt_length: int | None) -> list[int]:
-    """The prompt ids a row trains with under ``max_prompt_length``: where the prompt and the row's longest completion
-    together exceed ``max_length``, the prompt keeps its last ``max_prompt_length`` ids (its end, where the turn to
-    answer is), as the DPO paper's code does for Anthropic HH (``truncation_mode`` keep_end). Otherwise, or with
-    either setting `None`, the prompt is returned as it is. A leading BOS id is among the first to go.
-    """
-    if max_prompt_length is None or max_length is None:
-        return prompt_ids
-    if len(prompt_ids) + max(len(ids) for ids in completion_ids) <= max_length:
-        return prompt_ids
-    return prompt_ids[-max_prompt_length:]
 
 
 # RewardBench's fixed settings (``DPOInference.__init__``: ``max_length``, ``max_prompt_length``, keeping the prompt's
@@ -285,7 +250,8 @@ def prepare_ranked_dataset(dataset, tokenizer, max_length: int | None = None, nu
     dataset = dataset.remove_columns(["_collapsed", "_no_preference", "_key", "_cut"])
     if max_length is not None:
         before = len(dataset)
-        dataset = dataset.filter(lambda p: len(p) < max_length, input_columns=PROMPT_IDS, num_proc=num_proc)
+        dataset = dataset.filter(lambda p: not fit_max_length(p, [], max_length).dropped, input_columns=PROMPT_IDS,
+                                 num_proc=num_proc)
         if len(dataset) < before:
             logger.warning(
                 "%s: dropped %d of %d rows whose prompt alone has max_length=%d tokens or more.",

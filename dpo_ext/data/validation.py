@@ -1,7 +1,8 @@
 """What training would make of a preference dataset, found without training: the report of `dpo-ext validate`.
 
 It applies the trainer's rules with the trainer's code (`dpo_ext.data.tokenize.prepare_row` on every row: the row rules,
-then token ids when a tokenizer is given; `rows_as_dataset` on the whole list, as the trainer stores a list of rows)
+then token ids when a tokenizer is given; `dpo_ext.data.lengths` for what ``max_length`` keeps; `rows_as_dataset` on
+the whole list, as the trainer stores a list of rows)
 and, unlike `prepare_ranked_dataset`, which stops at the first invalid row, it goes on to the end so that every
 invalid row is reported at once (the first problem of each).
 """
@@ -9,26 +10,10 @@ invalid row is reported at once (the first problem of each).
 from collections import Counter
 from dataclasses import dataclass, field
 
-from dpo_ext.data.rows import ALL_TIED, IDENTICAL, PreferenceDataError
-
-NO_PREFERENCE_REASONS = {IDENTICAL: "whose completions are all identical", ALL_TIED: "whose completions are all tied"}
-
-
-def summarize_counts(num_rows: int, no_preference: Counter, collapsed: int, duplicates: int,
-                     verb: str = "dropped") -> list[str]:
-    """Sentences on what the row rules changed or left out (the trainer's log, evaluation's log, validate)."""
-    lines = []
-    if collapsed:
-        lines.append(f"collapsed {collapsed} identical completion{'s' * (collapsed != 1)} within rows into one copy "
-                     "each (keeping the best rank)")
-    if sum(no_preference.values()):
-        reasons = ", ".join(f"{no_preference[r]} {text}" for r, text in NO_PREFERENCE_REASONS.items()
-                            if no_preference[r])
-        lines.append(f"{verb} {sum(no_preference.values())} of {num_rows} rows with no preference ({reasons})")
-    if duplicates:
-        lines.append(f"{duplicates} row{' repeats' if duplicates == 1 else 's repeat'} an earlier row exactly (same "
-                     "prompt, completions and ranks); kept, so they weigh more")
-    return lines
+from dpo_ext.data.lengths import fit_max_length, keep_prompt_end
+from dpo_ext.data.rows import PreferenceDataError
+from dpo_ext.data.summary import NO_PREFERENCE_REASONS, summarize_counts
+from dpo_ext.data.tokenize import prepare_row
 
 
 def rows_as_dataset(rows: list[dict], name: str | None = None):
@@ -162,14 +147,12 @@ def validate_rows(rows: list[dict], tokenizer=None, max_length: int | None = Non
         max_prompt_length (`int`, *optional*): the training ``max_prompt_length``: prompts are counted as cut
             (`dpo_ext.data.tokenize.keep_prompt_end`), not as dropped.
     """
-    from dpo_ext.data.tokenize import prepare_row  # the trainer's own per-row code (that module imports this one)
-
     # A datasets.Dataset gives every row every column (None where a row has none); do the same, so that a row
     # lacking a field another row has is judged as training would judge it.
     columns = set().union(*rows) if rows else set()
     report = ValidationReport(num_rows=len(rows), max_length=max_length, max_prompt_length=max_prompt_length,
                               tokenization_checked=tokenizer is not None)
-    lengths = []  # (prompt length, completion lengths) of rows with a preference, when token ids are known
+    lengths = []  # (dropped, completions cut) of rows with a preference, when token ids are known
     keys = []
     for index, row in enumerate(rows):
         row = {column: row.get(column) for column in columns}
@@ -184,12 +167,10 @@ def validate_rows(rows: list[dict], tokenizer=None, max_length: int | None = Non
             continue
         keys.append(normalized.key())
         if ids is not None and max_prompt_length is not None:
-            from dpo_ext.data.tokenize import keep_prompt_end
-
             cut = keep_prompt_end(ids[0], ids[1], max_length, max_prompt_length)
             report.cut_prompts = (report.cut_prompts or 0) + (len(cut) < len(ids[0]))
             ids = (cut, ids[1])
-        lengths.append(None if ids is None else (len(ids[0]), [len(c) for c in ids[1]]))
+        lengths.append(None if ids is None else _fit_counts(*ids, max_length))
     if rows and not report.problems:
         try:
             rows_as_dataset(rows)
@@ -197,7 +178,12 @@ def validate_rows(rows: list[dict], tokenizer=None, max_length: int | None = Non
             report.problems.append(error)
     report.duplicate_rows = len(keys) - len(set(keys))
     if max_length is not None and all(n is not None for n in lengths):
-        report.long_prompts = sum(prompt >= max_length for prompt, _ in lengths)
-        report.truncated_completions = sum(prompt + c > max_length for prompt, cs in lengths if prompt < max_length
-                                           for c in cs)
+        report.long_prompts = sum(dropped for dropped, _ in lengths)
+        report.truncated_completions = sum(cut for dropped, cut in lengths if not dropped)
     return report
+
+
+def _fit_counts(prompt_ids, completion_ids, max_length) -> tuple[bool, int]:
+    """Whether training drops the row under ``max_length``, and how many of its completions it cuts."""
+    _, kept, dropped = fit_max_length(prompt_ids, completion_ids, max_length)
+    return dropped, sum(len(k) < len(c) for k, c in zip(kept, completion_ids))

@@ -38,7 +38,7 @@ def resolve_staging(source_dir, staging_dir, what: str) -> tuple[Path, Path]:
     if source_dir.is_file():
         raise ValueError(f"{what} folder {source_dir} is a file: give the folder that holds it")
     if not source_dir.is_dir():
-        raise FileNotFoundError(f"{what} folder {source_dir} does not exist")
+        raise FileNotFoundError(f"{what} folder {source_dir} does not exist (no such file or folder)")
     # Staging must not touch the source: it is what makes an interrupted upload safe to re-run.
     if staging_dir == source_dir or source_dir in staging_dir.parents or staging_dir in source_dir.parents:
         raise ValueError(f"staging folder {staging_dir} overlaps the source folder {source_dir}: choose a folder "

@@ -10,7 +10,8 @@ special tokens. Texts too long for the model lose their beginning, never the rep
 
 from dpo_ext.judges.base import Judge
 from dpo_ext.modeling.loading import load_checked_model
-from dpo_ext.modeling.models import load_tokenizer, position_limit
+from dpo_ext.modeling.models import position_limit
+from dpo_ext.modeling.tokenizers import ensure_pad_token, load_tokenizer
 
 # A tokenizer "limit" this large is transformers' placeholder for "unknown", not a real limit.
 _NO_LIMIT = 1_000_000
@@ -54,13 +55,9 @@ class RewardModelJudge(Judge):
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 8, name: str | None = None):
-        self.name = name or f"rm:{model.config._name_or_path}"
+        self.name = name or f"rm:{model.name_or_path}"
         check_reward_model_config(model.config, f"reward model {self.name!r}")
-        if tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise ValueError(f"the tokenizer of {self.name} has neither a pad nor an EOS token; set "
-                                 "tokenizer.pad_token")
-            tokenizer.pad_token = tokenizer.eos_token
+        ensure_pad_token(tokenizer, f"the tokenizer of {self.name}")
         model.config.pad_token_id = tokenizer.pad_token_id  # where a decoder reward model finds each text's end
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")

@@ -42,19 +42,6 @@ def check_tokenizer_fits(model, tokenizer, what: str = "the model") -> None:
                          "`model.resize_token_embeddings(len(tokenizer))`")
 
 
-def load_tokenizer(source: str, argument: str, revision: str | None = None):
-    """The tokenizer saved at a model's name or folder; errors say to pass it as ``argument`` instead."""
-    if not source:
-        raise ValueError(f"{argument} is required here: the model was built from a config, so there is no name or "
-                         f"folder to load its tokenizer from; pass {argument}=tokenizer")
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(source, revision=revision)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"could not load a tokenizer from {source!r} ({error}); pass {argument}=") from None
-
-
 def vocabulary_problem(ids, vocab_size: int | None) -> str | None:
     """What is wrong when a token id in ``ids`` is outside ``0 .. vocab_size - 1`` (it would index past the
     embedding), naming the first such id, or `None`."""
@@ -144,3 +131,16 @@ def active_adapter(model, name):
         model.set_adapter(previous, inference_mode=True)
         for p in trainable:
             p.requires_grad_(True)
+
+
+def __getattr__(name):
+    # the tokenizer loader moved to dpo_ext.modeling.tokenizers (this module is about models); the old path works
+    if name == "load_tokenizer":
+        import warnings
+
+        from dpo_ext.modeling.tokenizers import load_tokenizer
+
+        warnings.warn("dpo_ext.modeling.models.load_tokenizer moved: import "
+                      "dpo_ext.modeling.tokenizers.load_tokenizer", DeprecationWarning, stacklevel=2)
+        return load_tokenizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,7 @@ def is_peft_model(model) -> bool:
 
 def _recorded_tokenizer(model):
     """The tokenizer saved with a model loaded from a folder or the local Hub cache, or None (never downloads)."""
-    source = getattr(getattr(bare_model(model), "config", None), "_name_or_path", "") or ""
+    source = getattr(bare_model(model), "name_or_path", "") or ""
     if not source:
         return None
     from transformers import AutoTokenizer
@@ -58,7 +58,7 @@ def check_reference_model(policy, ref_model, tokenizer) -> None:
                                          "two do not share a tokenizer." + hint)
     recorded = _recorded_tokenizer(ref_model)
     if recorded is not None and _base_vocabulary(recorded) != _base_vocabulary(tokenizer):
-        source = bare_model(ref_model).config._name_or_path
+        source = bare_model(ref_model).name_or_path
         raise ReferenceMismatchError(f"ref_model was saved with a tokenizer ({source}) whose vocabulary differs "
                                      "from the tokenizer used for the policy: its log-probs are of other tokens."
                                      + hint)

@@ -19,7 +19,7 @@ from collections import Counter
 import torch
 
 from dpo_ext.data.rows import COMPLETIONS, PreferenceDataError, normalize_row
-from dpo_ext.data.validation import summarize_counts
+from dpo_ext.data.summary import summarize_counts
 from dpo_ext.ranking_metrics import best_and_worst, kendall_tau, pairwise_accuracy, top1_accuracy
 
 logger = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ prompts (``unit="prompt"``: ``"prompt 1, completion 0: ..."``), with the field (
 the completion's position as attributes for callers that name rows their own way.
 """
 
+from dpo_ext.data.lengths import fit_max_length
 from dpo_ext.data.messages import is_messages
 from dpo_ext.data.rows import COMPLETIONS, PROMPT, PreferenceDataError, check_scored
 from dpo_ext.data.tokenize import REWARDBENCH_MAX_LENGTH, tokenize_ranked, tokenize_rewardbench
@@ -134,10 +135,9 @@ def _checked(prompt, completions, positions, i, vocab_size, limit, max_length) -
         problem = vocabulary_problem(ids, vocab_size)
         if problem is not None:
             raise _error(problem, i, k)
-    if max_length is not None:
-        if len(prompt) >= max_length:
-            raise _error(f"{len(prompt)} tokens, not below max_length={max_length}", i)
-        completions = [c[: max_length - len(prompt)] for c in completions]
+    _, completions, dropped = fit_max_length(prompt, completions, max_length)  # the trainer's cut (kept prompt: whole)
+    if dropped:
+        raise _error(f"{len(prompt)} tokens, not below max_length={max_length}", i)
     for k, c in zip(positions, completions):
         if not c:
             raise _error("no tokens to score", i, k)

@@ -23,6 +23,7 @@ import os
 from dpo_ext.locations import offline
 from dpo_ext.modeling.loading import load_causal_lm
 from dpo_ext.modeling.models import check_device
+from dpo_ext.modeling.tokenizers import ensure_pad_token, load_tokenizer
 from dpo_ext.reference.record import CONFIG_FILES, RECORD_FILE, choose_beta, read_training_record
 from dpo_ext.reference.sources import REF_ADAPTER_NAME as TRL_REF_ADAPTER  # TRL saves its frozen copy there too
 from dpo_ext.safe_files import (
@@ -79,21 +80,6 @@ def adapter_config(model_id: str, revision=None):
     except json.JSONDecodeError as error:  # a Hub repo's copy (a local one was checked above)
         raise ValueError(f"{model_id}/{ADAPTER_CONFIG} is not valid JSON ({error}): the repo's adapter config is "
                          "damaged; ask its owner to save the adapter again, or download and fix the file") from None
-
-
-def _load_tokenizer(model_id, base_id, revision):
-    from transformers import AutoTokenizer
-
-    for source in (model_id, base_id):
-        if source is None:
-            continue
-        if _is_local(source) and not os.path.isfile(os.path.join(source, "tokenizer_config.json")):
-            continue
-        try:
-            return AutoTokenizer.from_pretrained(source, revision=revision if source == model_id else None)
-        except (OSError, ValueError):
-            continue
-    raise ValueError(f"no tokenizer found in {model_id} or its base model {base_id}; pass tokenizer=")
 
 
 def _load_model(source, dtype, revision=None, what: str = "model", hint: str = "pass another model"):
@@ -255,9 +241,9 @@ def load_scorer(cls, model_id_or_path: str, *, base_model=None, ref_model=None, 
         if ref_model is None and ref_adapter is None and not reference_free:
             _refuse_unrecoverable_reference(model_id_or_path, record)
     if tokenizer is None:
-        tokenizer = _load_tokenizer(model_id_or_path, base_id if isinstance(base_id, str) else None, revision)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = load_tokenizer(model_id_or_path, "tokenizer", revision,
+                                   fallback=base_id if isinstance(base_id, str) else None)
+    ensure_pad_token(tokenizer)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     if ref_model is not None:

@@ -29,13 +29,9 @@ import torch
 
 from dpo_ext.data.tokenize import REWARDBENCH_MAX_PROMPT_LENGTH, check_rewardbench_tokenizer
 from dpo_ext.losses import implicit_rewards
-from dpo_ext.modeling.models import (
-    active_adapter,
-    check_tokenizer_fits,
-    eval_mode,
-    load_tokenizer,
-)
+from dpo_ext.modeling.models import active_adapter, check_tokenizer_fits, eval_mode
 from dpo_ext.modeling.prompt_cache import Runner, prompt_cache_problem, score_groups
+from dpo_ext.modeling.tokenizers import load_tokenizer, padding_id
 from dpo_ext.reference.checks import ReferenceMismatchError, check_reference_model, is_peft_model
 from dpo_ext.reference.choice import scoring_reference
 from dpo_ext.reference.record import DEFAULT_BETA
@@ -107,7 +103,7 @@ class ImplicitRewardScorer:
         if self.policy_adapter is not None and self.policy_adapter == ref_adapter:
             raise ValueError(f"the policy adapter and ref_adapter are both {ref_adapter!r}; pass policy_adapter=...")
         if tokenizer is None:
-            tokenizer = load_tokenizer(model.config._name_or_path, "tokenizer")
+            tokenizer = load_tokenizer(model.name_or_path, "tokenizer")
         check_tokenizer_fits(model, tokenizer, "the policy")
         if ref_model is not None:
             check_reference_model(model, ref_model, tokenizer)
@@ -127,8 +123,7 @@ class ImplicitRewardScorer:
             max_batch_tokens = as_number("max_batch_tokens", max_batch_tokens, int, minimum=1)
         self.max_batch_tokens = max_batch_tokens or (1024 if on_cpu else 8192)
         self.max_row_tokens = max_row_tokens
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
-            tokenizer.eos_token_id or 0)
+        self.pad_token_id = padding_id(tokenizer)
         self.prefix_sharing = prefix_sharing
         self._prefix_problems = {}  # id(model) -> why prefix sharing is off for it (None: on, checked)
         if mixed_adapter_batches is None:

@@ -29,17 +29,6 @@ def check_output_dir(args) -> None:
                          "adapter go there; choose a writable folder")
 
 
-def ensure_pad_token(tokenizer) -> None:
-    """Batches are right-padded; EOS is the usual stand-in (padding is masked, so its id never matters)."""
-    if tokenizer.pad_token is not None:
-        return
-    if tokenizer.eos_token is None:
-        raise ValueError("the tokenizer has neither a pad token nor an EOS token, so batches cannot be padded: set "
-                         "one, e.g. `tokenizer.add_special_tokens({'pad_token': '<pad>'})` then "
-                         "`model.resize_token_embeddings(len(tokenizer))`")
-    tokenizer.pad_token = tokenizer.eos_token
-
-
 def rows_to_dataset(rows: list, name: str):
     """A list of dicts as a `datasets.Dataset` (`dpo_ext.data.validation.rows_as_dataset`: every row's columns, a
     value of another type than the rows above named), each row checked by the row rules first."""

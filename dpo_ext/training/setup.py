@@ -8,9 +8,10 @@ import torch
 
 from dpo_ext.data.tokenize import prepare_ranked_dataset
 from dpo_ext.modeling.loading import load_causal_lm
-from dpo_ext.modeling.models import check_tokenizer_fits, load_tokenizer, position_limit, vocabulary_size
+from dpo_ext.modeling.models import check_tokenizer_fits, position_limit, vocabulary_size
+from dpo_ext.modeling.tokenizers import ensure_pad_token, load_tokenizer
 from dpo_ext.reference import check_reference_model, is_peft_model
-from dpo_ext.training.checks import check_rows_fit, check_weights_present, ensure_pad_token, rows_to_dataset
+from dpo_ext.training.checks import check_rows_fit, check_weights_present, rows_to_dataset
 
 
 def prepare_models(model, ref_model, tokenizer, peft_config, args):
@@ -23,7 +24,7 @@ def prepare_models(model, ref_model, tokenizer, peft_config, args):
     if isinstance(model, str):
         tokenizer = tokenizer or load_tokenizer(model, "processing_class")
         model = load_causal_lm(model, hint="pass a causal LM's local folder or Hub id, or the model itself")
-    tokenizer = tokenizer or load_tokenizer(model.config._name_or_path, "processing_class")
+    tokenizer = tokenizer or load_tokenizer(model.name_or_path, "processing_class")
     ensure_pad_token(tokenizer)
     check_weights_present(model, "the policy")
     check_tokenizer_fits(model, tokenizer, "the policy")

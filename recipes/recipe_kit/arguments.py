@@ -1,7 +1,7 @@
-"""The recipes' arguments: `trl.TrlParser` over the recipe's own fields (`RecipeArguments`, or a recipe's subclass),
-`dpo_ext.cli.train.TrainScriptArguments` (``hub_dry_run``), `dpo_ext.PLDPOConfig` (every trainer field) and
-`trl.ModelConfig` (model, LoRA, QLoRA). Every field is a YAML key of ``--config file.yaml`` and a flag; flags
-override the file.
+"""The recipes' arguments: the parser of ``dpo-ext train`` (`dpo_ext.cli.parsing.trainer_parser`) over the recipe's
+own fields (`RecipeArguments`, or a recipe's subclass), `dpo_ext.cli.train.TrainScriptArguments` (``hub_dry_run``),
+`dpo_ext.PLDPOConfig` (every trainer field) and `trl.ModelConfig` (model, LoRA, QLoRA). Every field is a YAML key of
+``--config file.yaml`` and a flag; flags override the file.
 """
 
 from dataclasses import dataclass, field
@@ -65,12 +65,13 @@ class Run(NamedTuple):
 
 def parse_args(arguments=RecipeArguments, argv=None, prog=None) -> Run:
     """``argv`` (default: the command line) parsed into a `Run`; ``arguments``: the recipe's dataclass."""
-    from trl import ModelConfig, TrlParser
+    import os
+    import sys
 
-    from dpo_ext import PLDPOConfig
+    from dpo_ext.cli.parsing import trainer_parser
     from dpo_ext.cli.train import TrainScriptArguments
 
-    parser = TrlParser((arguments, TrainScriptArguments, PLDPOConfig, ModelConfig), prog=prog)
+    parser = trainer_parser(arguments, TrainScriptArguments, prog=prog or os.path.basename(sys.argv[0]))
     return Run(*parser.parse_args_and_config(argv))
 
 

@@ -52,7 +52,7 @@ def train_sft(run, rows: list[dict]) -> Path:
     from trl import SFTTrainer
 
     from dpo_ext.cli.train import load_policy, lora_config
-    from dpo_ext.modeling.models import load_tokenizer
+    from dpo_ext.modeling.tokenizers import load_tokenizer
 
     out = Path(run.recipe.sft_output_dir)
     use_peft = run.recipe.sft_use_peft
@@ -81,7 +81,7 @@ def _merge(model_args, out: Path) -> None:
     from peft import PeftModel
 
     from dpo_ext.cli.train import load_policy
-    from dpo_ext.modeling.models import load_tokenizer
+    from dpo_ext.modeling.tokenizers import load_tokenizer
 
     plain = replace(model_args, use_peft=False, load_in_4bit=False, load_in_8bit=False)
     base = load_policy(plain, None)

@@ -147,7 +147,7 @@ def parse_args(argv=None) -> RecipeArguments:
 
     ``--quick`` is shorthand for ``--config configs/quick.yaml`` (the test-sized run); other flags still override it.
     """
-    from trl import TrlParser
+    from dpo_ext.cli.parsing import trainer_parser
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--quick" in argv:
@@ -155,13 +155,16 @@ def parse_args(argv=None) -> RecipeArguments:
             raise ValueError("--quick is shorthand for --config configs/quick.yaml; pass one of them, not both.")
         argv.remove("--quick")
         argv = ["--config", str(CONFIG_DIR / "quick.yaml")] + argv
-    parser = TrlParser(argument_classes(), description=(
-        "Controlled sentiment generation (DPO paper, section 6.1). configs/default.yaml is read first, then "
-        "--config FILE.yaml on top of it (--quick: configs/quick.yaml, the test size), then these flags."))
+    parser = trainer_parser(RecipeModelArguments, RecipeDataArguments, RecipeRunArguments,
+                            prog="recipes/sentiment/run.py", description=(
+                                "Controlled sentiment generation (DPO paper, section 6.1). configs/default.yaml is "
+                                "read first, then --config FILE.yaml on top of it (--quick: configs/quick.yaml, the "
+                                "test size), then these flags."))
     unknown = parser.set_defaults_with_config(**yaml.safe_load(DEFAULT_CONFIG.read_text()))
     if unknown:
         raise ValueError(f"{DEFAULT_CONFIG} sets fields no argument class has: {unknown[::2]}")
-    args = RecipeArguments(*parser.parse_args_and_config(argv))
+    recipe_model, data, run, training, model = parser.parse_args_and_config(argv)
+    args = RecipeArguments(model=model, recipe_model=recipe_model, data=data, training=training, run=run)
     check(args)
     return args
 

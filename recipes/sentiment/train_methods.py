@@ -111,15 +111,11 @@ def make_trainer(run, model, tokenizer, prefs, config, peft_config, callbacks, r
 
 
 def lora_config(model_args, model):
-    """`trl.get_peft_config` of the parsed `trl.ModelConfig` (bias "none": disabling the adapter then gives back the
-    reference exactly), with ``fan_in_fan_out`` matching ``model``: GPT-2's Conv1D layers store weights transposed
-    (PEFT would correct it itself, with a warning)."""
-    from transformers.pytorch_utils import Conv1D
-    from trl import get_peft_config
+    """`dpo_ext.cli.train.lora_config` (the one for every command and recipe), ``fan_in_fan_out`` matching ``model``
+    (bias "none": disabling the adapter then gives back the reference exactly)."""
+    from dpo_ext.cli.train import lora_config as package_lora_config
 
-    config = get_peft_config(model_args)
-    config.fan_in_fan_out = any(isinstance(module, Conv1D) for module in model.modules())
-    return config
+    return package_lora_config(model_args, model)
 
 
 def load_adapter(sft_dir: Path, adapter_dir: Path, use_cpu: bool):

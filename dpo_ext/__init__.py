@@ -30,15 +30,15 @@ _EXPORTS = {
     "BestOfN": "dpo_ext.scoring.results",
     "evaluate_preferences": "dpo_ext.scoring.evaluation",
     "evaluate_rewardbench": "dpo_ext.rewardbench.evaluate",
-    "push_adapter": "dpo_ext.hub.adapters",
+    "push_adapter": "dpo_ext.hub.adapter_push",
     "check_hub_access": "dpo_ext.hub.publish",
     "HubAccessError": "dpo_ext.hub.publish",
     "HubUploadError": "dpo_ext.hub.publish",
-    "stage_adapter_folder": "dpo_ext.hub.adapters",
-    "build_model_card": "dpo_ext.hub.adapters",
+    "stage_adapter_folder": "dpo_ext.hub.adapter_push",
+    "build_model_card": "dpo_ext.hub.adapter_push",
     "render_model_card": "dpo_ext.hub.cards",
     "push_preference_dataset": "dpo_ext.hub.datasets",
-    "HubBenchmark": "dpo_ext.hub.benchmarks",
+    "HubBenchmark": "dpo_ext.hub.eval_results",
 }
 
 # Old name -> new name. `ReferenceError` shadowed the Python builtin of that name.

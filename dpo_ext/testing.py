@@ -36,3 +36,29 @@ def tiny_causal_lm(seed: int = 0):
     """(model, tokenizer): the toy pair used by the README examples."""
     tokenizer = tiny_tokenizer()
     return tiny_model(tokenizer, seed=seed), tokenizer
+
+
+def save_toy_base(folder, seed: int = 0) -> None:
+    """Write the toy base model (safetensors) and its tokenizer to ``folder``: a base that ``dpo-ext train``,
+    ``score`` and ``iterate`` load by path, offline (``python -m dpo_ext.testing --save toy-base``)."""
+    model, tokenizer = tiny_causal_lm(seed=seed)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m dpo_ext.testing",
+                                     description="Write the toy GPT-2 and its word-level tokenizer (TOY_WORDS) to a "
+                                                 "folder, as a base model for the examples/ configs. Offline.")
+    parser.add_argument("--save", required=True, metavar="DIR", help="folder to write (created if missing)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    args = parser.parse_args(argv)
+    save_toy_base(args.save, seed=args.seed)
+    print(f"toy base model and tokenizer written to {args.save}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,6 +8,7 @@ examples that are `dpo-ext` commands run too, after its Python blocks, as a read
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,11 +31,12 @@ def python_blocks(text: str) -> list[str]:
 
 
 def dpo_ext_shell_blocks(text: str) -> list[str]:
-    """Shell blocks made only of `dpo-ext` commands (continuation lines and comments aside): the runnable ones."""
+    """Shell blocks made only of `dpo-ext` commands and `python -m dpo_ext.testing` (which writes the toy base the
+    commands train on), continuation lines and comments aside: the runnable ones."""
     runnable = []
     for block in fenced_blocks(text, "bash"):
         commands = [line for line in block.splitlines() if line.strip() and not line.startswith((" ", "#"))]
-        if commands and all(line.startswith("dpo-ext ") for line in commands):
+        if commands and all(line.startswith(("dpo-ext ", "python -m dpo_ext.testing ")) for line in commands):
             runnable.append(block)
     return runnable
 
@@ -64,6 +66,8 @@ def test_examples_run_each_alone(page, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TQDM_DISABLE": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     name = page.relative_to(ROOT).as_posix().replace("/", "_")
+    if page == README:  # its quick start runs at the root of a clone, which holds the shipped examples/
+        shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("__pycache__"))
     for number, block in enumerate(python_blocks(text), start=1):
         result = run_block("python", block, tmp_path, env, f"{name}_python_block_{number}")
         if 'main(["train"' in block:  # `dpo-ext train` in Python: exit 0 and a preference accuracy, printed

@@ -59,7 +59,7 @@ def _add_common(parser: argparse.ArgumentParser, repo_type: str) -> None:
 
 
 def _push_adapter(args: argparse.Namespace) -> int:
-    from dpo_ext.hub.adapters import push_adapter
+    from dpo_ext.hub.adapter_push import push_adapter
 
     # Leave out what was not given, so the library defaults (datasets from the training config...) apply.
     optional = {"datasets": args.datasets, "commit_message": args.commit_message}

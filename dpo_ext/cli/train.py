@@ -214,10 +214,24 @@ def run_training(script_args, training_args, model_args, train_rows=None, eval_r
         if more_results is not None:
             results.update(more_results(training_args.output_dir))
         (Path(training_args.output_dir) / EVAL_RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+        _report(training_args.output_dir, trainer.reference_summary, results)
         if push:
             _publish(training_args, script_args, model_args, results, card_kwargs or {})
     trainer.accelerator.wait_for_everyone()
     return results
+
+
+def _report(output_dir, reference: str, results: dict) -> None:
+    """What a run leaves, on stdout: where the adapter and the evaluation went, the reference, the final numbers."""
+    print(f"adapter: {output_dir}")
+    print(f"reference: {reference}")
+    if results:
+        shown = " ".join(f"{key.removeprefix('eval_')}={value:.4g}" if isinstance(value, float) else
+                         f"{key.removeprefix('eval_')}={value}" for key, value in results.items()
+                         if not isinstance(value, (dict, list)))
+        print(f"evaluation ({Path(output_dir) / EVAL_RESULTS}): {shown}")
+    else:
+        print("evaluation: none (no test split; --eval_dataset_name FILE evaluates on one)")
 
 
 def build_trainer(training_args, model_args, train_rows, eval_rows):
@@ -310,7 +324,7 @@ def _check_publishing(training_args, script_args) -> None:
 
 
 def _publish(training_args, script_args, model_args, results: dict, card_kwargs: dict) -> None:
-    from dpo_ext.hub.adapters import push_adapter
+    from dpo_ext.hub.adapter_push import push_adapter
     from dpo_ext.locations import looks_like_hub_id
 
     dataset = script_args.eval_dataset_name or script_args.dataset_name

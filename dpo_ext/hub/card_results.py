@@ -19,7 +19,7 @@ Only the numbers that are metrics go to the card's ``model-index`` (`reported_me
 import math
 from collections.abc import Mapping
 
-from dpo_ext.hub.benchmarks import numeric_metrics
+from dpo_ext.hub.eval_results import numeric_metrics
 
 BASELINE_KEY, DEFINITIONS_KEY = "baseline", "definitions"
 NAMES = {

@@ -3,9 +3,9 @@
 A card is rendered from a Jinja template in `model_cards/` through `huggingface_hub.ModelCard.from_template` /
 `DatasetCard.from_template`. Its YAML metadata carries a `model-index` built from `huggingface_hub.EvalResult`s, so
 evaluation results show on the Hub page (TRL's own card has none); results on a registered Hub benchmark also go to
-`.eval_results/` files, rendered from the same numbers by `dpo_ext.hub.benchmarks`. Rendering only: no files are read
-here except the templates (reading an adapter folder is `dpo_ext.hub.adapter_folder`, staging and publishing
-`dpo_ext.hub.adapters` and `dpo_ext.hub.datasets`).
+`.eval_results/` files, rendered from the same numbers by `dpo_ext.hub.eval_results`. Rendering only: no files are read
+here except the templates (reading an adapter folder is `dpo_ext.hub.adapter_files`, staging and publishing
+`dpo_ext.hub.adapter_push` and `dpo_ext.hub.datasets`).
 """
 
 import importlib.metadata
@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dpo_ext.data.rows import CHOSEN, COMPLETIONS, PROMPT, RANKS, REJECTED, SCORES
-from dpo_ext.hub.benchmarks import HubBenchmark, benchmark_table, eval_results_files, split_eval_results
 from dpo_ext.hub.card_results import (
     BASELINE_KEY,
     NAMES,
@@ -24,6 +23,7 @@ from dpo_ext.hub.card_results import (
     reported_metrics,
     settings_in_results,
 )
+from dpo_ext.hub.eval_results import HubBenchmark, benchmark_table, eval_results_files, split_eval_results
 from dpo_ext.hub.licenses import card_license, check_license
 from dpo_ext.locations import looks_like_hub_id
 
@@ -90,7 +90,7 @@ def eval_results_to_card(metrics: Mapping, dataset: str, split: str | None = Non
     """One `huggingface_hub.EvalResult` per metric (`dpo_ext.hub.card_results.reported_metrics`: finite numbers that
     are not run settings, standard errors or counts; the rest stays in eval_results.json and the card's text): those
     of `metrics` on `dataset` (`split`), and those under ``metrics["benchmarks"]`` on each benchmark named there, with
-    the split `dpo_ext.hub.benchmarks.benchmark_table(hub_benchmarks)` gives it."""
+    the split `dpo_ext.hub.eval_results.benchmark_table(hub_benchmarks)` gives it."""
     from huggingface_hub import EvalResult
 
     flat, by_benchmark = split_eval_results(metrics)
@@ -149,7 +149,7 @@ def render_model_card(
     data_license: str | None = None,
 ):
     """Render the card of an aligned adapter. Pure: no files are read; see
-    `dpo_ext.hub.adapters.build_model_card` for that.
+    `dpo_ext.hub.adapter_push.build_model_card` for that.
 
     Args:
         repo_id (`str`): where the adapter is published (`namespace/name`); used in the code samples.
@@ -159,7 +159,7 @@ def render_model_card(
         adapter_config (`Mapping`): the content of `adapter_config.json` (LoRA rank, targets, bias).
         eval_results (`Mapping`, *optional*): metric name -> value; numeric ones go to the `model-index`. Results on
             a benchmark go under ``"benchmarks"``: ``{"benchmarks": {"allenai/reward-bench-2": {"overall": 0.71}}}``
-            (see `dpo_ext.hub.benchmarks`).
+            (see `dpo_ext.hub.eval_results`).
         plots (`Sequence[str]`): paths, inside the repository, of PNG files to embed.
         datasets (`Sequence[str]`): training data, as used (a Hub id, or a description of another source); Hub
             ids (`namespace/name`) are also listed in the metadata.
@@ -169,7 +169,7 @@ def render_model_card(
         eval_dataset (`str`, *optional*), eval_split (`str`, *optional*): what `eval_results` were measured on.
         num_completions (`int`, *optional*): K, when the training config does not record it.
         includes_tokenizer (`bool`): whether tokenizer files are published with the adapter.
-        hub_benchmarks (`Sequence[HubBenchmark]`): benchmarks added to `dpo_ext.hub.benchmarks.KNOWN_BENCHMARKS`.
+        hub_benchmarks (`Sequence[HubBenchmark]`): benchmarks added to `dpo_ext.hub.eval_results.KNOWN_BENCHMARKS`.
         reference_record (`Mapping`, *optional*): `dpo_ext_reference.json` as `PLDPOTrainer` writes it: the
             reference source and the fingerprint of what it was (`dpo_ext.reference.fingerprint`).
         base_model_parameters (`int`, *optional*): the base model's parameter count (`dpo_ext.hub.base_model`

@@ -18,7 +18,7 @@ from dpo_ext.data.jsonl import iter_jsonl
 from dpo_ext.data.rows import CHOSEN, COMPLETIONS, PROMPT, REJECTED, PreferenceDataError, normalize_row
 from dpo_ext.hub.cards import render_dataset_card
 from dpo_ext.hub.publish import PushResult, publish_folder
-from dpo_ext.hub.staging import StagedFile, copy_file, files_under, list_folder, resolve_staging, write_card
+from dpo_ext.hub.staged_folder import StagedFile, copy_file, files_under, list_folder, resolve_staging, write_card
 
 _PAIRWISE = (PROMPT, CHOSEN, REJECTED)
 _RANKED = (PROMPT, COMPLETIONS)

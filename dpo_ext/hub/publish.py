@@ -1,5 +1,5 @@
 """Uploading to the Hugging Face Hub: the token check, the repository id check, and `publish_folder`, which
-adapters (`dpo_ext.hub.adapters`) and preference data (`dpo_ext.hub.datasets`) are both published through.
+adapters (`dpo_ext.hub.adapter_push`) and preference data (`dpo_ext.hub.datasets`) are both published through.
 
 `publish_folder` checks the token first (so a missing or read-only token fails before any work), stages the exact
 folder to upload in a temporary directory (the user's folder is only read), then creates the repository and
@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpo_ext.hub.staging import StagedFile
+from dpo_ext.hub.staged_folder import StagedFile
 from dpo_ext.locations import HUB_ID_PATTERN, offline
 from dpo_ext.safe_files import redact
 
@@ -147,7 +147,7 @@ def publish_folder(
 
     `stage` writes into the new, empty `staging_dir` exactly what the repository `repo_id` (the full id, once
     access is checked) gets, keeping every string of `secrets` (the token) out of it, and returns
-    `dpo_ext.hub.staging.list_folder(staging_dir)`. The other arguments are those of `dpo_ext.push_adapter`.
+    `dpo_ext.hub.staged_folder.list_folder(staging_dir)`. The other arguments are those of `dpo_ext.push_adapter`.
     """
     from huggingface_hub import HfApi, get_token
 

@@ -1,5 +1,5 @@
-"""The Trainer side of `dpo_ext.training.checkpoints`: checkpoints written complete or not at all, and resuming only
-from a complete one. A mixin, so that any `transformers.Trainer` subclass can use it (`PLDPOTrainer` does)."""
+"""The Trainer side of `dpo_ext.training.checkpoint_files`: checkpoints written complete or not at all, and resuming
+only from a complete one. A mixin, so that any `transformers.Trainer` subclass can use it (`PLDPOTrainer` does)."""
 
 import os
 import shutil
@@ -7,7 +7,7 @@ import shutil
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
 
-from dpo_ext.training.checkpoints import (
+from dpo_ext.training.checkpoint_files import (
     TRAINER_STATE,
     check_checkpoint,
     commit_staged,
@@ -30,7 +30,7 @@ class CompleteCheckpointsMixin:
 
         With ``resume_from_checkpoint=True`` the newest complete ``checkpoint-N`` of ``output_dir`` is used (newer
         incomplete ones are skipped with a warning, leftover ``tmp-checkpoint-*`` folders removed); with a path, an
-        incomplete checkpoint raises `~dpo_ext.training.checkpoints.IncompleteCheckpointError` naming the bad file.
+        incomplete checkpoint raises `~dpo_ext.training.checkpoint_files.IncompleteCheckpointError` naming the bad file.
         """
         requirements = self._checkpoint_requirements()
         if resume_from_checkpoint is True:

@@ -13,6 +13,7 @@ from collections import defaultdict
 import torch
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from transformers import Trainer, set_seed
 
 from dpo_ext.data.collate import RankedCollator
@@ -115,6 +116,7 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
         check_output_dir(args)
         # A cache path that cannot be a folder fails here, not after the whole precompute pass.
         self._ref_cache = ReferenceCache(args.ref_cache_dir) if args.ref_cache_dir else None
+        self.reference_origins = {}  # dataset name -> where its precomputed reference log-probs came from
         set_seed(args.seed)  # before the adapter is created, so its random init is reproducible (as in TRL)
         model, processing_class = prepare_models(model, ref_model, processing_class, peft_config, args)
         # NaN weights would first show as a NaN loss blamed on a batch; one aminmax per tensor, ~0.25 s/GB on a CPU
@@ -185,13 +187,25 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
                            reference_fingerprint(self._reference_weights, self.processing_class, self.args.max_length,
                                                  dataset, self.args.max_prompt_length))
             rows = cache.load(name, fingerprint, [len(ids) for ids in dataset["completion_ids"]])
+            if rows is not None:
+                self.reference_origins[name] = f"read from the reference cache {cache.path(name)}"
+                logger.warning("Reference log-probs of the %s dataset: %s (its fingerprint matches).", name,
+                               self.reference_origins[name])
         if rows is None:
             rows = self._compute_ref_logps(dataset, name)
             self._check_finite_ref_logps(rows, name)  # before they are cached or trained on
+            self.reference_origins[name] = "computed before training"
             if cache and self.accelerator.is_main_process:
-                logger.info("Reference log-probs of the %s dataset cached in %s.", name,
-                            cache.save(name, fingerprint, self.reference.name, rows))
+                path = cache.save(name, fingerprint, self.reference.name, rows)
+                self.reference_origins[name] += f", cached in {path}"
+                logger.info("Reference log-probs of the %s dataset cached in %s.", name, path)
         return dataset.add_column(REF_LOGPS, rows)
+
+    @property
+    def reference_summary(self) -> str:
+        """Which reference the run used and where its log-probs came from, in words (``dpo-ext train`` prints it)."""
+        where = "; ".join(f"{name} rows: {origin}" for name, origin in self.reference_origins.items())
+        return f"{self.reference.name} ({where})" if where else f"{self.reference.name} (computed at every step)"
 
     def _compute_ref_logps(self, dataset, name: str) -> list:
         batch_size = self.args.precompute_ref_batch_size or self.args.per_device_eval_batch_size
@@ -199,8 +213,10 @@ class PLDPOTrainer(CompleteCheckpointsMixin, Trainer):
         with self.accelerator.split_between_processes(list(range(len(dataset)))) as share:
             loader = DataLoader(dataset.select(share), batch_size=batch_size, collate_fn=self.data_collator,
                                 shuffle=False)
+            bar = tqdm(loader, desc=f"Reference log-probs ({name})", unit="batch",
+                       disable=self.args.disable_tqdm or not self.accelerator.is_local_main_process)
             with on_device(self.model, self.args.device):
-                rows = self.reference.column(self.model, (self._prepare_inputs(batch) for batch in loader))
+                rows = self.reference.column(self.model, (self._prepare_inputs(batch) for batch in bar))
         if self.accelerator.num_processes > 1:
             rows = gather_object(rows)  # lists concatenated in process order: the dataset's order
         logger.info("Precomputed reference log-probs for %d %s rows (%s).", len(rows), name, self.reference.name)

@@ -99,7 +99,7 @@ def push_all(out: Path, runs: dict, args, log) -> None:
     dry_run = out / "hub_dry_run" if args.run.hub_dry_run else False
 
     def stage_sft(staging_dir: Path, repo_id: str, secrets) -> list:
-        from dpo_ext.hub.staging import list_folder
+        from dpo_ext.hub.staged_folder import list_folder
 
         staging_dir.mkdir(parents=True, exist_ok=True)
         for name in SFT_FILES:

@@ -151,7 +151,12 @@ def test_precompute_ref_then_train_reuses_the_cache_and_records_its_fingerprint(
     monkeypatch.setattr(PLDPOTrainer, "_compute_ref_logps", lambda *a: pytest.fail("recomputed"))
     train = ["train", "--config", str(files / "config.yaml"), "--precompute_ref_log_probs", "true",
              "--ref_cache_dir", str(cache), "--output_dir", str(tmp_path / "out")]
+    capsys.readouterr()
     assert main(train) == 0
+    out = capsys.readouterr().out  # the run says where everything went and which reference it used
+    assert f"adapter: {tmp_path / 'out'}" in out
+    assert f"reference: disabled_adapters (train rows: read from the reference cache {cache / 'train.json'}" in out
+    assert f"evaluation ({tmp_path / 'out' / 'eval_results.json'}): loss=" in out and "rewards/accuracies=" in out
     record = json.loads((tmp_path / "out" / "dpo_ext_reference.json").read_text())
     assert record["reference_fingerprint"] == json.loads((cache / "train.json").read_text())["fingerprint"]
     assert main([*train, "--max_length", "48"]) == 2

@@ -1,4 +1,4 @@
-"""Results on Hub benchmarks (`dpo_ext.hub.benchmarks`): the card's `model-index` and the `.eval_results/` files the
+"""Results on Hub benchmarks (`dpo_ext.hub.eval_results`): the card's `model-index` and the `.eval_results/` files the
 Hub reads for a benchmark's leaderboard are rendered from one `eval_results` mapping, staged together and uploaded in
 the same commit (through the loopback Hub of `tests/hub_server.py`)."""
 
@@ -10,7 +10,7 @@ import yaml
 from fixtures import TOKEN
 from test_hub import EVAL, make_adapter, push
 
-from dpo_ext.hub.benchmarks import HubBenchmark
+from dpo_ext.hub.eval_results import HubBenchmark
 
 RB2 = "allenai/reward-bench-2"
 RB2_RESULTS = {"overall": 0.71875, "Factuality": 0.625, "Precise IF": 0.5, "Math": 0.75, "Safety": 0.875,
@@ -127,7 +127,7 @@ def test_push_uploads_the_eval_results_file_in_the_same_commit(adapter, hub, tmp
 def test_known_benchmarks_are_those_dpo_ext_computes():
     from huggingface_hub import constants
 
-    from dpo_ext.hub.benchmarks import EVAL_RESULTS_FOLDER, KNOWN_BENCHMARKS, benchmark_table
+    from dpo_ext.hub.eval_results import EVAL_RESULTS_FOLDER, KNOWN_BENCHMARKS, benchmark_table
     from dpo_ext.rewardbench import v1, v2
 
     assert EVAL_RESULTS_FOLDER == constants.EVAL_RESULTS_FOLDER
@@ -142,7 +142,7 @@ def test_known_benchmarks_are_those_dpo_ext_computes():
 
 
 def test_eval_results_files_takes_only_numbers_on_registered_benchmarks():
-    from dpo_ext.hub.benchmarks import eval_results_files
+    from dpo_ext.hub.eval_results import eval_results_files
 
     assert eval_results_files(WITH_RB2) == {}  # not registered
     assert eval_results_files(EVAL, [RB2_ON_HUB]) == {}  # no benchmark named
@@ -172,6 +172,6 @@ def test_hub_benchmark_entries_are_checked():
     with pytest.raises(ValueError, match="must map task ids"):
         HubBenchmark(RB2, tasks=["overall"])
     with pytest.raises(TypeError, match="takes HubBenchmark entries"):
-        from dpo_ext.hub.benchmarks import benchmark_table
+        from dpo_ext.hub.eval_results import benchmark_table
 
         benchmark_table([RB2])

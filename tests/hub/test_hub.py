@@ -250,7 +250,7 @@ def test_folder_card_and_config_must_agree(adapter, tmp_path):
 
 
 def test_training_config_sources(adapter, tmp_path):
-    from dpo_ext.hub.training_files import read_training_config
+    from dpo_ext.hub.adapter_files import read_training_config
 
     folder = adapter[0]
     assert read_training_config(folder)["num_completions"] == 4  # from training_config.json
@@ -265,7 +265,7 @@ def test_training_config_sources(adapter, tmp_path):
 
 
 def test_method_named_from_the_training_config(adapter):
-    from dpo_ext.hub.adapters import build_model_card
+    from dpo_ext.hub.adapter_push import build_model_card
     from dpo_ext.hub.cards import describe_method
 
     assert describe_method({"loss_type": "plackett_luce", "num_completions": 4}) == ("Plackett-Luce DPO",

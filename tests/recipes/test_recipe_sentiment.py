@@ -401,7 +401,7 @@ def test_quick_run_end_to_end_and_cached_rerun(tmp_path, hub, monkeypatch, capsy
         assert not (folder / "training_args.bin").exists()
         eval_results = json.loads((folder / "eval_results.json").read_text())
         assert {"ground_truth_reward", "kl"} <= set(eval_results)
-        if (folder / "README.md").exists():  # the model card, written through dpo_ext.hub.staging
+        if (folder / "README.md").exists():  # the model card, written through dpo_ext.hub.staged_folder
             assert "ground_truth_reward" in (folder / "README.md").read_text()
 
     weights = out / "adapters" / "pl_dpo_beta1" / "adapter_model.safetensors"

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dpo_ext.training.checkpoints import IncompleteCheckpointError, check_checkpoint, last_complete_checkpoint
+from dpo_ext.training.checkpoint_files import IncompleteCheckpointError, check_checkpoint, last_complete_checkpoint
 
 TESTS = Path(__file__).resolve().parents[1]  # tests/: fixtures.py and scripts/
 
@@ -88,7 +88,7 @@ def _checkpoints(run_dir):
 
 
 def _load_everything(folder):
-    """Load every file resuming reads, the way it reads it (independently of dpo_ext.training.checkpoints)."""
+    """Load every file resuming reads, the way it reads it (independently of dpo_ext.training.checkpoint_files)."""
     from transformers.trainer_callback import TrainerState
     from transformers.trainer_pt_utils import safe_globals
 

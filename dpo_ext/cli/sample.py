@@ -36,6 +36,10 @@ def register(subparsers) -> None:
     sample.add_argument("--batch-size", type=int, default=256,
                         help="sequences (prompts x K) per generate call (default: 256). Part of what the samples "
                              "are, like the seed: keep it to reproduce a file")
+    sample.add_argument("--layout", choices=("padded", "by_length"), default="padded",
+                        help="how prompts of different lengths share a generate call: padded (left-padded, fastest) "
+                             "or by_length (never padded; reproduces files sampled before padded was the default); "
+                             "part of the result, like the seed (default: padded)")
     sample.add_argument("--base-model", help="base model of an adapter (default: from adapter_config.json)")
     sample.add_argument("--backend", choices=("auto", "transformers", "vllm"), default="auto",
                         help="auto: vLLM when it is installed and a GPU is present, else transformers generate")
@@ -117,7 +121,7 @@ def _sample(args: argparse.Namespace) -> int:
     with tqdm(total=len(prompts), desc="Sampling", unit="prompt") as bar:
         samples = sample_completions(model, tokenizer, prompts, args.k, generation, seed=args.seed,
                                      backend="vllm" if use_vllm else "transformers", batch_sequences=args.batch_size,
-                                     lora_request=lora, progress=bar.update)
+                                     layout=args.layout, lora_request=lora, progress=bar.update)
     out = [{PROMPT: row[PROMPT], "completions": s.texts, **{k: v for k, v in row.items() if k != PROMPT}}
            for row, s in zip(rows.rows, samples)]
     write_jsonl(args.output, out)

@@ -61,3 +61,17 @@ def test_sample_a_model_with_yaml_settings_and_flags_on_top(saved, tmp_path, tok
                                   {"max_new_tokens": 3, "top_k": 5, "temperature": 0.7}, seed=0)
     assert [r["completions"] for r in _read(out)] == [s.texts for s in expected]
     assert all(len(c) <= 3 for s in expected for c in s.completion_ids)
+
+
+def test_sample_layout_flag_reaches_the_sampler(saved, tmp_path, tokenizer):
+    """Prompts of different token lengths: the two layouts draw other samples, and the flag picks the library's."""
+    prompts = [{"prompt": "the movie was "}, {"prompt": "the "}, {"prompt": "i saw it and the plot was "}]
+    model = AutoModelForCausalLM.from_pretrained(saved / "base").eval()
+    for layout in ("by_length", "padded"):
+        out = tmp_path / f"{layout}.jsonl"
+        assert main(["sample", str(saved / "base"), "-i", _jsonl(tmp_path / "mixed.jsonl", prompts), "-o", str(out),
+                     "--k", "4", "--max-new-tokens", "5", "--layout", layout, "--device", "cpu"]) == 0
+        expected = sample_completions(model, tokenizer, [p["prompt"] for p in prompts], 4, {"max_new_tokens": 5},
+                                      seed=0, layout=layout)
+        assert [r["completions"] for r in _read(out)] == [s.texts for s in expected]
+    assert _read(tmp_path / "by_length.jsonl") != _read(tmp_path / "padded.jsonl")

@@ -21,3 +21,13 @@ def offline() -> bool:
     from huggingface_hub.constants import is_offline_mode
 
     return is_offline_mode()
+
+
+def require_source(source: str, prefix: str = "") -> None:
+    """Refuse a model or adapter ``source`` that is neither a local folder nor, with the Hub reachable, a Hub id:
+    `FileNotFoundError` "``prefix`` ``source``: no such directory", saying when offline mode kept the Hub out."""
+    from pathlib import Path
+
+    if not Path(source).exists() and (offline() or not looks_like_hub_id(source)):
+        raise FileNotFoundError(f"{prefix}{source}: no such directory"
+                                + (" (HF_HUB_OFFLINE is set, so the Hub is not searched)" if offline() else ""))

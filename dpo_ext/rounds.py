@@ -142,9 +142,11 @@ def _run_round(r, folder: Path, load_base, tokenizer, prompts, args, settings, p
         model, tokenizer, prompts, settings.k, settings.generation, settings.seed + r))
     judge = f"implicit:{start}" if settings.judge == SELF_JUDGE else settings.judge
     labelled = _cached(folder / "labelled.jsonl", lambda: _label(_rankable(rows, r), judge, settings.normalize))
+    from dpo_ext.training.checkpoint_files import checkpoints_by_step
+
     trainer = _trainer(r, folder, model, tokenizer, labelled, args, settings, peft_config, start)
-    train_dir = Path(trainer.args.output_dir)
-    resume = train_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in train_dir.iterdir())
+    # any checkpoint-N of an earlier, killed run: the trainer resumes from the newest complete one
+    resume = bool(checkpoints_by_step(trainer.args.output_dir))
     output = trainer.train(resume_from_checkpoint=True if resume else None)
     adapter = folder / "adapter"
     _save_whole(trainer, adapter, r, settings)

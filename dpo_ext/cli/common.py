@@ -12,7 +12,7 @@ from pathlib import Path
 # Input rows are read by the library (the benchmarks' local files too); the commands import them from here.
 from dpo_ext.data.files import Rows, read_rows  # noqa: F401
 from dpo_ext.data.jsonl import write_jsonl  # noqa: F401 - write_jsonl: the commands' writer
-from dpo_ext.locations import looks_like_hub_id, offline
+from dpo_ext.locations import require_source
 from dpo_ext.training.checks import unwritable_folder
 
 
@@ -75,9 +75,7 @@ def scorer_from_arguments(args: argparse.Namespace):
                                  ("--max-batch-tokens", args.max_batch_tokens, 1)):
         if value is not None:  # before minutes of loading
             as_number(flag, value, int, minimum=minimum)
-    if not Path(args.model).exists() and (offline() or not looks_like_hub_id(args.model)):
-        raise FileNotFoundError(f"{args.model}: no such directory" +
-                                (" (HF_HUB_OFFLINE is set, so the Hub is not searched)" if offline() else ""))
+    require_source(args.model)
     if adapter_config(args.model) is None and not args.ref_model and not args.reference_free:
         raise ValueError(f"{args.model} is not a PEFT adapter (it has no adapter_config.json), so it carries no "
                          "reference model: pass --ref-model (the model it was trained from) or --reference-free")
@@ -92,6 +90,19 @@ def scorer_from_arguments(args: argparse.Namespace):
 
 
 # -- output --------------------------------------------------------------------------------------------------------
+
+def check_prompts(rows: Rows) -> list:
+    """The ``prompt`` of every row, each checked by the row rules before any model loads; a bad one is named by its
+    file line and field."""
+    from dpo_ext.data.rows import PROMPT, PreferenceDataError, check_prompt
+
+    for index, row in enumerate(rows.rows):
+        try:
+            check_prompt(row.get(PROMPT), index)
+        except PreferenceDataError as error:
+            raise rows.error(error) from None
+    return [row[PROMPT] for row in rows.rows]
+
 
 def check_output(path: Path | None, source: str | None = None) -> None:
     """Refuse an output file that cannot be written before the model loads, not after all the scoring work, and one

@@ -62,20 +62,11 @@ def register(subparsers) -> None:
     subparsers.add_parser("iterate", help=HELP, add_help=False)
 
 
-def read_prompts(source: str, flag: str) -> list:
+def read_prompts(source: str) -> list:
     """The ``prompt`` of every row of ``source``; a row without one is named by its file line."""
-    from dpo_ext.cli.common import read_rows
-    from dpo_ext.data.rows import PROMPT, PreferenceDataError, check_prompt
+    from dpo_ext.cli.common import check_prompts, read_rows
 
-    rows = read_rows(source)
-    if not rows.rows:
-        raise ValueError(f"{flag} {source}: no rows")
-    for index, row in enumerate(rows.rows):
-        try:
-            check_prompt(row.get(PROMPT), index)
-        except PreferenceDataError as error:
-            raise rows.error(error) from None
-    return [row[PROMPT] for row in rows.rows]
+    return check_prompts(read_rows(source))
 
 
 def main(argv=None) -> int:
@@ -94,8 +85,8 @@ def main(argv=None) -> int:
         generation={"max_new_tokens": iterate_args.max_new_tokens, "temperature": iterate_args.temperature,
                     "top_p": iterate_args.top_p, "top_k": iterate_args.top_k})
     settings.check()  # before anything loads
-    prompts = read_prompts(iterate_args.prompts, "--prompts")
-    eval_prompts = read_prompts(iterate_args.eval_prompts, "--eval_prompts") if iterate_args.eval_prompts else None
+    prompts = read_prompts(iterate_args.prompts)
+    eval_prompts = read_prompts(iterate_args.eval_prompts) if iterate_args.eval_prompts else None
     if iterate_args.start_adapter is None and not model_args.use_peft:
         raise ValueError("round 1 trains a LoRA adapter: add --use_peft (with --lora_r ...) or pass --start_adapter")
     peft_config = lora_config(model_args) if iterate_args.start_adapter is None else None

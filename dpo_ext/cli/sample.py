@@ -8,8 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dpo_ext.cli.common import check_output, read_rows, write_jsonl
-from dpo_ext.data.rows import PROMPT, PreferenceDataError, check_prompt
+from dpo_ext.cli.common import check_output, check_prompts, read_rows, write_jsonl
+from dpo_ext.data.rows import PROMPT
 
 # flag -> GenerationConfig field; a flag that is given overrides the YAML file
 _FLAGS = {"max_new_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k"}
@@ -77,14 +77,6 @@ def read_generation_yaml(path: Path) -> dict:
     return values
 
 
-def _check_rows(rows) -> None:
-    for i, row in enumerate(rows.rows):
-        try:
-            check_prompt(row.get(PROMPT), i)
-        except PreferenceDataError as error:
-            raise rows.error(error) from None
-
-
 def _load(args):
     """(model, tokenizer) through the scorer's loader (`dpo_ext.scoring.loading.load_scorer`: safetensors only,
     adapters onto their base): the policy to sample from is the scorer's policy."""
@@ -107,7 +99,7 @@ def _sample(args: argparse.Namespace) -> int:
     generation_config(None, generation)  # settings that cannot sample, refused before the model loads
     check_output(args.output)
     rows = read_rows(args.input)
-    _check_rows(rows)
+    prompts = check_prompts(rows)
     if args.k == 1:
         print("dpo-ext sample: note: --k 1 gives one completion per prompt (Best-of-1); training on ranked rows "
               "needs K >= 2", file=sys.stderr)
@@ -115,7 +107,6 @@ def _sample(args: argparse.Namespace) -> int:
 
     from dpo_ext.sampling import sample_completions, vllm_available
 
-    prompts = [row[PROMPT] for row in rows.rows]
     use_vllm = args.backend == "vllm" or (args.backend == "auto" and vllm_available())
     model, tokenizer, lora = _load_vllm(args) if use_vllm else (*_load(args), None)
     with tqdm(total=len(prompts), desc="Sampling", unit="prompt") as bar:

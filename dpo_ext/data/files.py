@@ -101,9 +101,10 @@ def read_rows(source, split: str | None = None, config: str | None = None) -> Ro
     import datasets
 
     try:
-        return Rows(f"{source}[{split}]", list(datasets.load_dataset(str(source), name=config, split=split)))
+        rows = Rows(f"{source}[{split}]", list(datasets.load_dataset(str(source), name=config, split=split)))
     except Exception as error:  # noqa: BLE001 - offline, missing repo or split: say which and why
         raise ValueError(f"could not load the Hub dataset {source!r} (split {split!r}): {error}") from error
+    return _non_empty(rows)  # an empty split, like an empty file
 
 
 def read_text(path: Path) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dpo_ext.judges.base import FunctionJudge, ImplicitRewardJudge, Judge
 from dpo_ext.judges.reward_model import RewardModelJudge
-from dpo_ext.locations import looks_like_hub_id, offline
+from dpo_ext.locations import require_source
 
 JUDGE_KINDS = {
     "rm": "rm:PATH_OR_HUB_ID (a sequence-classification reward model with one output)",
@@ -68,9 +68,7 @@ def _parsed(spec: str):
         raise _spec_error(spec, f"nothing after {kind}:")
     if kind == "py":
         return kind, value, _import_function(spec, value)
-    if not Path(value).exists() and (offline() or not looks_like_hub_id(value)):
-        raise FileNotFoundError(f"judge {spec!r}: {value}: no such directory"
-                                + (" (HF_HUB_OFFLINE is set, so the Hub is not searched)" if offline() else ""))
+    require_source(value, prefix=f"judge {spec!r}: ")
     return kind, value, None
 
 

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from dpo_ext.judges.base import Judge
+
 logger = logging.getLogger(__name__)
 
 ROUND_RECORD = "round.json"
@@ -47,16 +49,21 @@ class RoundSettings:
     Args:
         rounds (`int`): how many rounds.
         k (`int`): completions sampled per prompt (>= 2: a list to rank).
-        judge (`str`): a judge spec (`dpo_ext.judges.load_judge`), or ``"self"``: the implicit reward of the policy
-            the round starts from (needs ``start_adapter`` for round 1, which must be trained).
+        judge (`str` or `dpo_ext.judges.Judge`): a judge spec (`dpo_ext.judges.load_judge`), a judge object (a
+            program's own, e.g. a `FunctionJudge` around a classifier already in memory), or ``"self"``: the implicit
+            reward of the policy the round starts from (round 1 then needs ``start_adapter``, a trained adapter, or a
+            finished ``round-1/`` in the run folder, e.g. copied from a run judged otherwise).
         reference (`str`): ``"initial"`` or ``"previous"`` (see the module docstring).
         generation (`dict`): sampling settings (``max_new_tokens``, ``temperature``, ...; see `dpo_ext.sampling`).
         seed (`int`): round r samples with ``seed + r`` and trains with ``training seed + r``.
         eval_k (`int`): completions sampled per evaluation prompt after each round.
-        eval_judge (`str`, *optional*): the judge of the evaluation (default: ``judge``, which must then not be
-            ``"self"``: a policy grading itself is no measurement).
+        eval_judge (`str` or `Judge`, *optional*): the judge of the evaluation (default: ``judge``, which must then
+            not be ``"self"``: a policy grading itself is no measurement).
         normalize (`str`): how the training labels are mapped (`dpo_ext.labeling.normalize_scores`: ``"none"``,
             ``"minmax"`` or ``"sigmoid"``); only LiPO-lambda's gains depend on it.
+        prompts_per_round (`int`, *optional*): round r samples the r-th slice of this many prompts (wrapping around
+            the list), so that R rounds see as many prompts, and train as many steps, as one offline pass over them;
+            `None` (default): every round samples every prompt.
     """
 
     rounds: int = 3
@@ -68,6 +75,7 @@ class RoundSettings:
     eval_k: int = 4
     eval_judge: str | None = None
     normalize: str = "none"
+    prompts_per_round: int | None = None
 
     def check(self) -> None:
         if not isinstance(self.rounds, int) or self.rounds < 1:
@@ -89,11 +97,15 @@ class RoundSettings:
         generation_config(None, self.generation)  # settings that cannot sample
 
         for spec in {self.judge, self.eval_judge} - {None, SELF_JUDGE}:
-            check_judge_spec(spec)  # a typo found now, not after the first round's sampling
+            if isinstance(spec, str):
+                check_judge_spec(spec)  # a typo found now, not after the first round's sampling
+        if self.prompts_per_round is not None and (not isinstance(self.prompts_per_round, int)
+                                                   or self.prompts_per_round < 1):
+            raise ValueError(f"prompts_per_round must be a whole number >= 1 or None, got {self.prompts_per_round!r}")
 
 
 def run_rounds(load_base: Callable, tokenizer, prompts: list, args, settings: RoundSettings, *, peft_config=None,
-               start_adapter: str | None = None, eval_prompts: list | None = None) -> list[dict]:
+               start_adapter: str | None = None, eval_prompts: list | None = None, callbacks=None) -> list[dict]:
     """Run (or resume) ``settings.rounds`` on-policy rounds in ``args.output_dir``; see the module docstring.
 
     Args:
@@ -108,6 +120,8 @@ def run_rounds(load_base: Callable, tokenizer, prompts: list, args, settings: Ro
         start_adapter (`str`, *optional*): a saved adapter round 1 starts from instead (trained, for ``judge="self"``).
         eval_prompts (`list`, *optional*): prompts the policy is sampled on after each round, judged by the
             evaluation judge (mean and standard error in ``eval_results.json``).
+        callbacks (`list[transformers.TrainerCallback]`, *optional*): given to every round's trainer (each round's
+            trainer counts its steps from 0).
 
     Returns:
         `list[dict]`: one summary per round (what ``round.json`` holds).
@@ -118,10 +132,11 @@ def run_rounds(load_base: Callable, tokenizer, prompts: list, args, settings: Ro
     if settings.reference == "initial" and start_adapter is not None:
         raise ValueError("reference='initial' keeps the base model as the reference, which is the starting policy only "
                          "for a fresh adapter; with start_adapter use reference='previous'")
-    if settings.judge == SELF_JUDGE and start_adapter is None:
-        raise ValueError("judge='self' scores round 1's samples with the starting policy's implicit reward, which is 0 "
-                         "for a fresh adapter (no preference at all): pass start_adapter, a trained adapter")
     run_dir = Path(args.output_dir)
+    if settings.judge == SELF_JUDGE and start_adapter is None and not (run_dir / "round-1" / ROUND_RECORD).is_file():
+        raise ValueError("judge='self' scores round 1's samples with the starting policy's implicit reward, which is 0 "
+                         "for a fresh adapter (no preference at all): pass start_adapter, a trained adapter, or put a "
+                         f"finished round 1 (judged otherwise) in {run_dir / 'round-1'}")
     summaries = []
     for r in range(1, settings.rounds + 1):
         folder = run_dir / f"round-{r}"
@@ -131,27 +146,31 @@ def run_rounds(load_base: Callable, tokenizer, prompts: list, args, settings: Ro
             logger.warning("Round %d: done earlier (%s), read back.", r, record)
             continue
         start = str(run_dir / f"round-{r - 1}" / "adapter") if r > 1 else start_adapter
-        summaries.append(_run_round(r, folder, load_base, tokenizer, prompts, args, settings,
-                                    peft_config if start is None else None, start, eval_prompts))
+        summaries.append(_run_round(r, folder, load_base, tokenizer, round_prompts(prompts, settings, r), args,
+                                    settings, peft_config if start is None else None, start, eval_prompts,
+                                    callbacks))
     return summaries
 
 
-def _run_round(r, folder: Path, load_base, tokenizer, prompts, args, settings, peft_config, start, eval_prompts):
+def _run_round(r, folder: Path, load_base, tokenizer, prompts, args, settings, peft_config, start, eval_prompts,
+               callbacks):
     model = _policy(load_base, start)  # one load per round: sampled from, then trained
     rows = _cached(folder / "samples.jsonl", lambda: _sample_rows(
         model, tokenizer, prompts, settings.k, settings.generation, settings.seed + r))
-    judge = f"implicit:{start}" if settings.judge == SELF_JUDGE else settings.judge
+    judge = _self_judge(load_base, start) if settings.judge == SELF_JUDGE else settings.judge  # spec or Judge
     labelled = _cached(folder / "labelled.jsonl", lambda: _label(_rankable(rows, r), judge, settings.normalize))
     from dpo_ext.training.checkpoint_files import checkpoints_by_step
 
-    trainer = _trainer(r, folder, model, tokenizer, labelled, args, settings, peft_config, start)
+    trainer = _trainer(r, folder, model, tokenizer, labelled, args, settings, peft_config, start, callbacks)
     # any checkpoint-N of an earlier, killed run: the trainer resumes from the newest complete one
     resume = bool(checkpoints_by_step(trainer.args.output_dir))
     output = trainer.train(resume_from_checkpoint=True if resume else None)
     adapter = folder / "adapter"
     _save_whole(trainer, adapter, r, settings)
-    results = {"round": r, "train_loss": output.training_loss, "prompts": len(rows), "trained_rows": len(labelled),
-               "reference": trainer.reference.name, "judge": settings.judge, "loss_type": trainer.args.loss_type}
+    results = {"round": r, "train_loss": output.training_loss, "train_steps": trainer.state.global_step,
+               "prompts": len(rows), "trained_rows": len(labelled),
+               "reference": trainer.reference.name, "judge": judge_name(settings.judge),
+               "loss_type": trainer.args.loss_type}
     if eval_prompts:
         results.update(_evaluate(trainer.model, tokenizer, eval_prompts, settings, r))
     (folder / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -160,6 +179,28 @@ def _run_round(r, folder: Path, load_base, tokenizer, prompts, args, settings, p
     os.replace(partial, folder / ROUND_RECORD)
     logger.warning("Round %d done: %s", r, results)
     return results
+
+
+def round_prompts(prompts: list, settings: RoundSettings, r: int) -> list:
+    """The prompts round ``r`` (1-based) samples: all of them, or its slice of ``settings.prompts_per_round``."""
+    n = settings.prompts_per_round
+    if n is None:
+        return prompts
+    start = (r - 1) * n
+    return [prompts[(start + i) % len(prompts)] for i in range(min(n, len(prompts)))]
+
+
+def _self_judge(load_base, adapter: str) -> Judge:
+    """The implicit reward of the round's starting policy: its adapter on a fresh base from ``load_base`` (an adapter
+    folder need not record where its base model lives)."""
+    from dpo_ext.judges import ImplicitRewardJudge
+
+    return ImplicitRewardJudge.from_pretrained(adapter, name=f"implicit:{adapter}", base_model=load_base())
+
+
+def judge_name(judge) -> str:
+    """How round records name a judge: its spec, or a judge object's ``name``."""
+    return judge if isinstance(judge, str) else judge.name
 
 
 def _cached(path: Path, make: Callable) -> list[dict]:
@@ -216,10 +257,10 @@ def _label(rows, spec, normalize) -> list[dict]:
     from dpo_ext.judges import load_judge
     from dpo_ext.labeling import label_rows
 
-    return label_rows(rows, load_judge(spec), normalize=normalize)
+    return label_rows(rows, spec if isinstance(spec, Judge) else load_judge(spec), normalize=normalize)
 
 
-def _trainer(r, folder, model, tokenizer, rows, args, settings, peft_config, start):
+def _trainer(r, folder, model, tokenizer, rows, args, settings, peft_config, start, callbacks=None):
     """Round ``r``'s `PLDPOTrainer` on ``model`` (the base with a fresh LoRA from ``peft_config``, or with the
     ``start`` adapter), with the reference ``settings.reference`` asks for."""
     from transformers import set_seed
@@ -231,7 +272,7 @@ def _trainer(r, folder, model, tokenizer, rows, args, settings, peft_config, sta
     round_args = replace(args, output_dir=str(folder / "train"), seed=args.seed + r, reference=reference)
     set_seed(round_args.seed)  # a fresh LoRA's initial weights, the same in a resumed run
     return PLDPOTrainer(model, args=round_args, train_dataset=rows_as_dataset(rows), processing_class=tokenizer,
-                        peft_config=peft_config)
+                        peft_config=peft_config, callbacks=callbacks)
 
 
 def _save_whole(trainer, adapter: Path, r: int, settings: RoundSettings) -> None:
@@ -244,8 +285,8 @@ def _save_whole(trainer, adapter: Path, r: int, settings: RoundSettings) -> None
     trainer.save_model(str(staging))
     config_path = staging / WRITTEN_CONFIG
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    config.update(on_policy_rounds=settings.rounds, round=r, samples_per_prompt=settings.k, judge=settings.judge,
-                  round_reference=settings.reference)
+    config.update(on_policy_rounds=settings.rounds, round=r, samples_per_prompt=settings.k,
+                  judge=judge_name(settings.judge), round_reference=settings.reference)
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(adapter, ignore_errors=True)
     os.replace(staging, adapter)
@@ -259,7 +300,8 @@ def _evaluate(policy, tokenizer, eval_prompts, settings, r) -> dict:
 
     samples = _sample_rows(policy, tokenizer, eval_prompts, settings.eval_k,
                            settings.generation, EVAL_SEED_OFFSET + settings.seed + r)
-    scored = label_rows(samples, load_judge(settings.eval_judge or settings.judge), allow_empty=True)
+    spec = settings.eval_judge or settings.judge
+    scored = label_rows(samples, spec if isinstance(spec, Judge) else load_judge(spec), allow_empty=True)
     per_prompt = [sum(row["scores"]) / len(row["scores"]) for row in scored]
     n = len(per_prompt)
     mean = sum(per_prompt) / n

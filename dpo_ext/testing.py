@@ -21,14 +21,19 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
 
 
-def tiny_model(tokenizer, seed: int = 0, n_layer: int = 2, n_embd: int = 32, n_positions: int = 64):
-    """A randomly initialised GPT-2 sized for `tokenizer` (seeded, so two calls give the same weights)."""
+def tiny_model(tokenizer, seed: int = 0, n_layer: int = 2, n_embd: int = 32, n_positions: int = 64, n_head: int = 2,
+               dropout: float | None = None):
+    """A randomly initialised GPT-2 sized for `tokenizer` (seeded, so two calls give the same weights).
+
+    ``dropout`` sets every dropout probability (residual, embedding, attention); None keeps GPT-2's 0.1. Its BOS, EOS
+    and pad ids are the tokenizer's (GPT2Config's defaults, 50256, lie outside a small vocabulary)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
+    rates = {} if dropout is None else {"resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout}
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
-                        n_head=2, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+                        n_head=n_head, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id, **rates)
     return GPT2LMHeadModel(config)
 
 

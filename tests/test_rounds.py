@@ -152,3 +152,58 @@ def test_iterate_command(tokenizer, tmp_path, judge, capsys):
     out = capsys.readouterr().out
     assert "round=1" in out and "eval_judge_mean=" in out
     assert (tmp_path / "out" / "round-1" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_judge_object_and_a_slice_of_prompts_per_round(tokenizer, tmp_path):
+    """A program's own judge object labels the rows and names itself in the records; with prompts_per_round=4 over
+    6 prompts, round 1 samples prompts 0-3 and round 2 prompts 4, 5, 0, 1 (wrapping)."""
+    from dpo_ext.judges import FunctionJudge
+
+    lengths = FunctionJudge(lambda prompts, completions: [[float(len(c)) for c in row] for row in completions],
+                            name="length judge")
+    _run(tokenizer, tmp_path / "run", lengths, prompts_per_round=4)
+    for r, expected in ((1, PROMPTS[:4]), (2, PROMPTS[4:] + PROMPTS[:2])):
+        folder = tmp_path / "run" / f"round-{r}"
+        assert [row["prompt"] for row in _lines(folder / "samples.jsonl")] == expected
+        for row in _lines(folder / "labelled.jsonl"):
+            assert row["scores"] == [float(len(c)) for c in row["completions"]]
+        assert json.loads((folder / "round.json").read_text())["judge"] == "length judge"
+        assert json.loads((folder / "adapter" / "training_config.json").read_text())["judge"] == "length judge"
+    with pytest.raises(ValueError, match="prompts_per_round must be"):
+        _run(tokenizer, tmp_path / "other", lengths, prompts_per_round=0)
+
+
+def test_self_judged_rounds_can_start_from_a_finished_round_judged_otherwise(tokenizer, tmp_path, judge):
+    """Round 1 judged by the function, copied into a second run whose later rounds are self-rewarded: round 2 is
+    labelled by round 1's implicit reward (scores that are not the function's), round 1 is read back unchanged."""
+    import shutil
+
+    from dpo_ext.judges import ImplicitRewardJudge
+
+    _run(tokenizer, tmp_path / "judged", judge, rounds=1)
+    shutil.copytree(tmp_path / "judged" / "round-1", tmp_path / "self" / "round-1")
+    summaries = _run(tokenizer, tmp_path / "self", "self", eval_judge=judge)
+    assert summaries[0] == json.loads((tmp_path / "judged" / "round-1" / "round.json").read_text())
+    assert summaries[1]["judge"] == "self"
+    labelled = _lines(tmp_path / "self" / "round-2" / "labelled.jsonl")
+    implicit = ImplicitRewardJudge.from_pretrained(str(tmp_path / "self" / "round-1" / "adapter"),
+                                                   base_model=make_model(tokenizer))
+    expected = implicit([row["prompt"] for row in labelled], [row["completions"] for row in labelled])
+    for row, scores in zip(labelled, expected):
+        assert row["scores"] == pytest.approx(scores, abs=1e-5)
+
+
+def test_callbacks_reach_every_rounds_trainer(tokenizer, tmp_path, judge):
+    """A callback given to run_rounds sees each round's training: two trainings of max_steps=2 steps each."""
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Steps(TrainerCallback):
+        def on_train_end(self, args, state, control, **kwargs):
+            seen.append((args.output_dir, state.global_step))
+
+    settings = RoundSettings(rounds=2, k=2, judge=judge, generation={"max_new_tokens": 4}, seed=1)
+    run_rounds(lambda: make_model(tokenizer), tokenizer, PROMPTS[:3], _args(tmp_path / "run"), settings,
+               peft_config=LoraConfig(**LORA), callbacks=[Steps()])
+    assert seen == [(str(tmp_path / "run" / f"round-{r}" / "train"), 2) for r in (1, 2)]

@@ -1,11 +1,14 @@
-"""What the preference recipes (``recipes/hh``, ``recipes/tldr``, ``recipes/ultrafeedback``) share and `dpo_ext` does
-not provide. Training, evaluation, loading and publishing are the package's (`dpo_ext.cli.train.run_training`,
-`dpo_ext.ImplicitRewardScorer`, `dpo_ext.push_adapter`); this is only the glue around them:
+"""What the preference recipes (``recipes/hh``, ``recipes/tldr``, ``recipes/ultrafeedback``, ``recipes/sentiment``)
+share and `dpo_ext` does not provide. Training, evaluation, loading and publishing are the package's
+(`dpo_ext.cli.train.run_training`, `dpo_ext.ImplicitRewardScorer`, `dpo_ext.push_adapter`); this is only the glue
+around them:
 
 - `recipe_kit.arguments`: one `trl.TrlParser` over the recipe's own fields and the package's dataclasses;
-- `recipe_kit.sft`: the SFT stage (`trl.SFTTrainer` on preferred responses, saved as a complete model folder);
+- `recipe_kit.sft`: the SFT stage (`trl.SFTTrainer` on preferred responses or plain texts, or a small model trained
+  from scratch by a plain torch loop), saved as a complete model folder;
 - `recipe_kit.win_rate`: samples of the trained policy and of the SFT policy scored by a reward model;
 - `recipe_kit.stages`: SFT then DPO, the order the HH and TL;DR recipes run them in;
+- `recipe_kit.cached_stages`: numbered stages, each cached in its folder with the settings it was built with;
 - `recipe_kit.tiny_models`: the test-size policy and reward model the ``configs/test.yaml`` runs use.
 
 A recipe script puts ``recipes/`` on ``sys.path`` and imports from here; ``recipes/`` is not a package.

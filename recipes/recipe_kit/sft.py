@@ -1,5 +1,9 @@
-"""The SFT stage: `trl.SFTTrainer` on ``{"prompt", "completion"}`` rows (the loss is on the completion only, TRL's
-default for such rows), saved as a complete model folder (safetensors + tokenizer) that the DPO stage starts from.
+"""The SFT stage, saved as a complete model folder (safetensors + tokenizer) that the preference stage starts from:
+
+- `train_sft` / `fine_tune`: `trl.SFTTrainer` on ``{"prompt", "completion"}`` rows (the loss is on the completion
+  only, TRL's default for such rows) or on ``{"text"}`` rows (the loss is on every token);
+- `train_small_causal_lm`: a plain torch loop for a small model built from a config and trained from scratch on CPU
+  (one process, one progress bar, no trainer start-up).
 
 The DPO paper had no SFT model for Anthropic HH and fine-tuned on the preferred responses instead (section 6.2);
 `sft_rows` builds those rows from preference pairs, and the TL;DR recipe does the same with its comparisons.
@@ -7,6 +11,8 @@ The DPO paper had no SFT model for Anthropic HH and fine-tuned on the preferred 
 
 import json
 import logging
+import math
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,34 +39,47 @@ def sft_rows(pairs: list[dict]) -> tuple[list[dict], dict]:
     return out, {"pairs": len(pairs), "kept": len(out), "left_out": {"repeated": len(pairs) - len(out)}}
 
 
-def sft_config(run):
-    """A `trl.SFTConfig` with the SFT fields of ``run.recipe`` and the shared settings of ``run.training``."""
+def sft_config(training, output_dir, shared=SHARED_SETTINGS, **fields):
+    """A `trl.SFTConfig` writing to ``output_dir``, with the ``shared`` settings of ``training`` (the run's
+    `PLDPOConfig`) and ``fields``, the SFT's own (``num_train_epochs``, ``learning_rate``, ``max_length``...)."""
     from trl import SFTConfig
 
-    shared = {name: getattr(run.training, name) for name in SHARED_SETTINGS}
-    return SFTConfig(output_dir=run.recipe.sft_output_dir, num_train_epochs=run.recipe.sft_num_train_epochs,
-                     learning_rate=run.recipe.sft_learning_rate, max_length=run.recipe.sft_max_length,
-                     save_strategy="no", push_to_hub=False, **shared)
+    values = {name: getattr(training, name) for name in shared}
+    return SFTConfig(output_dir=str(output_dir), save_strategy="no", push_to_hub=False, **{**values, **fields})
 
 
 def train_sft(run, rows: list[dict]) -> Path:
-    """Fine-tune ``run.model.model_name_or_path`` on ``rows`` and save the complete model (and its tokenizer) to
-    ``run.recipe.sft_output_dir``, with ``sft_results.json`` (rows, mean training loss). Every weight is trained,
-    unless ``sft_use_peft``: then a LoRA (on a 4-bit base with ``load_in_4bit``) is trained and merged into the base
-    loaded in ``dtype``, so the DPO stage still gets a plain model."""
+    """Fine-tune ``run.model.model_name_or_path`` on ``rows`` (`fine_tune`) into ``run.recipe.sft_output_dir``, with
+    the SFT fields of ``run.recipe`` and the shared settings of ``run.training``."""
+    recipe = run.recipe
+    config = sft_config(run.training, recipe.sft_output_dir, num_train_epochs=recipe.sft_num_train_epochs,
+                        learning_rate=recipe.sft_learning_rate, max_length=recipe.sft_max_length)
+    return fine_tune(run.model, config, rows, Path(recipe.sft_output_dir), use_peft=recipe.sft_use_peft)
+
+
+def fine_tune(model_args, config, rows: list[dict], out: Path, use_peft: bool = False) -> Path:
+    """Fine-tune ``model_args.model_name_or_path`` with `trl.SFTTrainer` and save the complete model (and its
+    tokenizer) to ``out``, with ``sft_results.json`` (rows, mean training loss). Under a multi-process launch every
+    process trains and the main one writes.
+
+    Args:
+        model_args (`trl.ModelConfig`): the model, its revision, dtype and LoRA settings.
+        config (`trl.SFTConfig`): see `sft_config`.
+        rows (`list[dict]`): ``{"prompt", "completion"}`` rows or ``{"text"}`` rows.
+        use_peft (`bool`): train a LoRA (on a 4-bit base with ``load_in_4bit``) and merge it into the base loaded in
+            ``dtype``, so the next stage still gets a plain model; otherwise every weight is trained.
+    """
     from datasets import Dataset
     from trl import SFTTrainer
 
     from dpo_ext.cli.train import load_policy, lora_config
     from dpo_ext.modeling.tokenizers import load_tokenizer
 
-    out = Path(run.recipe.sft_output_dir)
-    use_peft = run.recipe.sft_use_peft
-    model_args = run.model if use_peft else replace(run.model, use_peft=False, load_in_4bit=False, load_in_8bit=False)
-    config = sft_config(run)
+    if not use_peft:
+        model_args = replace(model_args, use_peft=False, load_in_4bit=False, load_in_8bit=False)
     model = load_policy(model_args, config)
     tokenizer = load_tokenizer(model_args.model_name_or_path, "--model_name_or_path", model_args.model_revision)
-    logger.warning("SFT: %s on %d prompt/response rows -> %s", model_args.model_name_or_path, len(rows), out)
+    logger.warning("SFT: %s on %d rows -> %s", model_args.model_name_or_path, len(rows), out)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora_config(model_args) if use_peft else None)
     train_loss = trainer.train().training_loss
@@ -74,6 +93,66 @@ def train_sft(run, rows: list[dict]) -> Path:
     del trainer, model
     free_memory()
     return out
+
+
+def train_small_causal_lm(model, tokenizer, texts: list[str], out: Path, *, max_length: int, batch_size: int,
+                          epochs: float, learning_rate: float, seed: int, disable_tqdm: bool = False) -> None:
+    """Next-token training of ``model`` on the first ``max_length`` tokens of each text (the rest is cut off), then
+    ``model`` (in eval mode) and ``tokenizer`` saved to ``out``. AdamW (weight decay 0.01), linear warm-up over the
+    first 5% of the steps then cosine decay to 0, gradients clipped at norm 1; batches drawn without replacement in
+    an order seeded by ``seed``, reshuffled whenever fewer than a batch remain. Deterministic given the model's
+    initial weights and ``seed`` (with dropout off: the model draws no random numbers itself).
+
+    Args:
+        model (`GPT2LMHeadModel` or any causal LM): already initialised, on the CPU.
+        tokenizer: pads with its pad token (masked out of the loss).
+        epochs (`float`): passes over ``texts``; the steps are ``ceil(len(texts) / batch_size) * epochs``, at least 1.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    # Only the first `max_length` tokens are used: cut each text well past them (no BPE token of ours is 32
+    # characters long) rather than tokenizing whole texts.
+    texts = [text[: 32 * max_length] for text in texts]
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
+    input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]  # (N, T)
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    num_params = sum(p.numel() for p in model.parameters())
+    total_steps = max(1, int(math.ceil(len(texts) / batch_size) * epochs))
+    warmup = max(1, total_steps // 20)
+    logger.info(f"SFT: {num_params / 1e6:.2f}M parameters from scratch, {len(texts)} texts x {max_length} tokens, "
+                f"{total_steps} steps of {batch_size}")
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+
+    def lr_factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    start, order, losses = time.time(), torch.empty(0, dtype=torch.long), []
+    progress = tqdm(range(total_steps), desc="SFT", mininterval=2, disable=disable_tqdm)
+    for _ in progress:
+        if len(order) < batch_size:
+            order = torch.cat([order, torch.randperm(len(texts), generator=generator)])
+        index, order = order[:batch_size], order[batch_size:]
+        loss = model(input_ids=input_ids[index], attention_mask=attention_mask[index], labels=labels[index]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    seconds = time.time() - start
+    logger.info(f"SFT: final loss {sum(losses[-20:]) / len(losses[-20:]):.3f}, "
+                f"{total_steps * batch_size * max_length / seconds:.0f} tokens/s")
+    model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def _merge(model_args, out: Path) -> None:

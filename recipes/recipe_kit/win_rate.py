@@ -131,6 +131,8 @@ def win_rate(policy_dir, sft_model: str, prompts: list, settings, dtype: str | N
         rewards), ``win_rate_prompts`` (how many prompts) and, with ``chosen``, ``win_rate_vs_chosen`` and
         ``reward_chosen``.
     """
+    from dpo_ext.data.jsonl import write_jsonl
+
     dtype = None if dtype in (None, "auto") else getattr(torch, dtype)
     policy, sft = sample_policy_and_sft(policy_dir, sft_model, prompts, settings, dtype)
     sides = {"policy": policy, "sft": sft, **({"chosen": chosen} if chosen is not None else {})}
@@ -138,11 +140,9 @@ def win_rate(policy_dir, sft_model: str, prompts: list, settings, dtype: str | N
     rewards = reward_scores(settings.reward_model_name, prompts * len(sides), sum(sides.values(), []),
                             settings.reward_batch_size, dtype)
     rewards = {side: rewards[i * n:(i + 1) * n] for i, side in enumerate(sides)}  # (n,) per side, in sides' order
-    with open(Path(policy_dir) / SAMPLES_FILE, "w") as f:
-        for i, prompt in enumerate(prompts):
-            row = {"prompt": prompt, **{side: texts[i] for side, texts in sides.items()},
-                   **{f"reward_{side}": values[i] for side, values in rewards.items()}}
-            f.write(json.dumps(row) + "\n")
+    write_jsonl(Path(policy_dir) / SAMPLES_FILE, [
+        {"prompt": prompt, **{side: texts[i] for side, texts in sides.items()},
+         **{f"reward_{side}": values[i] for side, values in rewards.items()}} for i, prompt in enumerate(prompts)])
     results = {"win_rate": _win_share(rewards["policy"], rewards["sft"]),
                **{f"reward_{side}": sum(values) / n for side, values in rewards.items()}, "win_rate_prompts": n}
     if chosen is not None:

@@ -12,6 +12,7 @@ PAD_TOKEN = "<|pad|>"  # distinct from EOS so that padding after an early EOS ca
 
 
 def build(out_dir: Path, texts: list[str], vocab_size: int):
+    """`recipe_kit.bpe.train_byte_level_bpe` on ``texts``, saved to ``out_dir``."""
     from recipe_kit.bpe import train_byte_level_bpe
 
     wrapped = train_byte_level_bpe(texts, vocab_size, [EOS_TOKEN, PAD_TOKEN], EOS_TOKEN, PAD_TOKEN)
@@ -21,9 +22,10 @@ def build(out_dir: Path, texts: list[str], vocab_size: int):
 
 
 def load(path: str | Path):
-    from transformers import AutoTokenizer
+    """The tokenizer at ``path`` (a folder or Hub id), padding with EOS when it has no pad token (GPT-2's has none;
+    padding is always masked out)."""
+    from dpo_ext.modeling.tokenizers import ensure_pad_token, load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:  # GPT-2's tokenizer has none; padding is always masked out
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(str(path), "--model_name_or_path")
+    ensure_pad_token(tokenizer, str(path))
     return tokenizer

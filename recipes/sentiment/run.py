@@ -24,8 +24,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # sibling modules, and recipe_kit in recipes/ (not a package)
 
-import parallel  # noqa: E402
+from recipe_kit.instruction_set import check_pinned_capability, pin_instruction_set  # noqa: E402
+
+pin_instruction_set()  # first, before torch or numpy load: AVX2 kernels, so the same numbers on any AVX2 CPU
+
 import recipe_config  # noqa: E402
+from recipe_kit import pool as parallel  # noqa: E402
 from stage_cache import NUM_STAGES, all_settings, stage, stage_settings  # noqa: E402
 
 logger = logging.getLogger("sentiment")
@@ -36,7 +40,7 @@ def log(message: str) -> None:
 
 
 def worker_count(args) -> int:
-    """Worker processes for the CPU path (`parallel.JobPool`); 1 (everything in this process) on a GPU or under a
+    """Worker processes for the CPU path (`recipe_kit.pool.JobPool`); 1 (everything in this process) on a GPU or under a
     multi-process launch, where the trainers distribute the work themselves."""
     from accelerate import PartialState
 
@@ -48,6 +52,7 @@ def worker_count(args) -> int:
 def set_up_torch(args) -> None:
     if args.training.use_cpu:
         parallel.set_up_cpu_process()  # one torch thread: the numbers must not depend on the thread count
+        log(f"torch CPU kernels: {check_pinned_capability()}")
 
 
 def main(args) -> dict:
@@ -64,19 +69,32 @@ def main(args) -> dict:
     def settings(upto):
         return stage_settings(everything, upto)
 
-    with parallel.JobPool(worker_count(args)) as pool:
+    with parallel.JobPool(worker_count(args), recipe_dir=HERE) as pool:
         parts = data_stage(out, args, settings("data"))
         tokenizer = tokenizer_stage(out, args, parts, settings("tokenizer"))
         sft_dir = sft_stage(out, args, tokenizer, parts, settings("sft"))
         reward = reward_stage(out, args, parts, settings("reward"))
         prefs = preference_stage(out, args, pool, sft_dir, tokenizer, reward, parts, settings("preferences"))
+        args = with_run_seed(args)  # everything from here on: the run seed
         sft_point, runs = train_stage(out, args, pool, settings("sft_eval"), settings("train"))
-        bon = best_of_n_stage(out, args, pool, sft_dir, tokenizer, reward, prefs, runs, settings("best_of_n"))
+        bon = None
+        if args.data.best_of_n_max > 0:
+            bon = best_of_n_stage(out, args, pool, sft_dir, tokenizer, reward, prefs, runs, settings("best_of_n"))
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
         return {}
     return report_stage(out, args, sft_point, runs, reward, prefs, bon)
+
+
+def with_run_seed(args):
+    """``args`` with ``run_seed`` (when set) as the trainer's seed, which the stages after the preference data read:
+    training, evaluation samples, rounds, Best-of-N."""
+    from dataclasses import replace
+
+    if args.run.run_seed is None:
+        return args
+    return args._replace(training=replace(args.training, seed=args.run.run_seed))
 
 
 def data_stage(out: Path, args, settings: dict) -> dict:
@@ -105,11 +123,7 @@ def sft_stage(out: Path, args, tokenizer, parts: dict, settings: dict) -> Path:
     import sft_policy
 
     def build(d):
-        texts = [r["text"] for r in parts["sft"]]
-        if args.model.model_name_or_path is None:
-            sft_policy.train_tiny(d, args, tokenizer, texts, log)
-        else:
-            sft_policy.train_hub_model(d, args, tokenizer, texts, log)
+        sft_policy.train(d, args, tokenizer, [r["text"] for r in parts["sft"]])
 
     # A Hub model is fine-tuned with SFTTrainer on every process; the tiny one by the main process alone.
     return stage(3, "SFT policy", out / "sft", build, lambda d: d,
@@ -139,7 +153,7 @@ def preference_stage(out: Path, args, pool, sft_dir: Path, tokenizer, reward, pa
 
     return stage(5, "preference data", out / "preferences",
                  lambda d: preference_data.build(d, sample, tokenizer, reward, parts["prompts"], args.data,
-                                                 args.training.seed, log),
+                                                 args.training.seed, with_run_seed(args).training.seed, log),
                  preference_data.load, settings=settings)
 
 
@@ -176,7 +190,8 @@ def report_stage(out: Path, args, sft_point: dict, runs: dict, reward, prefs: di
     import publish
     import report
 
-    summary = report.summarize(sft_point, runs, reward.metrics, prefs["stats"], bon, args.training.beta)
+    summary = report.summarize(sft_point, runs, reward.metrics, prefs["stats"], bon, args.training.beta,
+                                args.run.fixed_kls)
     report.write(out, summary, imdb_data.LICENSE_NOTE, "python " + " ".join(sys.argv))
     log(f"[8/{NUM_STAGES}] report: {out / 'results.md'}, {out / 'frontier.png'}, {out / 'best_of_n.png'}")
     publish.write_cards(out, runs, args.training.hub_model_id, log)

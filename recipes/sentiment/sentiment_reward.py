@@ -1,7 +1,8 @@
-"""Stage 4: the ground-truth reward, p(positive | text), as a callable ``reward(texts) -> list[float]``.
+"""Stage 4: the ground-truth reward, p(positive | text), as a callable ``reward(texts) -> list[float]`` whose
+``metrics`` go into the results.
 
 Offline: TF-IDF (word 1-2 grams) + logistic regression fitted on labelled reviews that neither SFT nor the prompts
-use; its accuracy on a held-out tenth is reported with the results. Paper scale: a Hub sentiment classifier
+use; its accuracy on a held-out tenth is reported. Paper scale: a Hub sentiment classifier
 (``siebert/sentiment-roberta-large-english``) through a transformers pipeline.
 """
 
@@ -33,34 +34,24 @@ def build(out_dir: Path, reviews: list[dict], seed: int, log) -> dict:
     labels = [r["label"] for r in held_out]
     full = classifier.score([r["text"] for r in held_out], labels)
     prefixes = classifier.score([" ".join(r["text"].split()[:48]) for r in held_out], labels)
-    metrics = {
-        "kind": "tfidf_logistic_regression",
-        "fit_reviews": len(fit),
-        "held_out_reviews": len(held_out),
-        "held_out_accuracy": round(full, 4),
-        "held_out_accuracy_48_word_prefixes": round(prefixes, 4),
-    }
+    metrics = {"kind": "tfidf_logistic_regression", "fit_reviews": len(fit), "held_out_reviews": len(held_out),
+               "held_out_accuracy": round(full, 4), "held_out_accuracy_48_word_prefixes": round(prefixes, 4)}
     log(f"reward: TF-IDF + logistic regression, held-out accuracy {full:.3f} (48-word prefixes {prefixes:.3f})")
-    with open(out_dir / "classifier.pkl", "wb") as handle:
-        pickle.dump(classifier, handle)
+    (out_dir / "classifier.pkl").write_bytes(pickle.dumps(classifier))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
 class TfidfReward:
-    """p(positive) from the pickled scikit-learn pipeline written by `build`."""
+    """p(positive) from the pipeline `build` pickled (our own file: unpickling it is safe)."""
 
     def __init__(self, out_dir: Path):
-        with open(Path(out_dir) / "classifier.pkl", "rb") as handle:  # our own file, written by build()
-            self.classifier = pickle.load(handle)
+        self.classifier = pickle.loads((Path(out_dir) / "classifier.pkl").read_bytes())
         self.metrics = json.loads((Path(out_dir) / "metrics.json").read_text())
-        positive = list(self.classifier.classes_).index(1)
-        self._column = positive
+        self._column = list(self.classifier.classes_).index(1)
 
     def __call__(self, texts: list[str]) -> list[float]:
-        if not texts:
-            return []
-        return self.classifier.predict_proba(list(texts))[:, self._column].tolist()
+        return self.classifier.predict_proba(list(texts))[:, self._column].tolist() if texts else []
 
 
 class PipelineReward:
@@ -72,8 +63,7 @@ class PipelineReward:
 
         device = 0 if torch.cuda.is_available() else -1
         self.pipe = pipeline("sentiment-analysis", model=model_name, device=device, top_k=None, truncation=True)
-        self.batch_size = batch_size
-        self.metrics = {"kind": "hub_classifier", "model": model_name}
+        self.batch_size, self.metrics = batch_size, {"kind": "hub_classifier", "model": model_name}
 
     def __call__(self, texts: list[str]) -> list[float]:
         outputs = self.pipe(list(texts), batch_size=self.batch_size)

@@ -1,4 +1,4 @@
-"""The finished stages' outputs, loaded from their folders. Parallel jobs (`parallel.JobPool`) start from these
+"""The finished stages' outputs, loaded from their folders. Parallel jobs (`recipe_kit.pool.JobPool`) start from these
 rather than from objects handed over by the main process: nothing but paths and settings crosses a process boundary.
 """
 

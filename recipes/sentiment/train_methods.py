@@ -1,19 +1,33 @@
 """Stage 6: train each method as a LoRA adapter on the SFT model; the reference is that model with the adapter
 disabled (the adapter starts at B = 0, so policy == reference at step 0).
 
-| run            | trainer                                  | data                          |
-|----------------|------------------------------------------|-------------------------------|
-| dpo            | dpo_ext.PLDPOTrainer, plackett_luce      | pairwise (K = 2: sigmoid DPO) |
-| trl_dpo        | trl.DPOTrainer, loss_type sigmoid        | the same pairwise rows        |
-| pl_dpo         | dpo_ext.PLDPOTrainer, plackett_luce      | ranked, K = 4                 |
-| preferred_ft   | dpo_ext.PLDPOTrainer, preferred_ft       | pairwise (SFT on the chosen)  |
-| unlikelihood   | dpo_ext.PLDPOTrainer, unlikelihood       | pairwise                      |
-| rloo / grpo    | trl.RLOOTrainer / trl.GRPOTrainer        | prompts + the classifier      |
+| run          | trainer                                    | data                                      |
+|--------------|--------------------------------------------|-------------------------------------------|
+| dpo          | dpo_ext.PLDPOTrainer, plackett_luce        | best vs worst of K (K = 2: sigmoid DPO)   |
+| trl_dpo      | trl.DPOTrainer, sigmoid                    | the same pairs                            |
+| all_pairs    | dpo_ext.PLDPOTrainer, all_pairs            | the K = 4 ranked completions, every pair  |
+| pl_dpo       | dpo_ext.PLDPOTrainer, plackett_luce        | the K = 4 ranked completions              |
+| lipo         | dpo_ext.PLDPOTrainer, lipo_lambda          | the K = 4 completions and their scores    |
+| rounds       | dpo_ext.rounds.run_rounds, plackett_luce   | K = 4 policy samples a round, classifier  |
+| rounds_self  | the same, rounds 2.. self-rewarded         | the same, then the implicit reward        |
+| preferred_ft | dpo_ext.PLDPOTrainer, preferred_ft         | the pairs (SFT on the chosen)             |
+| unlikelihood | dpo_ext.PLDPOTrainer, unlikelihood         | the pairs                                 |
+| rloo / grpo  | trl.RLOOTrainer / trl.GRPOTrainer          | prompts, the classifier as reward         |
+
+Rounds (`dpo_ext.rounds`, the package's on-policy loop): each round samples K completions from the current policy
+for its own slice of the training prompts (1/rounds of them: the rounds train about as many steps on as many prompts
+as one offline pass), labels them and trains; the reference stays the SFT model. ``rounds_self`` runs round 1 as
+``rounds`` does (same seed: the same round), then labels each round with the implicit reward of the policy it starts
+from (self-rewarding, DICE), the classifier left out.
+
+RL baseline: the ground-truth classifier optimised directly by TRL's RLOO (or GRPO) under a KL penalty (``rl_beta``)
+to the SFT policy, standing in for the paper's PPO-GT, which TRL no longer ships; its own step budget
+(``rl_max_steps``), since on-policy sampling makes it the costliest run per step on CPU.
 
 Each run's trainer config is the parsed `PLDPOConfig` with the run's output folder, loss, beta and alpha
 (`run_config`); TRL's trainers get their own config class filled from it (`trl_config`). Every run writes a
-ready-to-publish folder: adapter weights and config, tokenizer, ``training_config.json`` and
-``eval_results.json`` (final reward and KL, plus the checkpoints that trace its frontier).
+ready-to-publish folder: adapter, tokenizer, ``training_config.json`` and ``eval_results.json`` (final reward and KL,
+and the checkpoints that trace its frontier).
 """
 
 import json
@@ -23,8 +37,14 @@ from pathlib import Path
 
 import evaluation
 
-LOSS_TYPES = {"dpo": "plackett_luce", "pl_dpo": "plackett_luce", "preferred_ft": "preferred_ft",
-              "unlikelihood": "unlikelihood"}
+from dpo_ext.cli.train import lora_config  # the one LoRA config of every command and recipe
+
+LOSS_TYPES = {"dpo": "plackett_luce", "pl_dpo": "plackett_luce", "all_pairs": "all_pairs", "lipo": "lipo_lambda",
+              "preferred_ft": "preferred_ft", "unlikelihood": "unlikelihood", "rounds": "plackett_luce",
+              "rounds_self": "plackett_luce"}
+RANKED_METHODS = ("pl_dpo", "all_pairs", "lipo")  # trained on the K ranked completions (LiPO: on their scores)
+BETA_METHODS = ("dpo", "trl_dpo", "pl_dpo", "all_pairs", "lipo")  # one run per beta of ``betas``
+ROUND_METHODS = ("rounds", "rounds_self")
 # Trainer settings copied into training_config.json (what a model card shows).
 _RECORDED = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
@@ -44,11 +64,14 @@ def plan_runs(args) -> list[dict]:
     betas, alphas = run_args.betas, run_args.unlikelihood_alphas
     runs = []
     for method in run_args.methods:
-        if method in ("dpo", "trl_dpo", "pl_dpo"):
+        if method in BETA_METHODS:
             runs += [{"name": f"{method}_beta{b:g}", "method": method, "beta": b} for b in betas]
         elif method == "unlikelihood":
             runs += [{"name": f"unlikelihood_alpha{a:g}", "method": method, "beta": training_args.beta, "alpha": a}
                      for a in alphas]
+        elif method in ROUND_METHODS:
+            runs.append({"name": f"{method}_beta{run_args.rounds_beta:g}", "method": method,
+                         "beta": run_args.rounds_beta})
         elif method == "preferred_ft":
             runs.append({"name": "preferred_ft", "method": method, "beta": training_args.beta})
         else:  # RL baselines
@@ -100,22 +123,56 @@ def make_trainer(run, model, tokenizer, prefs, config, peft_config, callbacks, r
         return DPOTrainer(model=model, ref_model=None, args=trl_dpo_config(config), train_dataset=pairwise,
                           processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     if method in ("rloo", "grpo"):
-        import rl_baseline
-
-        return rl_baseline.make_trainer(method, run, model, tokenizer, prefs, config, peft_config, callbacks, reward)
+        return rl_trainer(method, run, model, tokenizer, prefs, config, peft_config, callbacks, reward)
     from dpo_ext import PLDPOTrainer
 
-    data = Dataset.from_list(prefs["ranked"]) if method == "pl_dpo" else pairwise
+    data = Dataset.from_list(prefs["ranked"]) if method in RANKED_METHODS else pairwise
     return PLDPOTrainer(model=model, ref_model=None, args=config, train_dataset=data, processing_class=tokenizer,
                         peft_config=peft_config, callbacks=callbacks)
 
 
-def lora_config(model_args, model):
-    """`dpo_ext.cli.train.lora_config` (the one for every command and recipe), ``fan_in_fan_out`` matching ``model``
-    (bias "none": disabling the adapter then gives back the reference exactly)."""
-    from dpo_ext.cli.train import lora_config as package_lora_config
+def rl_trainer(method, run, model, tokenizer, prefs, config, peft_config, callbacks, reward):
+    """TRL's RLOO or GRPO trainer; its config takes ``config``'s (the run's `PLDPOConfig`) training settings."""
+    from datasets import Dataset
 
-    return package_lora_config(model_args, model)
+    prompts = [row["prompt"] for row in prefs["ranked"]]
+    dataset = Dataset.from_dict({"prompt": prompts})
+    num_generations = max(2, len(prefs["ranked"][0]["completions"]))  # K, as in the preference data
+
+    def ground_truth_reward(prompts, completions, **_):
+        # The classifier reads the whole review so far, as everywhere else in the recipe.
+        return reward([p + c.replace(tokenizer.eos_token, "") for p, c in zip(prompts, completions)])
+
+    # Per-device batch counts completions; it must be a multiple of the completions per prompt.
+    batch = config.per_device_train_batch_size
+    overrides = {"max_steps": run["max_steps"], "beta": run["beta"],
+                 "per_device_train_batch_size": max(num_generations, batch - batch % num_generations),
+                 "num_generations": num_generations, "max_completion_length": run["max_new_tokens"],
+                 "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    if method == "rloo":
+        from trl import RLOOConfig, RLOOTrainer
+
+        args, trainer_class = trl_config(RLOOConfig, config, **overrides), RLOOTrainer
+    else:
+        from trl import GRPOConfig, GRPOTrainer
+
+        args, trainer_class = trl_config(GRPOConfig, config, **overrides), GRPOTrainer
+    return trainer_class(model=model, reward_funcs=ground_truth_reward, args=args, train_dataset=dataset,
+                         processing_class=tokenizer, peft_config=head_trained_in_full(peft_config), callbacks=callbacks)
+
+
+def head_trained_in_full(peft_config):
+    """TRL's RL trainers compute log-probs from ``lm_head.weight`` directly and refuse a LoRA adapter on the LM head.
+    An adapter that cannot move the head can barely shift the probability of single words on this tiny model (see
+    the recipe README), so the RL run trains a full copy of the head instead (PEFT's ``modules_to_save``: its
+    ``weight`` is the trained copy, and disabling the adapter gives back the SFT head, the reference)."""
+    import copy
+
+    config = copy.deepcopy(peft_config)
+    if "lm_head" in config.target_modules:
+        config.target_modules = {m for m in config.target_modules if m != "lm_head"}
+        config.modules_to_save = sorted(set(config.modules_to_save or []) | {"lm_head"})
+    return config
 
 
 def load_adapter(sft_dir: Path, adapter_dir: Path, use_cpu: bool):
@@ -128,7 +185,8 @@ def load_adapter(sft_dir: Path, adapter_dir: Path, use_cpu: bool):
 
 # Cost of a run relative to DPO's (the default run on CPU: RLOO 104 s, PL-DPO 96-100 s, the others 55-58 s), to
 # start the longest jobs first. Only the wall time depends on the order.
-_RELATIVE_COST = {"rloo": 1.8, "grpo": 1.8, "pl_dpo": 1.7, "trl_dpo": 1.5}
+_RELATIVE_COST = {"rloo": 1.8, "grpo": 1.8, "pl_dpo": 1.7, "all_pairs": 1.7, "lipo": 1.7, "trl_dpo": 1.5,
+                  "rounds": 2.5, "rounds_self": 3.0}
 
 
 def relative_cost(run: dict) -> float:
@@ -136,7 +194,7 @@ def relative_cost(run: dict) -> float:
 
 
 def train_job(out: Path, args, run: dict, settings: dict) -> dict:
-    """Stage 6 for one run, as a `parallel.JobPool` job: loads what it needs from the earlier stages' folders, trains
+    """Stage 6 for one run, as a `JobPool` job: loads what it needs from the earlier stages' folders, trains
     into ``out/adapters/<run>`` (skipped when that folder is marked done) and returns its eval_results.json."""
     import stage_outputs
     from stage_cache import logger, stage
@@ -159,6 +217,8 @@ def train_run(run, run_dir: Path, sft_dir: Path, tokenizer, prefs, reward, eval_
     callback = evaluation.make_callback(run["name"], tokenizer, reward, eval_prompts, args, curve)
     # The trainer's own output (logs) stays out of the publishable folder.
     config = run_config(args.training, run, run_dir.parent.parent / "trainer_output" / run_dir.name)
+    if run["method"] in ROUND_METHODS:
+        return train_rounds(run, run_dir, sft_dir, tokenizer, prefs, reward, eval_prompts, args, log)
     start = time.time()
     trainer = make_trainer({**run, "max_new_tokens": args.data.max_new_tokens}, model, tokenizer, prefs, config,
                            lora_config(args.model, model), [callback], reward)
@@ -177,7 +237,13 @@ def train_run(run, run_dir: Path, sft_dir: Path, tokenizer, prefs, reward, eval_
     step = trainer.state.global_step
     if not curve or curve[-1]["step"] != step:
         curve.append({"step": step, **{k: v for k, v in final.items() if k != "examples"}})
-    write_training_config(run_dir, trainer, run, args, seconds)
+    write_training_config(run_dir, trainer.args.to_dict(), trainer.model.peft_config["default"], type(trainer).__name__,
+                          run, args, seconds)
+    return write_results(run_dir, run, final, step, curve, log, seconds)
+
+
+def write_results(run_dir: Path, run: dict, final: dict, step: int, curve: list, log, seconds: float) -> dict:
+    """eval_results.json of a run: the final evaluation, the curve of checkpoints, the examples. Returns it."""
     results = {
         "ground_truth_reward": final["reward"],
         "ground_truth_reward_sem": final["reward_sem"],
@@ -196,19 +262,83 @@ def train_run(run, run_dir: Path, sft_dir: Path, tokenizer, prefs, reward, eval_
     return results
 
 
-def write_training_config(run_dir: Path, trainer, run: dict, args, seconds: float) -> None:
+def train_rounds(run, run_dir: Path, sft_dir: Path, tokenizer, prefs, reward, eval_prompts, args, log) -> dict:
+    """The on-policy rounds of ``run`` (`dpo_ext.rounds.run_rounds`, in ``<output_dir>/rounds/<run>``), each round's
+    adapter evaluated like every other run's checkpoints; the last round's adapter is the run's. Returns
+    eval_results.json's content."""
+    import math
+    import shutil
+
+    import generation
+    import preference_data
+    import sft_policy
+
+    from dpo_ext.judges import FunctionJudge
+    from dpo_ext.rounds import RoundSettings, run_rounds
+
+    def classifier(prompts, completions):  # the ground truth, reading the review so far as everywhere in the recipe
+        texts = [p + c for p, row in zip(prompts, completions) for c in row]
+        scores, out, start = reward(texts), [], 0
+        for row in completions:
+            out.append([round(s, 6) for s in scores[start : start + len(row)]])
+            start += len(row)
+        return out
+
+    judge = FunctionJudge(classifier, name="sentiment classifier (ground truth)")
+    prompts = [preference_data.decode(tokenizer, ids) for ids in prefs["prompts"]["train"]]
+    rounds = args.run.rounds
+    settings = RoundSettings(
+        rounds=rounds, k=args.data.num_completions, judge=judge, eval_judge=judge, reference="initial",
+        seed=args.training.seed,
+        generation={**generation.SAMPLING, "max_new_tokens": args.data.max_new_tokens},
+        prompts_per_round=math.ceil(len(prompts) / rounds))
+    rounds_dir = run_dir.parent.parent / "rounds" / run_dir.name
+    config = run_config(args.training, run, rounds_dir)
+    model = sft_policy.load(sft_dir)
+    lora = lora_config(args.model, model)
+    # Within a round, every eval_every_steps; at its end, the adapter as saved (as for every run's last point).
+    curve = []
+    callbacks = [evaluation.make_callback(run["name"], tokenizer, reward, eval_prompts, args, curve)]
+    shutil.rmtree(rounds_dir, ignore_errors=True)  # an unfinished run starts again (its curve counts every step)
+    start = time.time()
+    if run["method"] == "rounds_self":  # round 1 judged by the classifier, then by the policy itself
+        run_rounds(lambda: sft_policy.load(sft_dir), tokenizer, prompts, config, replace(settings, rounds=1),
+                   peft_config=lora, callbacks=callbacks)
+        settings = replace(settings, judge="self")
+    summaries = run_rounds(lambda: sft_policy.load(sft_dir), tokenizer, prompts, config, settings, peft_config=lora,
+                           callbacks=callbacks)
+    seconds = time.time() - start
+    step = 0
+    for summary in summaries:
+        step += summary["train_steps"]
+        policy = load_adapter(sft_dir, rounds_dir / f"round-{summary['round']}" / "adapter", args.training.use_cpu)
+        final = evaluation.evaluate_policy(policy, tokenizer, reward, eval_prompts, args.run.eval_samples_per_prompt,
+                                           args.data.max_new_tokens, seed=args.training.seed + 1)
+        curve.append({"step": step, **{k: v for k, v in final.items() if k != "examples"}})
+        log(f"{run['name']} round {summary['round']}: reward {final['reward']:.3f}, KL {final['kl']:.2f}")
+    curve.sort(key=lambda point: point["step"])
+    shutil.copytree(rounds_dir / f"round-{rounds}" / "adapter", run_dir, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("training_args.bin"))  # pickled; training_config.json replaces it
+    write_training_config(run_dir, config.to_dict(), policy.peft_config["default"], "dpo_ext.rounds.run_rounds",
+                          run, args, seconds, rounds={"rounds": rounds, "judge": [s["judge"] for s in summaries],
+                                                      "prompts_per_round": settings.prompts_per_round})
+    return write_results(run_dir, run, final, step, curve, log, seconds)
+
+
+def write_training_config(run_dir: Path, trainer_args: dict, trained, trainer_name: str, run: dict, args,
+                          seconds: float, **more) -> None:
     """training_config.json: the trainer's own settings (as it used them), the LoRA settings, the run, and what it
     used (data, reward, base model: `publish.provenance`, which the model card reads)."""
     import publish
 
-    config = {k: v for k, v in trainer.args.to_dict().items() if k in _RECORDED}
+    config = {k: v for k, v in trainer_args.items() if k in _RECORDED}
     if run["method"] != "unlikelihood":
         config.pop("unlikelihood_alpha", None)  # unused by every other loss
     lora = {name: getattr(args.model, name) for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
-    trained = trainer.model.peft_config["default"]  # what the trainer really adapted (the RL run: the head in full)
+    # ``trained``: the PEFT config the trainer really adapted (the RL run: the head in full)
     lora.update(lora_target_modules=sorted(trained.target_modules), modules_to_save=trained.modules_to_save)
     config.update({**publish.provenance(args), "method": run["method"], "run_name": run["name"],
-                   "trainer": type(trainer).__name__,
-                   "num_completions": args.data.num_completions if run["method"] == "pl_dpo" else 2,
+                   "trainer": trainer_name, **more,
+                   "num_completions": args.data.num_completions if run["method"] in RANKED_METHODS else 2,
                    "lora": lora, "train_seconds": round(seconds, 1)})
     (run_dir / "training_config.json").write_text(json.dumps(config, indent=2, default=str))

@@ -38,3 +38,124 @@ def test_win_rate_prompts_are_distinct_in_order_and_greedy_at_temperature_zero()
     assert generation_config(RecipeArguments(stage="dpo", temperature=0, max_new_tokens=5)) == {
         "do_sample": False, "max_new_tokens": 5}
     assert generation_config(RecipeArguments(stage="dpo", temperature=0.7))["temperature"] == 0.7
+
+
+def test_a_stage_depends_on_its_own_and_earlier_settings_and_later_stages_on_everything_but_the_excluded():
+    """Table a: (x), b: (y), c: (): b reads x and y; c (every setting from c on) adds z but not the excluded w."""
+    from recipe_kit.cached_stages import stage_settings
+
+    table = {"a": ("x",), "b": ("y",), "c": ()}
+    everything = {"w": 0, "x": 1, "y": 2, "z": 3}
+    assert stage_settings(everything, "a", table, ("w",), every_setting_from="c") == {"x": 1}
+    assert stage_settings(everything, "b", table, ("w",), every_setting_from="c") == {"x": 1, "y": 2}
+    assert stage_settings(everything, "c", table, ("w",), every_setting_from="c") == {"x": 1, "y": 2, "z": 3}
+    assert stage_settings(everything, "c", table) == {"x": 1, "y": 2}
+
+
+def test_all_settings_reads_dataclasses_and_training_arguments_as_json_and_later_groups_win():
+    from dataclasses import dataclass
+
+    from recipe_kit.cached_stages import all_settings
+
+    from dpo_ext import PLDPOConfig
+
+    @dataclass
+    class Mine:
+        seed: int = 7
+        path: Path = Path("a/b")
+
+    settings = all_settings(Mine(), PLDPOConfig(output_dir="out", seed=3, hub_token="secret"))
+    assert settings["seed"] == 3 and settings["output_dir"] == "out" and settings["lr_scheduler_type"] == "linear"
+    assert settings["hub_token"] != "secret"  # TrainingArguments.to_dict masks tokens
+    assert all_settings(PLDPOConfig(output_dir="out", seed=3), Mine())["path"] == "a/b"  # JSON: a path as its text
+
+
+def test_a_cached_stage_builds_once_records_its_settings_and_warns_with_the_recipes_logger(tmp_path, caplog):
+    import json
+    import logging
+
+    from recipe_kit.cached_stages import MARKER, stage
+
+    built = []
+
+    def build(folder):
+        built.append(folder)
+        (folder / "x.txt").write_text("1")
+
+    log = logging.getLogger("some_recipe")
+    with caplog.at_level(logging.INFO, logger="some_recipe"):
+        assert stage(2, "demo", tmp_path / "s", build, lambda d: (d / "x.txt").read_text(), total=5,
+                     settings={"lr": 1}, log=log) == "1"
+        assert stage(2, "demo", tmp_path / "s", build, lambda d: "cached", total=5, settings={"lr": 2}, log=log) \
+            == "cached"
+    assert built == [tmp_path / "s"]
+    assert json.loads((tmp_path / "s" / MARKER).read_text())["settings"] == {"lr": 1}
+    assert "[2/5] demo: running" in caplog.text and "lr: 1 -> 2" in caplog.text
+    assert {record.name for record in caplog.records} == {"some_recipe"}
+
+
+def small_tokenizer_and_texts():
+    from recipe_kit.bpe import train_byte_level_bpe
+
+    texts = ["the film was good and the actors were great", "a bad plot, a boring story and awful music",
+             "i loved the ending of this movie", "we hated it: the worst scene of the year"] * 4
+    return train_byte_level_bpe(texts, 300, ["<eos>", "<pad>"], "<eos>", "<pad>"), texts
+
+
+def test_a_small_causal_lm_trained_from_scratch_learns_its_texts_and_repeats_bit_for_bit(tmp_path):
+    """Two runs with the same initial weights and seed save the same weights; another seed draws other batches;
+    the trained model predicts its texts far better than a random one (whose loss is about ln(300) = 5.7)."""
+    import torch
+    from recipe_kit.sft import train_small_causal_lm
+    from safetensors.torch import load_file
+
+    from dpo_ext.testing import tiny_model
+
+    tokenizer, texts = small_tokenizer_and_texts()
+
+    def train(folder, seed):
+        model = tiny_model(tokenizer, seed=0, n_positions=16, n_head=4, dropout=0.0)
+        train_small_causal_lm(model, tokenizer, texts, tmp_path / folder, max_length=16, batch_size=4, epochs=5,
+                              learning_rate=1e-2, seed=seed, disable_tqdm=True)
+        return model, load_file(tmp_path / folder / "model.safetensors")
+
+    model, first = train("a", seed=1)
+    _, again = train("b", seed=1)
+    _, other = train("c", seed=2)
+    assert model.config.n_head == 4 and model.config.resid_pdrop == model.config.attn_pdrop == 0.0
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert not all(torch.equal(first[name], other[name]) for name in first)
+    assert (tmp_path / "a" / "tokenizer.json").is_file() and not model.training
+    batch = tokenizer(texts[:4], return_tensors="pt", padding=True, truncation=True, max_length=16)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        assert model(**batch, labels=labels).loss < 3.5  # 2.7 measured; 5.7 untrained
+
+
+def test_fine_tune_trains_every_weight_on_plain_text_rows(tmp_path):
+    """``{"text"}`` rows (the sentiment recipe's reviews) through the same SFTTrainer path as prompt/completion rows."""
+    import json
+
+    import torch
+    from recipe_kit.sft import SFT_RESULTS, fine_tune, sft_config
+    from safetensors.torch import load_file
+    from trl import ModelConfig
+
+    from dpo_ext import PLDPOConfig
+    from dpo_ext.testing import tiny_model
+
+    tokenizer, texts = small_tokenizer_and_texts()
+    base = tmp_path / "base"
+    tiny_model(tokenizer, n_positions=32).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    training = PLDPOConfig(output_dir=str(tmp_path / "dpo"), use_cpu=True, seed=0, report_to="none",
+                           disable_tqdm=True)
+    config = sft_config(training, tmp_path / "trainer", shared=("seed", "use_cpu", "report_to", "disable_tqdm"),
+                        num_train_epochs=1, learning_rate=1e-3, per_device_train_batch_size=4, max_length=32)
+    out = fine_tune(ModelConfig(model_name_or_path=str(base), use_peft=True), config,
+                    [{"text": text} for text in texts], tmp_path / "sft")
+    results = json.loads((out / SFT_RESULTS).read_text())
+    assert results["train_rows"] == 16 and results["train_loss"] > 0
+    before, after = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(before) == set(after) and not (out / "adapter").exists()  # use_peft=False: no LoRA, a plain model
+    assert not torch.equal(before["transformer.h.1.mlp.c_fc.weight"], after["transformer.h.1.mlp.c_fc.weight"])

@@ -24,6 +24,8 @@ import preference_data  # noqa: E402
 import recipe_config  # noqa: E402
 from fixtures import TOKEN  # noqa: E402
 
+from dpo_ext.data.files import read_rows  # noqa: E402
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "eval_results.json", "training_config.json",
                  "tokenizer.json")
@@ -51,14 +53,17 @@ def test_default_run_trains_with_the_settings_behind_the_readme(tmp_path):
 
     args = recipe_config.parse_args(["--output_dir", str(tmp_path)])
     runs = {run["name"]: run for run in train_methods.plan_runs(args)}
-    assert list(runs) == ["dpo_beta0.5", "dpo_beta1", "dpo_beta2", "pl_dpo_beta0.5", "pl_dpo_beta1", "pl_dpo_beta2",
+    assert list(runs) == ["dpo_beta0.5", "dpo_beta1", "all_pairs_beta0.5", "all_pairs_beta1", "pl_dpo_beta0.5",
+                          "pl_dpo_beta1", "lipo_beta0.5", "lipo_beta1", "rounds_beta0.5", "rounds_self_beta0.5",
                           "preferred_ft", "unlikelihood_alpha0.1", "unlikelihood_alpha1", "rloo_beta0.05"]
     expected = {"learning_rate": 2e-3, "optim": "adamw_torch", "warmup_steps": 5, "per_device_train_batch_size": 64,
                 "gradient_accumulation_steps": 1, "num_train_epochs": 1.0, "seed": 0, "max_length": 64,
                 "save_strategy": "no", "report_to": [], "bf16": False, "activation_checkpointing": False,
                 "use_cpu": True, "logging_steps": 10, "disable_tqdm": False, "push_to_hub": False}
-    losses = {"dpo_beta0.5": ("plackett_luce", 0.5), "pl_dpo_beta2": ("plackett_luce", 2.0),
-              "preferred_ft": ("preferred_ft", 1.0), "unlikelihood_alpha0.1": ("unlikelihood", 1.0)}
+    losses = {"dpo_beta0.5": ("plackett_luce", 0.5), "pl_dpo_beta1": ("plackett_luce", 1.0),
+              "all_pairs_beta1": ("all_pairs", 1.0), "lipo_beta0.5": ("lipo_lambda", 0.5),
+              "rounds_self_beta0.5": ("plackett_luce", 0.5), "preferred_ft": ("preferred_ft", 1.0),
+              "unlikelihood_alpha0.1": ("unlikelihood", 1.0)}
     for name, (loss_type, beta) in losses.items():
         config = train_methods.run_config(args.training, runs[name], tmp_path / "trainer_output" / name)
         assert {k: getattr(config, k) for k in expected} == expected, name
@@ -329,8 +334,8 @@ def test_push_to_hub_fails_before_any_stage_when_offline(tmp_path):
 def check_runs_report_their_own_results(out: Path, results: dict, settings: dict) -> None:
     """Each run's numbers in results.json and results.md are its eval_results.json's; its final evaluation closes
     its frontier; its step count and training_config.json show the YAML settings reached its trainer."""
-    rows = {"pairwise": len(preference_data.read_jsonl(out / "preferences" / "pairwise.jsonl")),
-            "ranked": len(preference_data.read_jsonl(out / "preferences" / "ranked.jsonl"))}
+    prefs = preference_data.load(out / "preferences")
+    rows = {"pairwise": len(prefs["pairwise"]), "ranked": len(prefs["ranked"])}
     table = (out / "results.md").read_text()
     lora = {k: settings[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
     for name, run in results["runs"].items():
@@ -347,8 +352,20 @@ def check_runs_report_their_own_results(out: Path, results: dict, settings: dict
         if run["method"] == "rloo":  # its own step budget; its batch counts completions, not pairs
             assert run["train_steps"] == settings["rl_max_steps"], name
             keys = ("learning_rate", "warmup_steps", "seed", "optim")
+        elif run["method"] in ("rounds", "rounds_self"):  # each round one pass over its own labelled rows
+            summaries = [json.loads((out / "rounds" / name / f"round-{r}" / "round.json").read_text())
+                         for r in range(1, settings["rounds"] + 1)]
+            for summary in summaries:
+                assert summary["train_steps"] == math.ceil(summary["trained_rows"]
+                                                           / settings["per_device_train_batch_size"]), name
+            assert run["train_steps"] == sum(s["train_steps"] for s in summaries), name
+            steps = [p["step"] for p in run["checkpoints"]]  # every round's end, and the evaluations within
+            assert steps == sorted(set(steps)) and {sum(s["train_steps"] for s in summaries[:r])
+                                                    for r in range(1, len(summaries) + 1)} <= set(steps), name
+            keys = ("learning_rate", "per_device_train_batch_size", "num_train_epochs", "warmup_steps", "seed",
+                    "max_length", "optim")
         else:
-            data_rows = rows["ranked" if run["method"] == "pl_dpo" else "pairwise"]
+            data_rows = rows["ranked" if run["method"] in ("pl_dpo", "all_pairs", "lipo") else "pairwise"]
             assert run["train_steps"] == math.ceil(data_rows / settings["per_device_train_batch_size"]), name
             keys = ("learning_rate", "per_device_train_batch_size", "num_train_epochs", "warmup_steps", "seed",
                     "max_length", "optim")
@@ -358,8 +375,53 @@ def check_runs_report_their_own_results(out: Path, results: dict, settings: dict
                 "modules_to_save": ["lm_head"]} if run["method"] == "rloo" else {
             "lora_target_modules": sorted(lora["lora_target_modules"]), "modules_to_save": None}
         assert config["beta"] == run["beta"] and config["lora"] == {**lora, **head}, name
-        if config["trainer"] == "PLDPOTrainer":  # trainer-only keys of the YAML
+        if config["trainer"] in ("PLDPOTrainer", "dpo_ext.rounds.run_rounds"):  # trainer-only keys of the YAML
             assert (config["prefix_sharing"], config["reference"]) == (True, "disabled_adapters"), name
+
+
+def check_rounds(out: Path, settings: dict) -> None:
+    """Both round runs: round r samples its own slice of the training prompts; round 1 is the same round in both
+    (same seed, same classifier); later rounds of rounds_self are labelled by the policy itself, not the classifier."""
+    rounds = out / "rounds" / f"rounds_beta{settings['rounds_beta']:g}"
+    selfs = out / "rounds" / f"rounds_self_beta{settings['rounds_beta']:g}"
+    prompts = [row["prompt"] for row in read_rows(rounds / "round-1" / "samples.jsonl").rows]
+    per_round = math.ceil(settings["preference_prompts"] / settings["rounds"])
+    assert len(prompts) == per_round
+    for name in ("samples.jsonl", "labelled.jsonl", "adapter/adapter_model.safetensors"):
+        assert (rounds / "round-1" / name).read_bytes() == (selfs / "round-1" / name).read_bytes(), name
+    for r in range(2, settings["rounds"] + 1):
+        judged = json.loads((rounds / f"round-{r}" / "round.json").read_text())["judge"]
+        assert judged.startswith("sentiment classifier")
+        assert json.loads((selfs / f"round-{r}" / "round.json").read_text())["judge"] == "self"
+        mine = read_rows(selfs / f"round-{r}" / "labelled.jsonl").rows
+        assert not all(0.0 <= s <= 1.0 for row in mine for s in row["scores"])  # log-ratios, not p(positive)
+
+
+def check_seeds(out: Path, tmp_path: Path, config: Path) -> None:
+    """seeds.py with the finished run as seed 0 and one more seed: seed 1 shares the SFT policy and the reward (links),
+    samples other preference data on the same prompts, and the tables hold both seeds' values at every KL."""
+    import seeds
+
+    folder = tmp_path / "seeds"
+    summary = seeds.main(["--seeds", "0", "1", "--first_seed_dir", str(out), "--output_dir", str(folder), "--",
+                          "--config", str(config)])
+    one = folder / "seed-1"
+    assert all((one / name).is_symlink() for name in ("data", "tokenizer", "sft", "reward"))
+    assert json.loads((one / "preferences" / "prompts.json").read_text()) == json.loads(
+        (out / "preferences" / "prompts.json").read_text())
+    assert (one / "preferences" / "ranked.jsonl").read_text() != (out / "preferences" / "ranked.jsonl").read_text()
+    assert not (one / "best_of_n").exists()
+    results = {0: json.loads((out / "results.json").read_text()), 1: json.loads((one / "results.json").read_text())}
+    assert {r["method"] for r in results[1]["runs"].values()} == set(seeds.COMPARED)
+    assert set(summary["methods"]) == set(seeds.COMPARED)
+    from frontier import method_table
+
+    for kl in summary["kls"]:
+        for method, row in summary["methods"].items():
+            values = {seed: method_table(r["runs"], r["sft"]["reward"], [kl])[method][kl]
+                      for seed, r in results.items()}
+            assert row[kl]["values"] == values, (method, kl)
+    assert (folder / "seeds.md").read_text().startswith("Seeds 0, 1 on ")
 
 
 def test_quick_run_end_to_end_and_cached_rerun(tmp_path, hub, monkeypatch, capsys):
@@ -384,6 +446,8 @@ def test_quick_run_end_to_end_and_cached_rerun(tmp_path, hub, monkeypatch, capsy
         assert isinstance(run["kl"], float), name
         assert run["checkpoints"] and all({"step", "reward", "kl"} <= set(p) for p in run["checkpoints"]), name
     check_runs_report_their_own_results(out, results, settings)
+    check_rounds(out, settings)
+    check_seeds(out, tmp_path, config)
     assert 0.5 < results["reward_model"]["held_out_accuracy"] <= 1.0
     assert results["reward_model"] == json.loads((out / "reward" / "metrics.json").read_text())
     assert set(results["best_of_n"]["picks"]) >= {"ground_truth", "random", "implicit_dpo_beta1",
@@ -446,7 +510,7 @@ def test_sharded_sampling_gives_the_same_samples_on_one_or_two_workers(tmp_path,
     """The numbers must not depend on how many worker processes run the jobs: shards and their seeds are fixed by
     the data, and every process runs torch on one thread."""
     import generation
-    import parallel
+    from recipe_kit import pool as parallel
 
     from dpo_ext.testing import tiny_model, tiny_tokenizer
 
@@ -457,7 +521,7 @@ def test_sharded_sampling_gives_the_same_samples_on_one_or_two_workers(tmp_path,
     monkeypatch.setattr(generation, "SHARD_SEQUENCES", 4)  # 2 prompts x 2 samples per shard: 2 shards
     results = {}
     for workers in (1, 2):
-        with parallel.JobPool(workers) as pool:
+        with parallel.JobPool(workers, recipe_dir=RECIPE) as pool:
             results[workers] = generation.sample_in_shards(pool, tmp_path, prompts, 2, 6, seed=3)
     assert results[1] == results[2]
     assert len(results[1]) == 4 and all(len(row) == 2 and all(row) for row in results[1])
@@ -486,8 +550,6 @@ def stage_demo_card(root: Path) -> tuple[Path, dict]:
     `train_methods.write_training_config` writes and the eval_results.json that `train_methods.train_run` writes,
     the SFT policy's own evaluation and the reward's metrics. Then the recipe's publish step, as a dry run.
     Returns the staged card (README.md) and the facts it must state."""
-    import types
-
     import peft
     import publish
     import train_methods
@@ -506,8 +568,8 @@ def stage_demo_card(root: Path) -> tuple[Path, dict]:
     peft_model.save_pretrained(run_dir)
     run = {"name": name, "method": "dpo", "beta": 1.0}
     config = train_methods.run_config(args.training, run, out / "trainer_output" / name)
-    trainer = types.SimpleNamespace(args=config, model=peft_model)
-    train_methods.write_training_config(run_dir, trainer, run, args, seconds=3.0)
+    train_methods.write_training_config(run_dir, config.to_dict(), peft_model.peft_config["default"], "PLDPOTrainer",
+                                        run, args, seconds=3.0)
     checkpoints = [{"step": 2, "reward": 0.52, "reward_sem": 0.04, "kl": 0.3, "kl_sem": 0.05, "num_samples": 32},
                    {"step": 4, "reward": 0.5625, "reward_sem": 0.0412, "kl": 0.75, "kl_sem": 0.0833,
                     "num_samples": 32}]

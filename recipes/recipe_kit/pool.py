@@ -13,7 +13,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-RECIPE_DIR = str(Path(__file__).resolve().parent)
+RECIPES_DIR = str(Path(__file__).resolve().parents[1])  # recipe_kit's parent: recipes/ is not a package
 LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
 
 
@@ -67,10 +67,15 @@ def _die_with_parent() -> None:
         pass
 
 
-def _start_worker(level: int) -> None:
+def _start_worker(level: int, recipe_dir: str) -> None:
     _die_with_parent()
-    sys.path.insert(0, RECIPE_DIR)  # recipes/ is not a package: jobs name functions of the sibling modules
+    sys.path[:0] = [recipe_dir, RECIPES_DIR]  # the recipe's modules, whose functions jobs name, and recipe_kit
     set_up_cpu_process()
+    from recipe_kit.instruction_set import check_pinned_capability
+
+    # The pin comes with os.environ; check it took here too (the main process alone warns about an unpinned CPU).
+    # Not pinned here: a pool started by an unpinned process must compute what that process computes.
+    check_pinned_capability(warn=False)
     logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S", level=level)
 
 
@@ -82,8 +87,10 @@ class JobPool:
     (token ids, rows). Models are loaded inside the job, from the stage folders.
     """
 
-    def __init__(self, workers: int = 0):
+    def __init__(self, workers: int = 0, recipe_dir: str | Path | None = None):
         self.workers = workers if workers > 0 else cores()
+        # the folder of the recipe's modules (not a package): workers import the jobs' functions from there
+        self.recipe_dir = str(recipe_dir or Path(sys.argv[0]).resolve().parent)
         self._executor = None
 
     def run(self, jobs: list[tuple]) -> list:
@@ -97,7 +104,7 @@ class JobPool:
             # spawn, not fork: the parent has loaded torch, and its thread pools do not survive a fork.
             self._executor = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker, initargs=(logging.getLogger().getEffectiveLevel(),))
+                initializer=_start_worker, initargs=(logging.getLogger().getEffectiveLevel(), self.recipe_dir))
         futures = [self._executor.submit(function, *arguments) for function, *arguments in jobs]
         try:
             return [future.result() for future in futures]

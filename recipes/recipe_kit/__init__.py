@@ -9,6 +9,9 @@ around them:
 - `recipe_kit.win_rate`: samples of the trained policy and of the SFT policy scored by a reward model;
 - `recipe_kit.stages`: SFT then DPO, the order the HH and TL;DR recipes run them in;
 - `recipe_kit.cached_stages`: numbered stages, each cached in its folder with the settings it was built with;
+- `recipe_kit.pool`: one-thread worker processes, so that the numbers never depend on the worker count;
+- `recipe_kit.instruction_set`: the CPU kernels pinned to AVX2, so that they do not depend on the CPU either;
+- `recipe_kit.frontier`: methods compared at equal KL along their reward-KL curves, over seeds;
 - `recipe_kit.tiny_models`: the test-size policy and reward model the ``configs/test.yaml`` runs use.
 
 A recipe script puts ``recipes/`` on ``sys.path`` and imports from here; ``recipes/`` is not a package.

@@ -5,6 +5,7 @@ own fields (`RecipeArguments`, or a recipe's subclass), `dpo_ext.cli.train.Train
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 STAGES = ("sft", "dpo", "all")
@@ -73,6 +74,29 @@ def parse_args(arguments=RecipeArguments, argv=None, prog=None) -> Run:
 
     parser = trainer_parser(arguments, TrainScriptArguments, prog=prog or os.path.basename(sys.argv[0]))
     return Run(*parser.parse_args_and_config(argv))
+
+
+def parse_layered(classes: tuple, defaults: Path, argv: list[str], prog: str, description: str,
+                  shorthands: dict | None = None) -> tuple:
+    """The parser of `parse_args` over ``classes`` with three layers: the YAML file ``defaults`` (always read), then
+    ``--config FILE.yaml``, then the flags. ``shorthands`` maps a flag to the config file it stands for (``{"--quick":
+    "configs/quick.yaml"}``). Returns the instances of ``classes``, then `PLDPOConfig` and `trl.ModelConfig`."""
+    import yaml
+
+    from dpo_ext.cli.parsing import trainer_parser
+
+    argv = list(argv)
+    for flag, path in (shorthands or {}).items():
+        if flag in argv:
+            if "--config" in argv:
+                raise ValueError(f"{flag} is shorthand for --config {path}; pass one of them, not both.")
+            argv.remove(flag)
+            argv = ["--config", str(path)] + argv
+    parser = trainer_parser(*classes, prog=prog, description=description)
+    unknown = parser.set_defaults_with_config(**yaml.safe_load(Path(defaults).read_text()))
+    if unknown:
+        raise ValueError(f"{defaults} sets fields no argument class has: {unknown[::2]}")
+    return parser.parse_args_and_config(argv)
 
 
 def files_by_split(data_files: list[str] | None) -> dict[str, str]:

@@ -58,11 +58,11 @@ def log_ratios(peft_model, tokenizer, prompts, completions):
 def sft_eval_job(out, args, settings: dict) -> dict:
     """Stage 6, the SFT policy's own point (KL 0 to itself), as a `recipe_kit.pool.JobPool` job."""
     import sft_policy
-    import stage_outputs
+    import stage_cache
     from stage_cache import stage
 
     def build(d):
-        inputs = stage_outputs.load(out, args)
+        inputs = stage_cache.outputs(out, args)
         point = evaluate_policy(
             sft_policy.load(inputs.sft_dir, args.training.use_cpu), inputs.tokenizer, inputs.reward,
             inputs.prefs["prompts"]["eval"], args.run.eval_samples_per_prompt, args.data.max_new_tokens,
@@ -70,7 +70,7 @@ def sft_eval_job(out, args, settings: dict) -> dict:
         (d / "eval_results.json").write_text(json.dumps(point, indent=2))
 
     return stage(6, "SFT evaluation", out / "sft_eval", build,
-                 lambda d: stage_outputs.read_json(d / "eval_results.json"), settings=settings)
+                 lambda d: stage_cache.read_json(d / "eval_results.json"), settings=settings)
 
 
 def make_callback(run_name, tokenizer, reward, prompts, recipe_args, curve: list):

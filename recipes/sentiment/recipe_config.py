@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-import yaml
-
 if TYPE_CHECKING:
     from trl import ModelConfig
 
@@ -99,7 +97,7 @@ class RecipeRunArguments:
         metadata={"help": f"Methods to train, among {ALL_METHODS}."},
     )
     betas: list[float] = field(
-        default_factory=lambda: [0.5, 1.0],
+        default_factory=lambda: [0.25, 0.5, 1.0],
         metadata={"help": "DPO-family runs (dpo, trl_dpo, all_pairs, pl_dpo, lipo): one run per beta, each tracing "
                   "its own curve; the rounds run at rounds_beta. "
                   "beta (the trainer field) picks the runs whose implicit reward does Best-of-N; it must be listed."},
@@ -110,7 +108,7 @@ class RecipeRunArguments:
     rounds: int = field(default=3, metadata={
         "help": "On-policy rounds of the rounds / rounds_self runs; each samples and trains on 1/rounds of the "
                 "training prompts, so the rounds take as many steps as one offline pass."})
-    rounds_beta: float = field(default=0.5, metadata={
+    rounds_beta: float = field(default=0.25, metadata={
         "help": "beta of the rounds / rounds_self runs (one run each: rounds cost several offline runs' sampling)."})
     run_seed: int | None = field(default=None, metadata={
         "help": "Seed of everything after the SFT policy and the reward (which use seed): the K samples of the "
@@ -160,27 +158,16 @@ def argument_classes() -> tuple:
 
 
 def parse_args(argv=None) -> RecipeArguments:
-    """Parse ``configs/default.yaml``, then ``--config FILE`` (if given), then the command line.
+    """Parse ``configs/default.yaml``, then ``--config FILE`` (``--quick``: ``configs/quick.yaml``), then the flags."""
+    from recipe_kit.arguments import parse_layered
 
-    ``--quick`` is shorthand for ``--config configs/quick.yaml`` (the test-sized run); other flags still override it.
-    """
-    from dpo_ext.cli.parsing import trainer_parser
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--quick" in argv:
-        if "--config" in argv:
-            raise ValueError("--quick is shorthand for --config configs/quick.yaml; pass one of them, not both.")
-        argv.remove("--quick")
-        argv = ["--config", str(CONFIG_DIR / "quick.yaml")] + argv
-    parser = trainer_parser(RecipeModelArguments, RecipeDataArguments, RecipeRunArguments,
-                            prog="recipes/sentiment/run.py", description=(
-                                "Controlled sentiment generation (DPO paper, section 6.1). configs/default.yaml is "
-                                "read first, then --config FILE.yaml on top of it (--quick: configs/quick.yaml, the "
-                                "test size), then these flags."))
-    unknown = parser.set_defaults_with_config(**yaml.safe_load(DEFAULT_CONFIG.read_text()))
-    if unknown:
-        raise ValueError(f"{DEFAULT_CONFIG} sets fields no argument class has: {unknown[::2]}")
-    recipe_model, data, run, training, model = parser.parse_args_and_config(argv)
+    recipe_model, data, run, training, model = parse_layered(
+        (RecipeModelArguments, RecipeDataArguments, RecipeRunArguments), DEFAULT_CONFIG,
+        sys.argv[1:] if argv is None else argv, prog="recipes/sentiment/run.py",
+        description="Controlled sentiment generation (DPO paper, section 6.1). configs/default.yaml is read "
+                    "first, then --config FILE.yaml on top of it (--quick: configs/quick.yaml, the test size), then "
+                    "these flags.",
+        shorthands={"--quick": CONFIG_DIR / "quick.yaml"})
     args = RecipeArguments(model=model, recipe_model=recipe_model, data=data, training=training, run=run)
     check(args)
     return args

@@ -4,8 +4,8 @@ folder's README. Always rebuilt from the cached stage outputs (cheap)."""
 import json
 from pathlib import Path
 
-from frontier import envelope_at_kl
 from recipe_config import ALL_METHODS
+from recipe_kit.frontier import envelope_at_kl
 
 LABELS = {"sft": "SFT (reference)", "dpo": "DPO best-vs-worst", "trl_dpo": "DPO (trl.DPOTrainer)",
           "all_pairs": "DPO all pairs (K=4)", "pl_dpo": "PL-DPO (K=4)", "lipo": "LiPO-lambda (K=4)",

@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from frontier import markdown_seed_tables, method_table, paired_differences, seed_table  # noqa: E402
+from recipe_kit.frontier import markdown_seed_tables, method_table, paired_differences, seed_table  # noqa: E402
 from report import COMPARISONS, LABELS  # noqa: E402
 
 COMPARED = ("dpo", "all_pairs", "pl_dpo", "lipo", "rounds", "rounds_self")

@@ -1,9 +1,14 @@
 """The recipe's cached stages (`recipe_kit.cached_stages`): each writes one sub-folder of the output folder and a
-``.done`` marker recording the settings below; a re-run skips it, with a warning if they changed.
+``.done`` marker recording the settings below; a re-run skips it, with a warning if they changed. Jobs of the pool
+(`recipe_kit.pool.JobPool`) start from the finished stages' folders (`outputs`): nothing but paths and settings crosses
+a process boundary.
 """
 
+import json
 import logging
 from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
 
 from recipe_kit import cached_stages
 
@@ -28,7 +33,7 @@ STAGE_SETTINGS = {
 # method are in run names; loss_type is set by the method).
 NOT_SETTINGS = ("output_dir", "workers", "logging_steps", "disable_tqdm", "report_to", "bf16", "use_cpu",
                 "gradient_checkpointing", "activation_checkpointing", "methods", "betas", "unlikelihood_alphas",
-                "beta", "unlikelihood_alpha", "loss_type", "push_to_hub",
+                "beta", "unlikelihood_alpha", "loss_type", "push_to_hub", "fixed_kls", "rounds_beta",
                 "hub_model_id", "hub_private_repo", "hub_dry_run")
 
 stage = partial(cached_stages.stage, total=NUM_STAGES, log=logger)
@@ -43,3 +48,18 @@ def stage_settings(everything: dict, upto: str) -> dict:
     """The settings a stage depends on: its own and every earlier stage's; training and Best-of-N, every setting but
     NOT_SETTINGS."""
     return cached_stages.stage_settings(everything, upto, STAGE_SETTINGS, NOT_SETTINGS, every_setting_from="train")
+
+
+def outputs(out: Path, args) -> SimpleNamespace:
+    """The finished stages' outputs: ``sft_dir``, ``tokenizer``, ``reward`` (texts -> list of floats), ``prefs``."""
+    import bpe_tokenizer
+    import preference_data
+    import sentiment_reward
+
+    return SimpleNamespace(sft_dir=out / "sft", tokenizer=bpe_tokenizer.load(out / "tokenizer"),
+                           reward=sentiment_reward.load(out / "reward", args.recipe_model.reward_model_name),
+                           prefs=preference_data.load(out / "preferences"))
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())

@@ -196,16 +196,16 @@ def relative_cost(run: dict) -> float:
 def train_job(out: Path, args, run: dict, settings: dict) -> dict:
     """Stage 6 for one run, as a `JobPool` job: loads what it needs from the earlier stages' folders, trains
     into ``out/adapters/<run>`` (skipped when that folder is marked done) and returns its eval_results.json."""
-    import stage_outputs
+    import stage_cache
     from stage_cache import logger, stage
 
     def build(run_dir):
-        inputs = stage_outputs.load(out, args)
+        inputs = stage_cache.outputs(out, args)
         train_run(run, run_dir, inputs.sft_dir, inputs.tokenizer, inputs.prefs, inputs.reward,
                   inputs.prefs["prompts"]["eval"], args, logger.info)
 
     return stage(6, f"train {run['name']}", out / "adapters" / run["name"], build,
-                 lambda d: stage_outputs.read_json(d / "eval_results.json"), all_processes=True, settings=settings)
+                 lambda d: stage_cache.read_json(d / "eval_results.json"), all_processes=True, settings=settings)
 
 
 def train_run(run, run_dir: Path, sft_dir: Path, tokenizer, prefs, reward, eval_prompts, args, log) -> dict:

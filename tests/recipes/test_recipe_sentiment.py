@@ -53,16 +53,17 @@ def test_default_run_trains_with_the_settings_behind_the_readme(tmp_path):
 
     args = recipe_config.parse_args(["--output_dir", str(tmp_path)])
     runs = {run["name"]: run for run in train_methods.plan_runs(args)}
-    assert list(runs) == ["dpo_beta0.5", "dpo_beta1", "all_pairs_beta0.5", "all_pairs_beta1", "pl_dpo_beta0.5",
-                          "pl_dpo_beta1", "lipo_beta0.5", "lipo_beta1", "rounds_beta0.5", "rounds_self_beta0.5",
-                          "preferred_ft", "unlikelihood_alpha0.1", "unlikelihood_alpha1", "rloo_beta0.05"]
+    assert list(runs) == [f"{method}_beta{beta:g}" for method in ("dpo", "all_pairs", "pl_dpo", "lipo")
+                          for beta in (0.25, 0.5, 1)] + [
+        "rounds_beta0.25", "rounds_self_beta0.25", "preferred_ft", "unlikelihood_alpha0.1", "unlikelihood_alpha1",
+        "rloo_beta0.05"]
     expected = {"learning_rate": 2e-3, "optim": "adamw_torch", "warmup_steps": 5, "per_device_train_batch_size": 64,
                 "gradient_accumulation_steps": 1, "num_train_epochs": 1.0, "seed": 0, "max_length": 64,
                 "save_strategy": "no", "report_to": [], "bf16": False, "activation_checkpointing": False,
                 "use_cpu": True, "logging_steps": 10, "disable_tqdm": False, "push_to_hub": False}
     losses = {"dpo_beta0.5": ("plackett_luce", 0.5), "pl_dpo_beta1": ("plackett_luce", 1.0),
               "all_pairs_beta1": ("all_pairs", 1.0), "lipo_beta0.5": ("lipo_lambda", 0.5),
-              "rounds_self_beta0.5": ("plackett_luce", 0.5), "preferred_ft": ("preferred_ft", 1.0),
+              "rounds_self_beta0.25": ("plackett_luce", 0.25), "preferred_ft": ("preferred_ft", 1.0),
               "unlikelihood_alpha0.1": ("unlikelihood", 1.0)}
     for name, (loss_type, beta) in losses.items():
         config = train_methods.run_config(args.training, runs[name], tmp_path / "trainer_output" / name)
@@ -414,7 +415,7 @@ def check_seeds(out: Path, tmp_path: Path, config: Path) -> None:
     results = {0: json.loads((out / "results.json").read_text()), 1: json.loads((one / "results.json").read_text())}
     assert {r["method"] for r in results[1]["runs"].values()} == set(seeds.COMPARED)
     assert set(summary["methods"]) == set(seeds.COMPARED)
-    from frontier import method_table
+    from recipe_kit.frontier import method_table
 
     for kl in summary["kls"]:
         for method, row in summary["methods"].items():

@@ -1,4 +1,4 @@
-"""recipes/sentiment/frontier.py: reward interpolated at fixed KL, the envelope over betas, and the seeds tables.
+"""recipes/recipe_kit/frontier.py: reward interpolated at fixed KL, the envelope over betas, and the seeds tables.
 
 Expected values are worked out by hand in each docstring. A curve is written ``[(kl, reward), ...]`` here and turned
 into the checkpoint dicts of ``eval_results.json`` by `curve`.
@@ -12,10 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sentiment"
-sys.path[:0] = [str(RECIPE), str(RECIPE.parent)]  # the recipe, and recipe_kit
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))  # recipe_kit (recipes/ is no package)
 
-import frontier  # noqa: E402
+from recipe_kit import frontier  # noqa: E402
 
 
 def curve(*points):

@@ -115,17 +115,21 @@ def paired_differences(per_seed_tables: dict, comparisons, kls) -> dict:
     return out
 
 
+def _signed(value: float) -> str:
+    """``+0.012`` / ``-0.012``; a value that rounds to zero is ``+0.000``, never ``-0.000``."""
+    return f"{value + 0.0 if round(value, 3) else 0.0:+.3f}"
+
+
 def _cell(cell: dict, signed: bool = False) -> str:
     if cell["n"] == 0:
         return "-"
-    sign = "+" if signed else ""
-    text = f"{cell['mean']:{sign}.3f}"
+    text = _signed(cell["mean"]) if signed else f"{cell['mean']:.3f}"
     if cell["sem"] is None:
         return text + " (n=1, no interval)" if signed else text + " (n=1)"
     text += f" +- {cell['sem']:.3f}"
     if signed:
         low, high = cell["interval"]
-        text += f" [{low:+.3f}, {high:+.3f}]"
+        text += f" [{_signed(low)}, {_signed(high)}]"
     return text
 
 

@@ -172,3 +172,9 @@ def test_on_a_rightward_path_the_reward_lies_between_the_bracketing_rewards(poin
     high = max(1, bisect.bisect_left([k for k, _ in path], kl))
     (_, r_a), (_, r_b) = path[high - 1], path[high]
     assert min(r_a, r_b) - 1e-9 <= reward <= max(r_a, r_b) + 1e-9
+
+
+def test_a_difference_that_rounds_to_zero_is_printed_without_a_minus_sign():
+    """-0.0004 rounds to 0.000 at three decimals: printed '+0.000', not '-0.000'; -0.0006 stays '-0.001'."""
+    assert frontier._signed(-0.0004) == "+0.000" and frontier._signed(-0.0006) == "-0.001"
+    assert frontier._signed(0.0126) == "+0.013"

@@ -52,14 +52,15 @@ def normalize_scores(scores: list[float], how: str) -> list[float]:
 
 
 def label_rows(rows: list[dict], judge, *, batch_size: int = 8, normalize: str = "none",
-               progress: bool = False, allow_empty: bool = False) -> list[dict]:
+               progress: bool = False, allow_empty: bool = False, lipo_labels: bool = True) -> list[dict]:
     """Score every completion of every row with ``judge`` and add the scores to the row.
 
     The scores are the LiPO label values (Liu et al. 2024, arXiv 2402.01878) of ``loss_type="lipo_lambda"``. The
     paper's labels lie in [0, 1], and the gain of a completion grows as ``2**score - 1``: an unbounded score (a reward
     model's logit of 8 gives a gain of 255) lets a few pairs outweigh the rest. ``normalize="sigmoid"`` (a logit
     into a probability, comparable across prompts) or ``"minmax"`` (each row onto [0, 1]) fix that; the order, and
-    so every other loss, is unchanged by either. A warning is logged when ``"none"`` leaves scores outside [0, 1].
+    so every other loss, is unchanged by either. A warning is logged when ``"none"`` leaves scores outside [0, 1],
+    unless ``lipo_labels=False`` says they will not be LiPO labels (a run whose loss only reads their order).
 
     Args:
         rows (`list[dict]`): ``{"prompt", "completions": [K completions], ...}``, prompts text or chat messages.
@@ -69,6 +70,8 @@ def label_rows(rows: list[dict], judge, *, batch_size: int = 8, normalize: str =
         progress (`bool`): show a progress bar.
         allow_empty (`bool`): score empty completions too (a sample that ended at once, when measuring a policy);
             training rows cannot hold them.
+        lipo_labels (`bool`, defaults to `True`): whether the scores may become LiPO-lambda labels (the [0, 1]
+            warning above); `False` for scores only ranked or averaged.
 
     Returns:
         `list[dict]`: each row with ``"scores"``: K floats (a ``scores`` it had is replaced), every other field kept;
@@ -98,7 +101,7 @@ def label_rows(rows: list[dict], judge, *, batch_size: int = 8, normalize: str =
             for b, scores in enumerate(checked_scores(output, batch, start, name)):
                 labelled.append({**rows[start + b], COMPLETIONS: batch[b], SCORES: normalize_scores(scores, normalize)})
             bar.update(len(batch))
-    if normalize == "none" and any(not 0 <= s <= 1 for row in labelled for s in row[SCORES]):
+    if lipo_labels and normalize == "none" and any(not 0 <= s <= 1 for row in labelled for s in row[SCORES]):
         logger.warning("Scores from %s fall outside [0, 1]: as LiPO-lambda labels their gains grow as 2**score; "
                        "consider normalize='sigmoid' or 'minmax' (--normalize) for loss_type='lipo_lambda'.", name)
     return labelled

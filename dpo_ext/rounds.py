@@ -158,7 +158,8 @@ def _run_round(r, folder: Path, load_base, tokenizer, prompts, args, settings, p
     rows = _cached(folder / "samples.jsonl", lambda: _sample_rows(
         model, tokenizer, prompts, settings.k, settings.generation, settings.seed + r))
     judge = _self_judge(load_base, start) if settings.judge == SELF_JUDGE else settings.judge  # spec or Judge
-    labelled = _cached(folder / "labelled.jsonl", lambda: _label(_rankable(rows, r), judge, settings.normalize))
+    labelled = _cached(folder / "labelled.jsonl", lambda: _label(_rankable(rows, r), judge, settings.normalize,
+                                                                args.loss_type == "lipo_lambda"))
     from dpo_ext.training.checkpoint_files import checkpoints_by_step
 
     trainer = _trainer(r, folder, model, tokenizer, labelled, args, settings, peft_config, start, callbacks)
@@ -253,11 +254,12 @@ def _rankable(rows: list[dict], r: int) -> list[dict]:
     return kept
 
 
-def _label(rows, spec, normalize) -> list[dict]:
+def _label(rows, spec, normalize, lipo_labels=True) -> list[dict]:
     from dpo_ext.judges import load_judge
     from dpo_ext.labeling import label_rows
 
-    return label_rows(rows, spec if isinstance(spec, Judge) else load_judge(spec), normalize=normalize)
+    return label_rows(rows, spec if isinstance(spec, Judge) else load_judge(spec), normalize=normalize,
+                      lipo_labels=lipo_labels)
 
 
 def _trainer(r, folder, model, tokenizer, rows, args, settings, peft_config, start, callbacks=None):
@@ -301,7 +303,8 @@ def _evaluate(policy, tokenizer, eval_prompts, settings, r) -> dict:
     samples = _sample_rows(policy, tokenizer, eval_prompts, settings.eval_k,
                            settings.generation, EVAL_SEED_OFFSET + settings.seed + r)
     spec = settings.eval_judge or settings.judge
-    scored = label_rows(samples, spec if isinstance(spec, Judge) else load_judge(spec), allow_empty=True)
+    scored = label_rows(samples, spec if isinstance(spec, Judge) else load_judge(spec), allow_empty=True,
+                        lipo_labels=False)  # measured, not trained on
     per_prompt = [sum(row["scores"]) / len(row["scores"]) for row in scored]
     n = len(per_prompt)
     mean = sum(per_prompt) / n

@@ -240,3 +240,10 @@ def test_labelled_rows_train_with_lipo_lambda_and_the_scores_are_its_labels(toke
     assert len(seen) == 1 and seen[0].shape == (4, 3)
     assert sorted(map(tuple, seen[0].tolist())) == sorted(tuple(row["scores"]) for row in labelled)
     assert math.isfinite(trainer.state.log_history[0]["loss"])
+
+
+def test_scores_that_will_not_be_lipo_labels_do_not_warn(caplog):
+    """The same out-of-range scores as above, labelled for a loss that reads only their order: no warning."""
+    with caplog.at_level(logging.WARNING, logger="dpo_ext.labeling"):
+        label_rows(ROWS[:1], FunctionJudge(lambda p, c: [[4.0, -4.0, 0.0]]), lipo_labels=False)
+    assert "outside [0, 1]" not in caplog.text

@@ -103,8 +103,8 @@ def test_a_killed_run_resumes_to_the_same_result(tokenizer, tmp_path, judge, mon
 
     label = rounds._label
     with monkeypatch.context() as patch:
-        patch.setattr(rounds, "_label", lambda rows, spec, normalize: (_ for _ in ()).throw(KeyboardInterrupt())
-                      if (tmp_path / "cut" / "round-1" / "round.json").exists() else label(rows, spec, normalize))
+        patch.setattr(rounds, "_label", lambda rows, spec, *more: (_ for _ in ()).throw(KeyboardInterrupt())
+                      if (tmp_path / "cut" / "round-1" / "round.json").exists() else label(rows, spec, *more))
         with pytest.raises(KeyboardInterrupt):
             _run(tokenizer, tmp_path / "cut", judge)
     assert (tmp_path / "cut" / "round-2" / "samples.jsonl").is_file()
@@ -207,3 +207,21 @@ def test_callbacks_reach_every_rounds_trainer(tokenizer, tmp_path, judge):
     run_rounds(lambda: make_model(tokenizer), tokenizer, PROMPTS[:3], _args(tmp_path / "run"), settings,
                peft_config=LoraConfig(**LORA), callbacks=[Steps()])
     assert seen == [(str(tmp_path / "run" / f"round-{r}" / "train"), 2) for r in (1, 2)]
+
+
+def test_only_lipo_rounds_warn_about_labels_outside_the_unit_interval(tokenizer, tmp_path, caplog):
+    """A judge scoring 2.0 and 3.0: rounds trained with LiPO-lambda warn that the labels are not in [0, 1]; the same
+    rounds with Plackett-Luce (which reads only the order) do not."""
+    import logging
+
+    from dpo_ext.judges import FunctionJudge
+
+    big = FunctionJudge(lambda prompts, completions: [[2.0 + (k % 2) for k in range(len(row))] for row in completions],
+                        name="big scores")
+    settings = RoundSettings(rounds=1, k=2, judge=big, generation={"max_new_tokens": 4}, seed=1)
+    for loss_type, warns in (("lipo_lambda", True), ("plackett_luce", False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dpo_ext.labeling"):
+            run_rounds(lambda: make_model(tokenizer), tokenizer, PROMPTS[:2],
+                       _args(tmp_path / loss_type, loss_type=loss_type), settings, peft_config=LoraConfig(**LORA))
+        assert ("outside [0, 1]" in caplog.text) == warns, loss_type

@@ -71,13 +71,19 @@ def method_table(runs: dict, sft_reward: float, kls) -> dict:
     return table
 
 
+def mean_and_sem(values) -> tuple[float, float | None]:
+    """The mean of ``values`` (at least one) and its standard error, sample standard deviation / sqrt(n); None for
+    one value, which says nothing about the spread."""
+    n = len(values)
+    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(n) if n >= 2 else None
+
+
 def _summary(values: dict) -> dict:
-    """``values`` ({seed: float or None}) -> ``{"values", "mean", "sem", "n"}`` over the seeds that have a value;
-    mean None for n = 0, sem None for n < 2 (one seed says nothing about the spread)."""
+    """``values`` ({seed: float or None}) -> ``{"values", "mean", "sem", "n"}`` over the seeds that have a value
+    (`mean_and_sem`); mean and sem None for n = 0."""
     defined = [v for v in values.values() if v is not None]
-    n = len(defined)
-    return {"values": values, "mean": statistics.fmean(defined) if n else None,
-            "sem": statistics.stdev(defined) / math.sqrt(n) if n >= 2 else None, "n": n}
+    mean, sem = mean_and_sem(defined) if defined else (None, None)
+    return {"values": values, "mean": mean, "sem": sem, "n": len(defined)}
 
 
 def _methods(per_seed_tables: dict) -> list:

@@ -7,11 +7,10 @@ checkpoints and methods are compared on common random numbers.
 
 import json
 import logging
-import math
-import statistics
 
 import generation
 import preference_data
+from recipe_kit import frontier
 
 from dpo_ext import ImplicitRewardScorer
 
@@ -20,10 +19,10 @@ log = logging.getLogger("sentiment")
 
 
 def mean_and_sem(values) -> tuple[float, float]:
-    """Mean of ``values`` and its standard error, sample standard deviation / sqrt(n) (0 for one value), computed as
-    `frontier` does over seeds; used over samples here and over prompts in Best-of-N."""
-    n = len(values)
-    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(n) if n > 1 else 0.0
+    """`recipe_kit.frontier.mean_and_sem` with 0 for the standard error of one value, as the reports print it; used
+    over samples here and over prompts in Best-of-N."""
+    mean, sem = frontier.mean_and_sem(values)
+    return mean, 0.0 if sem is None else sem
 
 
 def evaluate_policy(model, tokenizer, reward, prompts, samples_per_prompt, max_new_tokens, seed, has_adapter=True):

@@ -1,5 +1,6 @@
 """The GPU suite: training (PL-DPO with prefix sharing vs TRL DPO on adjacent pairs, K=4 and 8, each architecture),
-scoring (N=16 candidates of 512-token prompts, ImplicitRewardScorer vs naive two-model scoring), peak memory, MFU.
+scoring (N=16 candidates of 512-token prompts, ImplicitRewardScorer vs naive two-model scoring), peak memory, MFU,
+and the loss head's peak memory on 4,096-token lists (`lm_head_memory`, each architecture's vocabulary and width).
 Writes one JSON and one Markdown table. Run it through ``bash benchmarks/gpu_suite.sh [--smoke]``.
 
 Models are built from the published configs with random weights (`archs`), bf16 on a GPU; lists have HH's lengths
@@ -17,9 +18,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from archs import ARCHS, build_arch, shape_summary  # noqa: E402
+from archs import ARCHS, arch_config, build_arch, shape_summary  # noqa: E402
 from common import PeakMemory, machine, quiet, step_timer, word_tokenizer  # noqa: E402
 from hh_lengths import hh_ranked_rows, row_lengths  # noqa: E402
+from lm_head_memory import HEADS, add_head_ratios, measure_head  # noqa: E402
 from mfu import dpo_list_flops, matmul_parameters, mfu, peak_tflops  # noqa: E402
 
 METHODS = {"trl": "TRL DPO, K-1 adjacent pairs", "prefix": "PL-DPO, prefix sharing"}
@@ -78,6 +80,19 @@ def train_one(arch: str, k: int, method: str, cfg: dict) -> dict:
     del trainer, model
     _free()
     return result
+
+
+def heads_one(arch: str, cfg: dict) -> list[dict]:
+    """The loss head's peak memory for ``arch``'s vocabulary and width, K = each of ``cfg["ks"]``."""
+    config = arch_config(arch, smoke=cfg["smoke"])
+    results = []
+    for k in cfg["ks"]:
+        for head in HEADS:
+            _free()
+            results.append({"arch": arch, **measure_head(head, k, config.vocab_size, config.hidden_size,
+                                                         cfg["dtype"])})
+    add_head_ratios(results)
+    return results
 
 
 def score_one(arch: str, cfg: dict) -> list[dict]:
@@ -152,6 +167,12 @@ def markdown(payload: dict) -> str:
         lines.append(f"| {r['arch']} | {r['n']} | {r['prompt_tokens']} | {r['method']} | {r['candidates_per_s']:.1f} "
                      f"| {r.get('speedup_vs_naive', 1.0):.2f}x | {r['peak_mib']:.0f} "
                      f"| {r.get('memory_vs_naive', 1.0):.2f}x |")
+    lines += ["", "Loss head, one 4,096-token list (1,024-token prompt), forward and backward:", "",
+              "| arch | K | head | positions | peak MiB | vs TRL | seconds |", "|---|---|---|---|---|---|---|"]
+    for r in payload["lm_head"]:
+        ratio = "-" if r["vs_trl"] is None else f"{r['vs_trl']:.3f}x"
+        lines.append(f"| {r['arch']} | {r['k']} | {r['head']} | {r['positions']} | {r['peak_mib']:.0f} | {ratio} "
+                     f"| {r['seconds']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -182,7 +203,8 @@ def main(argv=None) -> int:
                       file=sys.stderr, flush=True)
     add_ratios(training)
     scoring = score_one(args.scoring_arch, cfg)
-    payload = {"machine": machine(), "settings": cfg, "training": training, "scoring": scoring}
+    lm_head = [r for arch in args.archs for r in heads_one(arch, cfg)]
+    payload = {"machine": machine(), "settings": cfg, "training": training, "scoring": scoring, "lm_head": lm_head}
     name = "gpu_suite_smoke" if args.smoke else "gpu_suite"
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")

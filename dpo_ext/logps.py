@@ -37,3 +37,103 @@ def to_grid(values: torch.Tensor, slot_index: torch.Tensor, batch_size: int, num
     grid = values.new_zeros(batch_size * num_slots)
     grid = grid.index_copy(0, slot_index, values)  # differentiable, unlike in-place indexing on a leaf
     return grid.view(batch_size, num_slots)
+
+
+def _tile_shape(positions: int, vocab: int, max_elements: int, min_rows: int = 256) -> tuple[int, int]:
+    """(rows, vocab entries) of one logits tile of at most ``max_elements``: whole vocabulary rows when at least
+    ``min_rows`` of them (or all positions) fit, else ``min_rows`` rows and a slice of the vocabulary, so that the
+    projection stays a matrix product of useful height."""
+    rows = max(1, max_elements // vocab)
+    min_rows = min(min_rows, positions)
+    if rows >= min_rows:
+        return min(rows, positions), vocab
+    return min_rows, max(1, max_elements // min_rows)
+
+
+class _LinearTargetLogps(torch.autograd.Function):
+    """See `linear_target_logps`. Forward keeps, per position, only the log-normaliser; backward recomputes each tile
+    of logits and turns it into its gradient at once."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, positions, labels, max_elements):
+        compute = weight.dtype if not torch.is_autocast_enabled(hidden.device.type) else \
+            torch.get_autocast_dtype(hidden.device.type)
+        rows, cols = _tile_shape(hidden.shape[0], weight.shape[0], max_elements)
+        upcast = torch.promote_types(compute, torch.float32)  # float32, or float64 for float64 weights
+        log_norm = hidden.new_full((hidden.shape[0],), float("-inf"), dtype=upcast)  # (M,)
+        target_logits = hidden.new_zeros(positions.shape, dtype=upcast)  # (S,)
+        for r0, v0, logits in _logit_tiles(hidden, weight, bias, compute, upcast, rows, cols):
+            log_norm[r0:r0 + logits.shape[0]] = torch.logaddexp(log_norm[r0:r0 + logits.shape[0]],
+                                                                 torch.logsumexp(logits, dim=-1))
+            hit, row, col = _targets_in_tile(positions, labels, r0, v0, logits.shape)
+            target_logits[hit] = logits[row, col]
+        ctx.save_for_backward(hidden, weight, bias, positions, labels, log_norm)
+        ctx.tiling = (compute, upcast, rows, cols)
+        return target_logits - log_norm[positions]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # grad: (S,) float32
+        hidden, weight, bias, positions, labels, log_norm = ctx.saved_tensors
+        compute, upcast, rows, cols = ctx.tiling
+        want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
+        # d logp_s / d logit[m, v] = [m = m_s][v = label_s] - [m = m_s] softmax[m, v]: every target at a position
+        # takes that position's softmax once, weighted by the sum of their gradients.
+        grad = grad.to(upcast)
+        grad_per_position = torch.zeros_like(log_norm).index_add_(0, positions, grad)  # (M,)
+        grad_hidden = torch.zeros(hidden.shape, dtype=upcast, device=hidden.device) if want_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=upcast, device=weight.device) if want_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=upcast, device=bias.device) if want_bias else None
+        for r0, v0, logits in _logit_tiles(hidden, weight, bias, compute, upcast, rows, cols):
+            r1, v1 = r0 + logits.shape[0], v0 + logits.shape[1]
+            grad_logits = (logits - log_norm[r0:r1, None]).exp_().mul_(-grad_per_position[r0:r1, None])
+            hit, row, col = _targets_in_tile(positions, labels, r0, v0, logits.shape)
+            grad_logits.index_put_((row, col), grad[hit], accumulate=True)  # several targets may share an entry
+            if grad_hidden is not None:
+                grad_hidden[r0:r1] += grad_logits.to(compute) @ weight[v0:v1].to(compute)
+            if grad_weight is not None:
+                grad_weight[v0:v1] += grad_logits.to(compute).T @ hidden[r0:r1].to(compute)
+            if grad_bias is not None:
+                grad_bias[v0:v1] += grad_logits.sum(0)
+        return (None if grad_hidden is None else grad_hidden.to(hidden.dtype),
+                None if grad_weight is None else grad_weight.to(weight.dtype),
+                None if grad_bias is None else grad_bias.to(bias.dtype), None, None, None)
+
+
+def _logit_tiles(hidden, weight, bias, compute: torch.dtype, upcast: torch.dtype, rows: int, cols: int):
+    """(first row, first vocabulary entry, logits tile in ``upcast``) over the (M, V) logits, one tile at a time."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        for r0 in range(0, hidden.shape[0], rows):
+            block = hidden[r0:r0 + rows].to(compute)  # (rows, H)
+            for v0 in range(0, weight.shape[0], cols):
+                part = None if bias is None else bias[v0:v0 + cols].to(compute)
+                yield r0, v0, torch.nn.functional.linear(block, weight[v0:v0 + cols].to(compute), part).to(upcast)
+
+
+def _targets_in_tile(positions, labels, r0: int, v0: int, shape) -> tuple:
+    """The targets whose (position, label) fall in the tile at (r0, v0): their mask and in-tile coordinates."""
+    hit = (positions >= r0) & (positions < r0 + shape[0]) & (labels >= v0) & (labels < v0 + shape[1])
+    return hit, positions[hit] - r0, labels[hit] - v0
+
+
+def linear_target_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        positions: torch.Tensor, labels: torch.Tensor, max_elements: int = 2**22) -> torch.Tensor:
+    """log softmax(hidden @ weight.T + bias)[positions, labels] without the (M, V) logits: the LM head and the
+    log-probs fused, for vocabularies where the logits would dominate memory.
+
+    The logits are computed ``max_elements`` at a time (rows of positions by a slice of the vocabulary), in the
+    dtype the plain head would use (autocast's, else the weight's), and upcast to float32 (float64 stays float64)
+    per tile. Forward keeps one log-normaliser per position; backward recomputes each tile, so the peak is a few
+    tiles whatever M and V. Gradients reach ``hidden``, ``weight`` and ``bias`` (accumulated in the upcast dtype).
+
+    Args:
+        hidden (`torch.Tensor`): (M, H) final hidden states of the kept positions.
+        weight (`torch.Tensor`): (V, H) output embedding; ``bias``: (V,) or `None`.
+        positions (`torch.Tensor`): (S,) long, row of ``hidden`` per target (several targets may share one).
+        labels (`torch.Tensor`): (S,) long, the token id per target.
+
+    Returns:
+        `torch.Tensor`: (S,) float32 (float64 for float64 weights).
+    """
+    return _LinearTargetLogps.apply(hidden, weight, bias, positions.reshape(-1), labels.reshape(-1),
+                                    max_elements).view(positions.shape)

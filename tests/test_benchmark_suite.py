@@ -82,7 +82,8 @@ def test_matmul_parameters_count_the_lm_head_once_and_skip_the_input_embeddings(
 
 
 def test_gpu_suite_smoke_runs_every_configuration_on_cpu(tmp_path):
-    """The one command, at toy size: 3 architectures x K in {4, 8} x {TRL, PL-DPO prefix sharing}, and scoring."""
+    """The one command, at toy size: 3 architectures x K in {4, 8} x {TRL, PL-DPO prefix sharing}, scoring, and the
+    four loss heads per architecture and K."""
     proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_suite.sh"), "--smoke", "--output-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -98,5 +99,12 @@ def test_gpu_suite_smoke_runs_every_configuration_on_cpu(tmp_path):
     assert all(r["mfu"] is None for r in training)  # CPU: no peak, no MFU
     naive, scorer = payload["scoring"]
     assert (naive["method"], scorer["method"], scorer["n"]) == ("naive", "scorer", 16)
+    heads = payload["lm_head"]
+    assert len(heads) == 3 * 2 * 4 and all(r["peak_mib"] >= 0 for r in heads)
+    for r in heads:
+        if r["head"] == "trl":  # the CPU kernel scores every position of 2(K-1) padded rows of prompt + completion
+            assert r["positions"] == 2 * (r["k"] - 1) * (1024 + 3072 // r["k"] - 1)
+        else:
+            assert r["positions"] == 3072
     table = (tmp_path / "gpu_suite_smoke.md").read_text()
-    assert "SMOKE RUN" in table and table.count("| llama-3.2-1b |") == 6
+    assert "SMOKE RUN" in table and table.count("| llama-3.2-1b |") == 6 + 8

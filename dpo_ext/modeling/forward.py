@@ -8,11 +8,15 @@ A *target* is (row, position, label): the log-prob of token ``label`` predicted 
 
 import torch
 
-from dpo_ext.logps import picked_position_logps
-from dpo_ext.modeling.models import accepts_logits_to_keep
+from dpo_ext.logps import linear_target_logps, picked_position_logps
+from dpo_ext.modeling.models import accepts_logits_to_keep, bare_model
 
-# float32 copies of the kept logits are made at most 2**22 elements (16 MiB) at a time (see picked_position_logps)
+# Logits are computed (fused head) or upcast to float32 (other heads) at most 2**22 elements (16 MiB) at a time
 MAX_UPCAST_ELEMENTS = 2**22
+
+# Model types whose logits are exactly ``lm_head(final hidden states)``: no scale, soft-cap or temperature after the
+# head (Gemma 2, Cohere, Granite... have one). Each is checked against its own forward in the tests.
+FUSED_HEAD_MODEL_TYPES = frozenset({"gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3"})
 
 
 def _repeat_rows(value, copies: int):
@@ -21,11 +25,45 @@ def _repeat_rows(value, copies: int):
     return value.repeat(copies, *([1] * (value.dim() - 1)))  # (copies * R, ...)
 
 
+def fusable_lm_head(model) -> torch.nn.Linear | None:
+    """The model's output embedding when `linear_target_logps` can stand in for it, else `None`.
+
+    It must be a plain ``nn.Linear`` (a LoRA or modules_to_save wrapper has its own forward) holding its whole weight
+    (FSDP2 shards it as a DTensor, ZeRO-3 leaves an empty placeholder), on a model listed in
+    `FUSED_HEAD_MODEL_TYPES` that takes ``logits_to_keep``.
+    """
+    bare = bare_model(model)
+    if getattr(getattr(bare, "config", None), "model_type", None) not in FUSED_HEAD_MODEL_TYPES:
+        return None
+    head = bare.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or type(head.weight) is not torch.nn.Parameter or head.weight.numel() == 0:
+        return None
+    return head if accepts_logits_to_keep(model) else None
+
+
+def _hidden_before_head(model, head: torch.nn.Linear, inputs: dict, keep: torch.Tensor) -> torch.Tensor:
+    """Run ``model`` with the head skipped: the final hidden states it would project at ``keep``, (R, M, H)."""
+    captured = []
+
+    def skip_head(module, args):
+        captured.append(args[0])
+        return (args[0][..., :0, :],)  # the head projects nothing; the model returns empty logits
+
+    handle = head.register_forward_pre_hook(skip_head)
+    try:
+        model(**inputs, logits_to_keep=keep)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
 def target_logps(model, inputs: dict, rows, positions, labels, adapters=None) -> torch.Tensor:
     """Log-probs of targets from one forward pass of ``model`` over ``inputs`` (R rows).
 
     The LM head runs only at the positions some target needs (``logits_to_keep`` with a 1-D index tensor; models
-    without that argument compute every position and the kept ones are selected afterwards).
+    without that argument compute every position and the kept ones are selected afterwards). Where the head is a
+    plain linear layer (`fusable_lm_head`), it is fused with the log-softmax (`linear_target_logps`), so no
+    (positions, vocabulary) logits exist at once.
 
     Args:
         inputs (`dict`): keyword arguments of the forward (``input_ids`` (R, L), masks, a cache...).
@@ -42,14 +80,19 @@ def target_logps(model, inputs: dict, rows, positions, labels, adapters=None) ->
     inputs = {name: _repeat_rows(value, copies) for name, value in inputs.items()}
     if adapters:
         inputs["adapter_names"] = [name for name in adapters for _ in range(num_rows)]
-    if accepts_logits_to_keep(model):
-        logits = model(**inputs, logits_to_keep=keep).logits  # (copies * R, M, V)
-    else:
-        logits = model(**inputs).logits[:, keep]
     kept = keep.numel()
     column = torch.searchsorted(keep, positions.contiguous())  # where each target's position landed among kept
     copy = torch.arange(copies, device=rows.device).view(-1, *([1] * rows.dim()))  # (copies, 1, ...)
     flat_index = ((copy * num_rows + rows) * kept + column)  # (copies, *S) into (copies * R * M)
+    head = fusable_lm_head(model)
+    if head is not None:
+        hidden = _hidden_before_head(model, head, inputs, keep)  # (copies * R, M, H)
+        return linear_target_logps(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias, flat_index,
+                                   labels.expand_as(flat_index), MAX_UPCAST_ELEMENTS)
+    if accepts_logits_to_keep(model):
+        logits = model(**inputs, logits_to_keep=keep).logits  # (copies * R, M, V)
+    else:
+        logits = model(**inputs).logits[:, keep]
     flat = logits.reshape(-1, logits.shape[-1])  # (copies * R * M, V)
     return picked_position_logps(flat, flat_index, labels.expand_as(flat_index), MAX_UPCAST_ELEMENTS)
 

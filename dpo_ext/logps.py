@@ -81,7 +81,7 @@ class _LinearTargetLogps(torch.autograd.Function):
         # takes that position's softmax once, weighted by the sum of their gradients.
         grad = grad.to(upcast)
         grad_per_position = torch.zeros_like(log_norm).index_add_(0, positions, grad)  # (M,)
-        grad_hidden = torch.zeros(hidden.shape, dtype=upcast, device=hidden.device) if want_hidden else None
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None  # filled one row tile at a time
         grad_weight = torch.zeros(weight.shape, dtype=upcast, device=weight.device) if want_weight else None
         grad_bias = torch.zeros(bias.shape, dtype=upcast, device=bias.device) if want_bias else None
         for r0, v0, logits in _logit_tiles(hidden, weight, bias, compute, upcast, rows, cols):
@@ -89,13 +89,16 @@ class _LinearTargetLogps(torch.autograd.Function):
             grad_logits = (logits - log_norm[r0:r1, None]).exp_().mul_(-grad_per_position[r0:r1, None])
             hit, row, col = _targets_in_tile(positions, labels, r0, v0, logits.shape)
             grad_logits.index_put_((row, col), grad[hit], accumulate=True)  # several targets may share an entry
-            if grad_hidden is not None:
-                grad_hidden[r0:r1] += grad_logits.to(compute) @ weight[v0:v1].to(compute)
+            if grad_hidden is not None:  # summed over the row tile's vocabulary slices in ``upcast``
+                row_grad = 0 if v0 == 0 else row_grad
+                row_grad = row_grad + (grad_logits.to(compute) @ weight[v0:v1].to(compute)).to(upcast)
+                if v1 == weight.shape[0]:
+                    grad_hidden[r0:r1] = row_grad
             if grad_weight is not None:
                 grad_weight[v0:v1] += grad_logits.to(compute).T @ hidden[r0:r1].to(compute)
             if grad_bias is not None:
                 grad_bias[v0:v1] += grad_logits.sum(0)
-        return (None if grad_hidden is None else grad_hidden.to(hidden.dtype),
+        return (grad_hidden,
                 None if grad_weight is None else grad_weight.to(weight.dtype),
                 None if grad_bias is None else grad_bias.to(bias.dtype), None, None, None)
 

@@ -7,9 +7,12 @@ checkpoints and methods are compared on common random numbers.
 
 import json
 import logging
+from pathlib import Path
+from types import SimpleNamespace
 
-import generation
+import policy
 import preference_data
+from recipe_config import stage
 from recipe_kit import frontier
 
 from dpo_ext import ImplicitRewardScorer
@@ -33,7 +36,7 @@ def evaluate_policy(model, tokenizer, reward, prompts, samples_per_prompt, max_n
             the first sample of each of the first `NUM_EXAMPLES` prompts (with the shared seed, every policy answers
             the same prompts there).
     """
-    completions = generation.sample(model, prompts, samples_per_prompt, max_new_tokens, tokenizer.eos_token_id,
+    completions = policy.sample(model, prompts, samples_per_prompt, max_new_tokens, tokenizer.eos_token_id,
                                     tokenizer.pad_token_id, seed=seed)  # (P, S)
     texts = preference_data.reward_texts(tokenizer, prompts, completions)  # prompt-major, P * S
     rewards = reward(texts)
@@ -54,22 +57,29 @@ def log_ratios(peft_model, tokenizer, prompts, completions):
     return result.policy_logps - result.ref_logps
 
 
-def sft_eval_job(out, args, settings: dict) -> dict:
-    """Stage 6, the SFT policy's own point (KL 0 to itself), as a `recipe_kit.pool.JobPool` job."""
-    import sft_policy
-    import stage_cache
-    from stage_cache import stage
+def stage_outputs(out: Path, args) -> SimpleNamespace:
+    """What a `recipe_kit.pool.JobPool` job (training, evaluation) reads of the finished stages, from their folders:
+    ``sft_dir``, ``tokenizer``, ``reward`` (texts -> list of floats) and ``prefs`` (the prompts and preference rows).
+    Nothing but paths and settings crosses a process boundary."""
+    import sentiment_reward
 
+    return SimpleNamespace(sft_dir=out / "sft", tokenizer=policy.load_tokenizer(out / "tokenizer"),
+                           reward=sentiment_reward.load(out / "reward", args.recipe_model.reward_model_name),
+                           prefs=preference_data.load(out / "preferences"))
+
+
+def sft_eval_job(out: Path, args, settings: dict) -> dict:
+    """Stage 6, the SFT policy's own point (KL 0 to itself), as a `recipe_kit.pool.JobPool` job."""
     def build(d):
-        inputs = stage_cache.outputs(out, args)
+        inputs = stage_outputs(out, args)
         point = evaluate_policy(
-            sft_policy.load(inputs.sft_dir, args.training.use_cpu), inputs.tokenizer, inputs.reward,
+            policy.load(inputs.sft_dir, args.training.use_cpu), inputs.tokenizer, inputs.reward,
             inputs.prefs["prompts"]["eval"], args.run.eval_samples_per_prompt, args.data.max_new_tokens,
             seed=args.training.seed + 1, has_adapter=False)
         (d / "eval_results.json").write_text(json.dumps(point, indent=2))
 
     return stage(6, "SFT evaluation", out / "sft_eval", build,
-                 lambda d: stage_cache.read_json(d / "eval_results.json"), settings=settings)
+                 lambda d: json.loads((d / "eval_results.json").read_text()), settings=settings)
 
 
 def make_callback(run_name, tokenizer, reward, prompts, recipe_args, curve: list):

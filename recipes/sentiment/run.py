@@ -13,12 +13,14 @@ ground-truth reward; methods are compared by their reward vs KL(pi || pi_ref) fr
 
 Settings: configs/default.yaml, then --config FILE.yaml (--quick: configs/quick.yaml), then the flags; see
 recipe_config.py. `main` runs the stages below in order, one function each; every stage writes into its own
-sub-folder of --output_dir and marks it done (stage_cache.py), so a re-run skips finished stages (delete a
+sub-folder of --output_dir and marks it done (`recipe_config.stage`), so a re-run skips finished stages (delete a
 sub-folder to redo it and, by hand, what depends on it).
 """
 
+import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -28,15 +30,12 @@ from recipe_kit.instruction_set import check_pinned_capability, pin_instruction_
 
 pin_instruction_set()  # first, before torch or numpy load: AVX2 kernels, so the same numbers on any AVX2 CPU
 
+import policy  # noqa: E402
 import recipe_config  # noqa: E402
+from recipe_config import METHODS, NUM_STAGES, logger, stage, stage_settings  # noqa: E402
 from recipe_kit import pool as parallel  # noqa: E402
-from stage_cache import NUM_STAGES, all_settings, stage, stage_settings  # noqa: E402
 
-logger = logging.getLogger("sentiment")
-
-
-def log(message: str) -> None:
-    logger.info(message)
+log = logger.info
 
 
 def worker_count(args) -> int:
@@ -64,10 +63,7 @@ def main(args) -> dict:
         import publish
 
         publish.check_access(args)  # fail before hours of training, not after
-    everything = all_settings(args)
-
-    def settings(upto):
-        return stage_settings(everything, upto)
+    settings = partial(stage_settings, args)  # as parsed: run_seed is a setting of its own
 
     with parallel.JobPool(worker_count(args), recipe_dir=HERE) as pool:
         parts = data_stage(out, args, settings("data"))
@@ -107,23 +103,19 @@ def data_stage(out: Path, args, settings: dict) -> dict:
 
 def tokenizer_stage(out: Path, args, parts: dict, settings: dict):
     """Stage 2: a BPE trained on the SFT reviews (tiny model), or the Hub model's own tokenizer."""
-    import bpe_tokenizer
-
     def build(d):
         if args.model.model_name_or_path is None:
-            bpe_tokenizer.build(d, [r["text"] for r in parts["sft"]], args.recipe_model.tokenizer_vocab_size)
+            policy.build_tokenizer(d, [r["text"] for r in parts["sft"]], args.recipe_model.tokenizer_vocab_size)
         else:
-            bpe_tokenizer.load(args.model.model_name_or_path).save_pretrained(d)
+            policy.load_tokenizer(args.model.model_name_or_path).save_pretrained(d)
 
-    return stage(2, "tokenizer", out / "tokenizer", build, bpe_tokenizer.load, settings=settings)
+    return stage(2, "tokenizer", out / "tokenizer", build, policy.load_tokenizer, settings=settings)
 
 
 def sft_stage(out: Path, args, tokenizer, parts: dict, settings: dict) -> Path:
     """Stage 3: the SFT policy (every method's reference). Returns its folder."""
-    import sft_policy
-
     def build(d):
-        sft_policy.train(d, args, tokenizer, [r["text"] for r in parts["sft"]])
+        policy.train(d, args, tokenizer, [r["text"] for r in parts["sft"]])
 
     # A Hub model is fine-tuned with SFTTrainer on every process; the tiny one by the main process alone.
     return stage(3, "SFT policy", out / "sft", build, lambda d: d,
@@ -144,11 +136,10 @@ def reward_stage(out: Path, args, parts: dict, settings: dict):
 
 def preference_stage(out: Path, args, pool, sft_dir: Path, tokenizer, reward, parts: dict, settings: dict) -> dict:
     """Stage 5: prompts, K SFT samples per training prompt, ranked by the reward (ranked and pairwise rows)."""
-    import generation
     import preference_data
 
     def sample(prompts, num_samples, seed):
-        return generation.sample_in_shards(pool, sft_dir, prompts, num_samples, args.data.max_new_tokens, seed,
+        return policy.sample_in_shards(pool, sft_dir, prompts, num_samples, args.data.max_new_tokens, seed,
                                            args.training.use_cpu)
 
     return stage(5, "preference data", out / "preferences",
@@ -164,7 +155,7 @@ def train_stage(out: Path, args, pool, sft_eval_settings: dict, settings: dict) 
     import train_methods
 
     planned = train_methods.plan_runs(args)  # the order of the tables
-    costliest_first = sorted(planned, key=train_methods.relative_cost, reverse=True)
+    costliest_first = sorted(planned, key=lambda run: METHODS[run["method"]].cost, reverse=True)
     results = pool.run([(train_methods.train_job, out, args, run, settings) for run in costliest_first]
                        + [(evaluation.sft_eval_job, out, args, sft_eval_settings)])
     by_name = dict(zip((run["name"] for run in costliest_first), results))
@@ -173,15 +164,31 @@ def train_stage(out: Path, args, pool, sft_eval_settings: dict, settings: dict) 
 
 def best_of_n_stage(out: Path, args, pool, sft_dir: Path, tokenizer, reward, prefs: dict, runs: dict,
                     settings: dict):
-    """Stage 7: Best-of-N from SFT samples, picked by the implicit reward of the trained (PL-)DPO adapters."""
-    import best_of_n
+    """Stage 7: Best-of-N among N_max SFT samples per held-out prompt (`recipe_kit.best_of_n`), picked by the
+    classifier and by the implicit reward of the trained (PL-)DPO adapters at ``beta``. Sampling shards and
+    scorers are jobs on ``pool``."""
+    import preference_data
+    import torch
+    from recipe_kit import best_of_n
 
-    scorers = {name: (str(out / "adapters" / name), r["beta"]) for name, r in runs.items()
-               if r["method"] in ("dpo", "pl_dpo") and r["beta"] == args.training.beta}
-    return stage(7, "Best-of-N", out / "best_of_n",
-                 lambda d: best_of_n.build(d, pool, sft_dir, tokenizer, reward, prefs["prompts"]["best_of_n"],
-                                           scorers, args.data, args.training.seed, log, args.training.use_cpu),
-                 best_of_n.load, settings=settings)
+    def build(d):
+        prompts, n_max = prefs["prompts"]["best_of_n"], args.data.best_of_n_max
+        samples = policy.sample_in_shards(pool, sft_dir, prompts, n_max, args.data.max_new_tokens,
+                                          args.training.seed + 2, args.training.use_cpu)  # (P, N_max)
+        texts = preference_data.reward_texts(tokenizer, prompts, samples)
+        truth = torch.tensor(reward(texts)).reshape(len(prompts), n_max)
+        scorers = {name: r["beta"] for name, r in runs.items()
+                   if r["method"] in ("dpo", "pl_dpo") and r["beta"] == args.training.beta}
+        scores = pool.run([(best_of_n.implicit_rewards, str(sft_dir), str(out / "adapters" / name), prompts,
+                            samples, beta, args.training.use_cpu) for name, beta in scorers.items()])
+        for name in scorers:
+            log(f"best-of-n: implicit reward of {name} scored {truth.numel()} samples")
+        implicit = {name: torch.tensor(values) for name, values in zip(scorers, scores)}
+        result = best_of_n.summarize(truth, implicit, source="SFT policy samples")
+        (d / "best_of_n.json").write_text(json.dumps(result, indent=2))
+
+    return stage(7, "Best-of-N", out / "best_of_n", build, lambda d: json.loads((d / "best_of_n.json").read_text()),
+                 settings=settings)
 
 
 def report_stage(out: Path, args, sft_point: dict, runs: dict, reward, prefs: dict, bon: dict) -> dict:

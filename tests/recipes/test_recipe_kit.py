@@ -94,6 +94,27 @@ def test_a_cached_stage_builds_once_records_its_settings_and_warns_with_the_reci
     assert {record.name for record in caplog.records} == {"some_recipe"}
 
 
+def test_best_of_n_picks_by_disjoint_groups():
+    """Two prompts, N_max = 4. Truth row 0: [0, 1, 2, 3]; scores favour index 0 in the first pair, 3 in the second.
+
+    N=1: every sample is a group, mean of truth = (0+1+2+3 + 4+5+6+7) / 8 = 3.5.
+    N=2: groups (0,1),(2,3) per row; picks by score: row 0 -> truth 0 and 3; row 1 -> truth 4 and 7: mean 3.5.
+    N=4: one group per row; argmax score is index 3 in both rows: truth 3 and 7, mean 5.
+    """
+    import torch
+    from recipe_kit import best_of_n
+
+    truth = torch.tensor([[0.0, 1, 2, 3], [4, 5, 6, 7]])
+    scores = torch.tensor([[9.0, 1, 2, 10], [9, 1, 2, 10]])
+    assert best_of_n.picks_per_prompt(scores, truth, 1).mean().item() == pytest.approx(3.5)
+    assert best_of_n.picks_per_prompt(scores, truth, 2).mean().item() == pytest.approx(3.5)
+    assert best_of_n.picks_per_prompt(scores, truth, 4).mean().item() == pytest.approx(5.0)
+    # Per prompt at N=4: 3 and 7; standard deviation 2 * sqrt(2), standard error over 2 prompts 2.
+    assert best_of_n.per_prompt_stats(best_of_n.picks_per_prompt(scores, truth, 4)) == (5.0, 2.0)
+    assert best_of_n.pair_agreement(truth, truth) == 1.0
+    assert best_of_n.pair_agreement(-truth, truth) == 0.0
+
+
 def small_tokenizer_and_texts():
     from recipe_kit.bpe import train_byte_level_bpe
 

@@ -30,12 +30,16 @@ from recipe_kit.instruction_set import check_pinned_capability, pin_instruction_
 
 pin_instruction_set()  # first, before torch or numpy load: AVX2 kernels, so the same numbers on any AVX2 CPU
 
-import policy  # noqa: E402
 import recipe_config  # noqa: E402
 from recipe_config import METHODS, NUM_STAGES, logger, stage, stage_settings  # noqa: E402
 from recipe_kit import pool as parallel  # noqa: E402
+from recipe_kit import reward_kl  # noqa: E402
 
 log = logger.info
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"  # distinct from EOS so that padding after an early EOS can be told apart from the EOS itself
+# The settings the Hub model's SFT takes from the trainer config; the rest (optimizer, warm-up...) are DPO's, not SFT's.
+HUB_SFT_SETTINGS = ("seed", "gradient_accumulation_steps", "bf16", "activation_checkpointing", "use_cpu")
 
 
 def worker_count(args) -> int:
@@ -102,20 +106,51 @@ def data_stage(out: Path, args, settings: dict) -> dict:
 
 
 def tokenizer_stage(out: Path, args, parts: dict, settings: dict):
-    """Stage 2: a BPE trained on the SFT reviews (tiny model), or the Hub model's own tokenizer."""
+    """Stage 2: a byte-level BPE trained on the SFT reviews (tiny model, `recipe_kit.bpe`), or the Hub model's own
+    tokenizer. No post-processor adds special tokens: a prompt is a review prefix of at least two tokens, so the model
+    never has to predict a review's first token, and ``tokenizer(prompt + completion)`` is the plain concatenation
+    TRL expects."""
+    from recipe_kit.bpe import train_byte_level_bpe
+
     def build(d):
         if args.model.model_name_or_path is None:
-            policy.build_tokenizer(d, [r["text"] for r in parts["sft"]], args.recipe_model.tokenizer_vocab_size)
+            tokenizer = train_byte_level_bpe([r["text"] for r in parts["sft"]], args.recipe_model.tokenizer_vocab_size,
+                                             [EOS_TOKEN, PAD_TOKEN], EOS_TOKEN, PAD_TOKEN)
+            tokenizer.model_max_length = 1024
         else:
-            policy.load_tokenizer(args.model.model_name_or_path).save_pretrained(d)
+            tokenizer = reward_kl.load_tokenizer(args.model.model_name_or_path)
+        tokenizer.save_pretrained(d)
 
-    return stage(2, "tokenizer", out / "tokenizer", build, policy.load_tokenizer, settings=settings)
+    return stage(2, "tokenizer", out / "tokenizer", build, reward_kl.load_tokenizer, settings=settings)
 
 
 def sft_stage(out: Path, args, tokenizer, parts: dict, settings: dict) -> Path:
-    """Stage 3: the SFT policy (every method's reference). Returns its folder."""
+    """Stage 3: the SFT policy (every method's reference), saved with its tokenizer. Returns its folder.
+
+    Offline, a tiny GPT-2 built from a config and trained from scratch (`recipe_kit.sft.train_small_causal_lm`) on
+    the first ``context_length`` tokens of each SFT review; prompts are review beginnings, so that is the distribution
+    that matters. Paper scale: a Hub model (``gpt2-large``) fine-tuned on the reviews with `trl.SFTTrainer`
+    (`recipe_kit.sft.fine_tune`), every weight trained, with its own tokenizer.
+    """
+    from recipe_kit.sft import fine_tune, sft_config, train_small_causal_lm
+
+    run, context, texts = args.run, args.recipe_model.context_length, [r["text"] for r in parts["sft"]]
+
     def build(d):
-        policy.train(d, args, tokenizer, [r["text"] for r in parts["sft"]])
+        if args.model.model_name_or_path is None:
+            from dpo_ext.testing import tiny_model
+
+            model = tiny_model(tokenizer, seed=args.training.seed, n_layer=args.recipe_model.tiny_n_layer,
+                               n_embd=args.recipe_model.tiny_n_embd, n_head=args.recipe_model.tiny_n_head,
+                               n_positions=context, dropout=0.0)
+            train_small_causal_lm(model, tokenizer, texts, d, max_length=context, batch_size=run.sft_batch_size,
+                                  epochs=run.sft_epochs, learning_rate=run.sft_learning_rate, seed=args.training.seed,
+                                  disable_tqdm=args.training.disable_tqdm)
+        else:
+            config = sft_config(args.training, d / "trainer", shared=HUB_SFT_SETTINGS, report_to="none",
+                                num_train_epochs=run.sft_epochs, learning_rate=run.sft_learning_rate,
+                                per_device_train_batch_size=run.sft_batch_size, max_length=context)
+            fine_tune(args.model, config, [{"text": text} for text in texts], d)
 
     # A Hub model is fine-tuned with SFTTrainer on every process; the tiny one by the main process alone.
     return stage(3, "SFT policy", out / "sft", build, lambda d: d,
@@ -139,8 +174,8 @@ def preference_stage(out: Path, args, pool, sft_dir: Path, tokenizer, reward, pa
     import preference_data
 
     def sample(prompts, num_samples, seed):
-        return policy.sample_in_shards(pool, sft_dir, prompts, num_samples, args.data.max_new_tokens, seed,
-                                           args.training.use_cpu)
+        return reward_kl.sample_in_shards(pool, sft_dir, prompts, num_samples, args.data.max_new_tokens, seed,
+                                          args.training.use_cpu)
 
     return stage(5, "preference data", out / "preferences",
                  lambda d: preference_data.build(d, sample, tokenizer, reward, parts["prompts"], args.data,
@@ -151,13 +186,12 @@ def preference_stage(out: Path, args, pool, sft_dir: Path, tokenizer, reward, pa
 def train_stage(out: Path, args, pool, sft_eval_settings: dict, settings: dict) -> tuple[dict, dict]:
     """Stage 6: the SFT policy's own point (reward at KL 0) and one adapter per run, as parallel jobs, the costliest
     first. Returns the SFT point and each run's eval_results.json by run name."""
-    import evaluation
     import train_methods
 
     planned = train_methods.plan_runs(args)  # the order of the tables
     costliest_first = sorted(planned, key=lambda run: METHODS[run["method"]].cost, reverse=True)
     results = pool.run([(train_methods.train_job, out, args, run, settings) for run in costliest_first]
-                       + [(evaluation.sft_eval_job, out, args, sft_eval_settings)])
+                       + [(train_methods.sft_eval_job, out, args, sft_eval_settings)])
     by_name = dict(zip((run["name"] for run in costliest_first), results))
     return results[-1], {run["name"]: by_name[run["name"]] for run in planned}
 
@@ -167,15 +201,14 @@ def best_of_n_stage(out: Path, args, pool, sft_dir: Path, tokenizer, reward, pre
     """Stage 7: Best-of-N among N_max SFT samples per held-out prompt (`recipe_kit.best_of_n`), picked by the
     classifier and by the implicit reward of the trained (PL-)DPO adapters at ``beta``. Sampling shards and
     scorers are jobs on ``pool``."""
-    import preference_data
     import torch
     from recipe_kit import best_of_n
 
     def build(d):
         prompts, n_max = prefs["prompts"]["best_of_n"], args.data.best_of_n_max
-        samples = policy.sample_in_shards(pool, sft_dir, prompts, n_max, args.data.max_new_tokens,
-                                          args.training.seed + 2, args.training.use_cpu)  # (P, N_max)
-        texts = preference_data.reward_texts(tokenizer, prompts, samples)
+        samples = reward_kl.sample_in_shards(pool, sft_dir, prompts, n_max, args.data.max_new_tokens,
+                                             args.training.seed + 2, args.training.use_cpu)  # (P, N_max)
+        texts = reward_kl.reward_texts(tokenizer, prompts, samples)
         truth = torch.tensor(reward(texts)).reshape(len(prompts), n_max)
         scorers = {name: r["beta"] for name, r in runs.items()
                    if r["method"] in ("dpo", "pl_dpo") and r["beta"] == args.training.beta}

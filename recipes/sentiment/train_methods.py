@@ -25,12 +25,12 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
-import evaluation
-import policy
 import preference_data
 from recipe_config import METHODS, logger, stage
-from recipe_kit import trl_trainers
+from recipe_kit import reward_kl, trl_trainers
+from recipe_kit.reward_kl import load_model
 
 from dpo_ext.cli.train import lora_config  # the one LoRA config of every command and recipe
 
@@ -97,11 +97,41 @@ def make_trainer(run, model, inputs, config, peft_config, callbacks, args):
                         peft_config=peft_config, callbacks=callbacks)
 
 
+def stage_outputs(out: Path, args) -> SimpleNamespace:
+    """What a `recipe_kit.pool.JobPool` job of this stage reads of the finished stages, from their folders:
+    ``sft_dir``, ``tokenizer``, ``reward`` (texts -> list of floats) and ``prefs`` (the prompts and preference rows).
+    Nothing but paths and settings crosses a process boundary."""
+    import sentiment_reward
+
+    return SimpleNamespace(sft_dir=out / "sft", tokenizer=reward_kl.load_tokenizer(out / "tokenizer"),
+                           reward=sentiment_reward.load(out / "reward", args.recipe_model.reward_model_name),
+                           prefs=preference_data.load(out / "preferences"))
+
+
+def evaluate(model, inputs, args, has_adapter=True) -> dict:
+    """`recipe_kit.reward_kl.evaluate_policy` on the eval prompts, with the evaluation seed (the same for every
+    policy and checkpoint)."""
+    return reward_kl.evaluate_policy(model, inputs.tokenizer, inputs.reward, inputs.prefs["prompts"]["eval"],
+                                     args.run.eval_samples_per_prompt, args.data.max_new_tokens,
+                                     seed=args.training.seed + 1, has_adapter=has_adapter)
+
+
+def sft_eval_job(out: Path, args, settings: dict) -> dict:
+    """Stage 6, the SFT policy's own point (KL 0 to itself), as a `recipe_kit.pool.JobPool` job."""
+    def build(d):
+        inputs = stage_outputs(out, args)
+        point = evaluate(load_model(inputs.sft_dir, args.training.use_cpu), inputs, args, has_adapter=False)
+        (d / "eval_results.json").write_text(json.dumps(point, indent=2))
+
+    return stage(6, "SFT evaluation", out / "sft_eval", build,
+                 lambda d: json.loads((d / "eval_results.json").read_text()), settings=settings)
+
+
 def train_job(out: Path, args, run: dict, settings: dict) -> dict:
     """Stage 6 for one run, as a `JobPool` job: loads what it needs from the earlier stages' folders, trains
     into ``out/adapters/<run>`` (skipped when that folder is marked done) and returns its eval_results.json."""
     def build(run_dir):
-        train_run(run, run_dir, evaluation.stage_outputs(out, args), args)
+        train_run(run, run_dir, stage_outputs(out, args), args)
 
     return stage(6, f"train {run['name']}", out / "adapters" / run["name"], build,
                  lambda d: json.loads((d / "eval_results.json").read_text()), all_processes=True, settings=settings)
@@ -110,20 +140,18 @@ def train_job(out: Path, args, run: dict, settings: dict) -> dict:
 def train_run(run: dict, run_dir: Path, inputs, args) -> dict:
     """Train one run (a trainer, or on-policy rounds), evaluate each adapter it saved, and write its publishable
     folder. Returns the content of eval_results.json (empty on processes other than the main one)."""
-    eval_prompts = inputs.prefs["prompts"]["eval"]
     # Every eval_every_steps steps (the callback), then each saved adapter (the rounds: one per round), evaluated
     # on a fresh copy of the SFT model: checks the saved folder, and works whatever sharding (FSDP, ZeRO-3) trained it.
     curve = []
-    callbacks = [evaluation.make_callback(run["name"], inputs.tokenizer, inputs.reward, eval_prompts, args, curve)]
+    callbacks = [reward_kl.curve_callback(run["name"], args.run.eval_every_steps,
+                                          lambda model: evaluate(model, inputs, args), curve, logger)]
     train = train_rounds if METHODS[run["method"]].data == "rounds" else train_trainer
     trained = train(run, run_dir, inputs, args, callbacks)
     if trained is None:
         return {}
     for step, adapter in trained["adapters"]:
-        model = policy.load(inputs.sft_dir, args.training.use_cpu, adapter=adapter)
-        final = evaluation.evaluate_policy(model, inputs.tokenizer, inputs.reward, eval_prompts,
-                                           args.run.eval_samples_per_prompt, args.data.max_new_tokens,
-                                           seed=args.training.seed + 1)
+        model = load_model(inputs.sft_dir, args.training.use_cpu, adapter=adapter)
+        final = evaluate(model, inputs, args)
         if all(point["step"] != step for point in curve):
             curve.append({"step": step, **{k: v for k, v in final.items() if k != "examples"}})
         logger.info(f"{run['name']} step {step}, saved: reward {final['reward']:.3f}, KL {final['kl']:.2f}")
@@ -152,7 +180,7 @@ def train_run(run: dict, run_dir: Path, inputs, args) -> dict:
 def train_trainer(run, run_dir: Path, inputs, args, callbacks) -> dict | None:
     """One trainer (`make_trainer`), saved into ``run_dir``: its settings, name, time and ``[(steps, run_dir)]``
     (None on processes other than the main one)."""
-    model = policy.load(inputs.sft_dir)
+    model = load_model(inputs.sft_dir)
     # The trainer's own output (logs) stays out of the publishable folder.
     config = run_config(args.training, run, run_dir.parent.parent / "trainer_output" / run_dir.name)
     start = time.time()
@@ -186,18 +214,18 @@ def train_rounds(run, run_dir: Path, inputs, args, callbacks) -> dict:
     rounds = args.run.rounds
     settings = RoundSettings(
         rounds=rounds, k=args.data.num_completions, judge=judge, eval_judge=judge, reference="initial",
-        seed=args.training.seed, generation={**policy.SAMPLING, "max_new_tokens": args.data.max_new_tokens},
+        seed=args.training.seed, generation={**reward_kl.SAMPLING, "max_new_tokens": args.data.max_new_tokens},
         prompts_per_round=math.ceil(len(prompts) / rounds))
     rounds_dir = run_dir.parent.parent / "rounds" / run_dir.name
     config = run_config(args.training, run, rounds_dir)
-    lora = lora_config(args.model, policy.load(inputs.sft_dir))
+    lora = lora_config(args.model, load_model(inputs.sft_dir))
     shutil.rmtree(rounds_dir, ignore_errors=True)  # an unfinished run starts again (its curve counts every step)
     start = time.time()
     if run["method"] == "rounds_self":  # round 1 judged by the classifier, then by the policy itself
-        run_rounds(lambda: policy.load(inputs.sft_dir), inputs.tokenizer, prompts, config, replace(settings, rounds=1),
+        run_rounds(lambda: load_model(inputs.sft_dir), inputs.tokenizer, prompts, config, replace(settings, rounds=1),
                    peft_config=lora, callbacks=callbacks)
         settings = replace(settings, judge="self")
-    summaries = run_rounds(lambda: policy.load(inputs.sft_dir), inputs.tokenizer, prompts, config, settings,
+    summaries = run_rounds(lambda: load_model(inputs.sft_dir), inputs.tokenizer, prompts, config, settings,
                            peft_config=lora, callbacks=callbacks)
     seconds = time.time() - start
     shutil.copytree(rounds_dir / f"round-{rounds}" / "adapter", run_dir, dirs_exist_ok=True,

@@ -214,28 +214,10 @@ def test_pairwise_rows_best_worst_and_adjacent():
     assert [(r["chosen"], r["rejected"]) for r in adjacent] == [("b", "d"), ("d", "a"), ("a", "c")]
 
 
-def test_sampling_is_from_the_untouched_distribution():
-    """The KL estimate needs samples from pi itself: the processed scores generate samples from must equal the raw
-    logits (no top-k, top-p or temperature warping)."""
-    import policy
-
-    from dpo_ext.testing import tiny_model, tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    model = tiny_model(tokenizer).eval()
-    ids = torch.tensor([tokenizer("the movie was")["input_ids"]] * 3)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
-                         pad_token_id=tokenizer.pad_token_id, output_scores=True, output_logits=True,
-                         return_dict_in_generate=True, **policy.SAMPLING)
-    assert torch.equal(torch.stack(out.scores), torch.stack(out.logits))
-
-
 def test_fresh_adapter_has_zero_kl_and_zero_implicit_reward(tmp_path):
-    import evaluation
-    import policy
     import train_methods
     from peft import get_peft_model
-    from recipe_kit import best_of_n
+    from recipe_kit import best_of_n, reward_kl
 
     from dpo_ext.testing import tiny_model, tiny_tokenizer
 
@@ -246,46 +228,13 @@ def test_fresh_adapter_has_zero_kl_and_zero_implicit_reward(tmp_path):
     model_args = recipe_config.parse_args(["--lora_r", "4", "--lora_alpha", "8"]).model
     model = get_peft_model(base, train_methods.lora_config(model_args, base))
     prompts = [tokenizer("the movie was")["input_ids"], tokenizer("i liked it")["input_ids"]]
-    point = evaluation.evaluate_policy(model, tokenizer, lambda texts: [0.5] * len(texts), prompts,
+    point = reward_kl.evaluate_policy(model, tokenizer, lambda texts: [0.5] * len(texts), prompts,
                                        samples_per_prompt=3, max_new_tokens=5, seed=0)
     assert point["kl"] == 0.0 and point["num_samples"] == 6 and point["reward"] == 0.5
-    samples = policy.sample(model, prompts, 2, 5, tokenizer.eos_token_id, tokenizer.pad_token_id, seed=1)
+    samples = reward_kl.sample(model, prompts, 2, 5, tokenizer.eos_token_id, tokenizer.pad_token_id, seed=1)
     model.save_pretrained(tmp_path / "adapter")
     rewards = best_of_n.implicit_rewards(tmp_path / "sft", tmp_path / "adapter", prompts, samples, 0.1)
     assert rewards == [[0.0, 0.0], [0.0, 0.0]]
-
-
-def test_kl_log_ratios_match_a_manual_sum():
-    """Completions of different lengths (one a single token) and the prompt/completion boundary: compare the
-    scorer-based log-ratios with log-softmax summed by hand, policy minus adapters-disabled reference, row by row."""
-    import evaluation
-    from peft import LoraConfig, get_peft_model
-
-    from dpo_ext.testing import tiny_model, tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    # init_lora_weights=False: B is random too, so the adapter changes the model (policy != reference).
-    model = get_peft_model(tiny_model(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"],
-                                                             fan_in_fan_out=True, init_lora_weights=False)).eval()
-    prompts = [tokenizer("the movie")["input_ids"], tokenizer("i really liked")["input_ids"]]
-    completions = [[tokenizer(" was good and fun")["input_ids"], tokenizer(" it")["input_ids"]],
-                   [tokenizer(" the movie was good")["input_ids"], tokenizer(" fun")["input_ids"][:1]]]
-    got = evaluation.log_ratios(model, tokenizer, prompts, completions)  # (P, S)
-
-    def manual(prompt, completion):
-        ids = torch.tensor([prompt + completion])
-        with torch.no_grad():
-            logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)  # (T-1, V)
-        return sum(logps[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(completion))
-
-    for p, (prompt, row) in enumerate(zip(prompts, completions)):
-        for s, completion in enumerate(row):
-            policy = manual(prompt, completion)
-            with model.disable_adapter():
-                reference = manual(prompt, completion)
-            assert abs(policy - reference) > 1e-3  # the adapter matters, so the test can tell them apart
-            assert got[p, s].item() == pytest.approx(policy - reference, abs=1e-4)
 
 
 def run_recipe(out: Path, tmp_path: Path, *extra: str, config: Path | None = None, check: bool = True):
@@ -483,30 +432,6 @@ def test_quick_run_end_to_end_and_cached_rerun(tmp_path, hub, monkeypatch, capsy
     card = ModelCard(dry_run["README.md"].decode())
     metrics = {m["type"] for r in card.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]}
     assert {"ground_truth_reward", "kl"} <= metrics
-
-
-def test_sharded_sampling_gives_the_same_samples_on_one_or_two_workers(tmp_path, monkeypatch):
-    """The numbers must not depend on how many worker processes run the jobs: shards and their seeds are fixed by
-    the data, and every process runs torch on one thread."""
-    import policy
-    from recipe_kit import pool as parallel
-
-    from dpo_ext.testing import tiny_model, tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    tiny_model(tokenizer).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    prompts = [tokenizer(text)["input_ids"] for text in ("the movie was", "i liked it", "the plot", "a film")]
-    monkeypatch.setattr(policy, "SHARD_SEQUENCES", 4)  # 2 prompts x 2 samples per shard: 2 shards
-    results = {}
-    for workers in (1, 2):
-        with parallel.JobPool(workers, recipe_dir=RECIPE) as pool:
-            results[workers] = policy.sample_in_shards(pool, tmp_path, prompts, 2, 6, seed=3)
-    assert results[1] == results[2]
-    assert len(results[1]) == 4 and all(len(row) == 2 and all(row) for row in results[1])
-    # Shard 1 is seeded on its own: its samples are what sampling its prompts alone with that seed gives.
-    alone = policy.sample_job(tmp_path, prompts[2:], 2, 6, policy.shard_seed(3, 1))
-    assert results[1][2:] == alone
 
 
 def test_trl_dpo_parity_run_matches_dpo(tmp_path):

@@ -64,9 +64,9 @@ def main(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     set_up_torch(args)
     if args.training.push_to_hub:
-        import publish
+        from recipe_kit.publish import check_access
 
-        publish.check_access(args)  # fail before hours of training, not after
+        check_access(args.training.hub_model_id, args.run.hub_dry_run)  # fail before hours of training, not after
     settings = partial(stage_settings, args)  # as parsed: run_seed is a setting of its own
 
     with parallel.JobPool(worker_count(args), recipe_dir=HERE) as pool:

@@ -50,6 +50,18 @@ def implicit_rewards(base_dir, adapter_dir, prompts, samples, beta: float, use_c
     return scorer.score_tokens(prompts, samples).rewards.tolist()
 
 
+def build(pool, truth: torch.Tensor, prompts, samples, base_dir, scorers: dict, use_cpu: bool, log) -> dict:
+    """`summarize` the pickers of (P, N_max) ``samples`` (token ids) of ``prompts`` from the model in ``base_dir``:
+    ``truth``, their ground-truth rewards, and the implicit rewards of ``scorers`` (run name -> ``(adapter folder,
+    beta)``), scored as jobs on ``pool``."""
+    scores = pool.run([(implicit_rewards, str(base_dir), str(adapter_dir), prompts, samples, beta, use_cpu)
+                       for adapter_dir, beta in scorers.values()])
+    for name in scorers:
+        log(f"best-of-n: implicit reward of {name} scored {truth.numel()} samples")
+    implicit = {name: torch.tensor(values) for name, values in zip(scorers, scores)}
+    return summarize(truth, implicit, source="SFT policy samples")
+
+
 def summarize(truth: torch.Tensor, implicit: dict, source: str) -> dict:
     """The picks of every picker for N = 1, 2, 4, ... N_max, and each picker's pair agreement. ``truth``: (P, N_max)
     ground-truth rewards; ``implicit``: run name -> its (P, N_max) implicit rewards of the same samples."""

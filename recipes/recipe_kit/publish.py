@@ -9,8 +9,28 @@ inputs as `dpo_ext.push_adapter` takes them (``training_config``, ``eval_results
 
 from pathlib import Path
 
+# Trainer settings copied into training_config.json (what a model card shows).
+RECORDED = (
+    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "max_length", "bf16", "seed", "beta",
+    "loss_type", "unlikelihood_alpha", "num_generations", "max_completion_length", "reference", "prefix_sharing",
+    "precompute_ref_log_probs",
+)
 BASE_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def write_training_config(run_dir: Path, trainer_args: dict, trained, model_args, seconds: float, **facts) -> None:
+    """training_config.json, which the card reads: the trainer's own settings as it used them (its `RECORDED` ones),
+    ``facts`` (what the run used: data, reward, base model...), the LoRA settings of ``model_args`` (a
+    `trl.ModelConfig`) with the modules ``trained`` (the PEFT config the trainer really adapted) names, the time."""
+    import json
+
+    lora = {name: getattr(model_args, name) for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
+    lora.update(lora_target_modules=sorted(trained.target_modules), modules_to_save=trained.modules_to_save)
+    config = {**{k: v for k, v in trainer_args.items() if k in RECORDED}, **facts, "lora": lora,
+              "train_seconds": round(seconds, 1)}
+    (run_dir / "training_config.json").write_text(json.dumps(config, indent=2, default=str))
 
 
 def check_access(prefix: str, dry_run: bool) -> None:

@@ -80,6 +80,22 @@ def reward_texts(tokenizer, prompts, completions) -> list[str]:
             for p, row in zip(prompts, completions) for c in row]
 
 
+def reward_judge(reward, name: str):
+    """``reward(texts) -> list[float]`` over each prompt + completion (texts), as a `dpo_ext.judges` judge (the
+    labels of on-policy rounds), scored in one call and rounded to 6 decimals as preference data keeps them."""
+    from dpo_ext.judges import FunctionJudge
+
+    def judge(prompts, completions):
+        texts = [p + c for p, row in zip(prompts, completions) for c in row]
+        scores, out, start = reward(texts), [], 0
+        for row in completions:
+            out.append([round(s, 6) for s in scores[start : start + len(row)]])
+            start += len(row)
+        return out
+
+    return FunctionJudge(judge, name=name)
+
+
 def log_ratios(peft_model, tokenizer, prompts, completions):
     """log pi(y|x) - log pi_ref(y|x), (P, S), of ``completions`` ((P, S) token-id lists, none empty) of ``prompts``
     (P token-id lists); pi_ref is ``peft_model`` with its adapters disabled."""

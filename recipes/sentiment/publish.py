@@ -1,12 +1,13 @@
 """Model cards for every adapter folder, and (opt-in) publishing of the SFT model and the adapters
 (`recipe_kit.publish`: ``<hub_model_id>-sft`` and ``<hub_model_id>-<run name>``). Without a ``hub_model_id`` the
 cards name a local placeholder base (``local/imdb-sentiment-sft``). What is sentiment's: what each run used
-(`provenance`) and the card's inputs (`card_arguments`).
+(`provenance`, recorded in each adapter's training_config.json) and the card's inputs (`card_arguments`).
 """
 
 import json
 from pathlib import Path
 
+from recipe_config import METHODS
 from recipe_kit import publish
 
 PLOTS = ("frontier.png", "best_of_n.png")
@@ -39,6 +40,18 @@ def provenance(args) -> dict:
     else:
         base = f"`{args.model.model_name_or_path}` fine-tuned (SFT) by the recipe on {data.sft_reviews:,} IMDb reviews"
     return {"datasets": datasets, "reward_model": reward, "base_model_description": base}
+
+
+def write_training_config(run_dir: Path, trainer_args: dict, trained, trainer_name: str, run: dict, args,
+                          seconds: float, **more) -> None:
+    """training_config.json (`recipe_kit.publish.write_training_config`): the trainer's settings, the run and what it
+    used (data, reward, base model: `provenance`, which the model card reads), the LoRA settings."""
+    if run["method"] != "unlikelihood":  # unused by every other loss
+        trainer_args = {k: v for k, v in trainer_args.items() if k != "unlikelihood_alpha"}
+    num_completions = args.data.num_completions if METHODS[run["method"]].data == "ranked" else 2
+    publish.write_training_config(run_dir, trainer_args, trained, args.model, seconds, **provenance(args),
+                                  method=run["method"], run_name=run["name"], trainer=trainer_name, **more,
+                                  num_completions=num_completions)
 
 
 def card_arguments(out: Path, run_dir: Path) -> dict:

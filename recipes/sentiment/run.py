@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # sibling modules, and recipe_kit in recipes/ (not a package)
 
-from recipe_kit.instruction_set import check_pinned_capability, pin_instruction_set  # noqa: E402
+from recipe_kit.instruction_set import pin_instruction_set  # noqa: E402
 
 pin_instruction_set()  # first, before torch or numpy load: AVX2 kernels, so the same numbers on any AVX2 CPU
 
@@ -42,34 +42,17 @@ PAD_TOKEN = "<|pad|>"  # distinct from EOS so that padding after an early EOS ca
 HUB_SFT_SETTINGS = ("seed", "gradient_accumulation_steps", "bf16", "activation_checkpointing", "use_cpu")
 
 
-def worker_count(args) -> int:
-    """Worker processes for the CPU path (`recipe_kit.pool.JobPool`); 1 (everything in this process) on a GPU or under a
-    multi-process launch, where the trainers distribute the work themselves."""
-    from accelerate import PartialState
-
-    if not args.training.use_cpu or PartialState().num_processes > 1:
-        return 1
-    return args.run.workers
-
-
-def set_up_torch(args) -> None:
-    if args.training.use_cpu:
-        parallel.set_up_cpu_process()  # one torch thread: the numbers must not depend on the thread count
-        log(f"torch CPU kernels: {check_pinned_capability()}")
-
-
 def main(args) -> dict:
     """Run every stage (skipping cached ones) and write the report. ``args``: `recipe_config.RecipeArguments`."""
     out = Path(args.training.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    set_up_torch(args)
     if args.training.push_to_hub:
         from recipe_kit.publish import check_access
 
         check_access(args.training.hub_model_id, args.run.hub_dry_run)  # fail before hours of training, not after
     settings = partial(stage_settings, args)  # as parsed: run_seed is a setting of its own
 
-    with parallel.JobPool(worker_count(args), recipe_dir=HERE) as pool:
+    with parallel.recipe_pool(args.training.use_cpu, args.run.workers, HERE, log) as pool:
         parts = data_stage(out, args, settings("data"))
         tokenizer = tokenizer_stage(out, args, parts, settings("tokenizer"))
         sft_dir = sft_stage(out, args, tokenizer, parts, settings("sft"))
@@ -210,14 +193,9 @@ def best_of_n_stage(out: Path, args, pool, sft_dir: Path, tokenizer, reward, pre
                                              args.training.seed + 2, args.training.use_cpu)  # (P, N_max)
         texts = reward_kl.reward_texts(tokenizer, prompts, samples)
         truth = torch.tensor(reward(texts)).reshape(len(prompts), n_max)
-        scorers = {name: r["beta"] for name, r in runs.items()
+        scorers = {name: (out / "adapters" / name, r["beta"]) for name, r in runs.items()
                    if r["method"] in ("dpo", "pl_dpo") and r["beta"] == args.training.beta}
-        scores = pool.run([(best_of_n.implicit_rewards, str(sft_dir), str(out / "adapters" / name), prompts,
-                            samples, beta, args.training.use_cpu) for name, beta in scorers.items()])
-        for name in scorers:
-            log(f"best-of-n: implicit reward of {name} scored {truth.numel()} samples")
-        implicit = {name: torch.tensor(values) for name, values in zip(scorers, scores)}
-        result = best_of_n.summarize(truth, implicit, source="SFT policy samples")
+        result = best_of_n.build(pool, truth, prompts, samples, sft_dir, scorers, args.training.use_cpu, log)
         (d / "best_of_n.json").write_text(json.dumps(result, indent=2))
 
     return stage(7, "Best-of-N", out / "best_of_n", build, lambda d: json.loads((d / "best_of_n.json").read_text()),

@@ -28,19 +28,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import preference_data
+import publish
 from recipe_config import METHODS, logger, stage
 from recipe_kit import reward_kl, trl_trainers
 from recipe_kit.reward_kl import load_model
 
 from dpo_ext.cli.train import lora_config  # the one LoRA config of every command and recipe
-
-# Trainer settings copied into training_config.json (what a model card shows).
-_RECORDED = (
-    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "max_length", "bf16", "seed", "beta",
-    "loss_type", "unlikelihood_alpha", "num_generations", "max_completion_length", "reference", "prefix_sharing",
-    "precompute_ref_log_probs",
-)
 
 
 def plan_runs(args) -> list[dict]:
@@ -156,8 +149,8 @@ def train_run(run: dict, run_dir: Path, inputs, args) -> dict:
             curve.append({"step": step, **{k: v for k, v in final.items() if k != "examples"}})
         logger.info(f"{run['name']} step {step}, saved: reward {final['reward']:.3f}, KL {final['kl']:.2f}")
     curve.sort(key=lambda point: point["step"])
-    write_training_config(run_dir, trained["config"], model.peft_config["default"], trained["trainer"], run, args,
-                          trained["seconds"], **trained.get("more", {}))
+    publish.write_training_config(run_dir, trained["config"], model.peft_config["default"], trained["trainer"], run,
+                                  args, trained["seconds"], **trained.get("more", {}))
     results = {
         "ground_truth_reward": final["reward"],
         "ground_truth_reward_sem": final["reward_sem"],
@@ -198,18 +191,10 @@ def train_trainer(run, run_dir: Path, inputs, args, callbacks) -> dict | None:
 def train_rounds(run, run_dir: Path, inputs, args, callbacks) -> dict:
     """The on-policy rounds of ``run`` (`dpo_ext.rounds.run_rounds`, in ``<output_dir>/rounds/<run>``); the last
     round's adapter is copied into ``run_dir``. Returns what `train_trainer` does, every round's adapter listed."""
-    from dpo_ext.judges import FunctionJudge
     from dpo_ext.rounds import RoundSettings, run_rounds
 
-    def classifier(prompts, completions):  # the ground truth, reading the review so far as everywhere in the recipe
-        texts = [p + c for p, row in zip(prompts, completions) for c in row]
-        scores, out, start = inputs.reward(texts), [], 0
-        for row in completions:
-            out.append([round(s, 6) for s in scores[start : start + len(row)]])
-            start += len(row)
-        return out
-
-    judge = FunctionJudge(classifier, name="sentiment classifier (ground truth)")
+    # the ground truth, reading the review so far as everywhere in the recipe
+    judge = reward_kl.reward_judge(inputs.reward, name="sentiment classifier (ground truth)")
     prompts = [preference_data.decode(inputs.tokenizer, ids) for ids in inputs.prefs["prompts"]["train"]]
     rounds = args.run.rounds
     settings = RoundSettings(
@@ -235,22 +220,3 @@ def train_rounds(run, run_dir: Path, inputs, args, callbacks) -> dict:
             "adapters": [(step, rounds_dir / f"round-{s['round']}" / "adapter") for step, s in zip(steps, summaries)],
             "more": {"rounds": {"rounds": rounds, "judge": [s["judge"] for s in summaries],
                                 "prompts_per_round": settings.prompts_per_round}}}
-
-
-def write_training_config(run_dir: Path, trainer_args: dict, trained, trainer_name: str, run: dict, args,
-                          seconds: float, **more) -> None:
-    """training_config.json: the trainer's own settings (as it used them), the LoRA settings, the run, and what it
-    used (data, reward, base model: `publish.provenance`, which the model card reads)."""
-    import publish
-
-    config = {k: v for k, v in trainer_args.items() if k in _RECORDED}
-    if run["method"] != "unlikelihood":
-        config.pop("unlikelihood_alpha", None)  # unused by every other loss
-    lora = {name: getattr(args.model, name) for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
-    # ``trained``: the PEFT config the trainer really adapted (the RL run: the head in full)
-    lora.update(lora_target_modules=sorted(trained.target_modules), modules_to_save=trained.modules_to_save)
-    config.update({**publish.provenance(args), "method": run["method"], "run_name": run["name"],
-                   "trainer": trainer_name, **more,
-                   "num_completions": args.data.num_completions if METHODS[run["method"]].data == "ranked" else 2,
-                   "lora": lora, "train_seconds": round(seconds, 1)})
-    (run_dir / "training_config.json").write_text(json.dumps(config, indent=2, default=str))

@@ -451,7 +451,7 @@ def test_trl_dpo_parity_run_matches_dpo(tmp_path):
 def stage_demo_card(root: Path) -> tuple[Path, dict]:
     """A demo run's output folder at test size, as `make demo` leaves it for its publish step: the SFT policy (a tiny
     GPT-2 trained from scratch, here untrained), one DPO adapter with the training_config.json that
-    `train_methods.write_training_config` writes and the eval_results.json that `train_methods.train_run` writes,
+    `publish.write_training_config` writes and the eval_results.json that `train_methods.train_run` writes,
     the SFT policy's own evaluation and the reward's metrics. Then the recipe's publish step, as a dry run.
     Returns the staged card (README.md) and the facts it must state."""
     import peft
@@ -472,8 +472,8 @@ def stage_demo_card(root: Path) -> tuple[Path, dict]:
     peft_model.save_pretrained(run_dir)
     run = {"name": name, "method": "dpo", "beta": 1.0}
     config = train_methods.run_config(args.training, run, out / "trainer_output" / name)
-    train_methods.write_training_config(run_dir, config.to_dict(), peft_model.peft_config["default"], "PLDPOTrainer",
-                                        run, args, seconds=3.0)
+    publish.write_training_config(run_dir, config.to_dict(), peft_model.peft_config["default"], "PLDPOTrainer", run,
+                                  args, seconds=3.0)
     checkpoints = [{"step": 2, "reward": 0.52, "reward_sem": 0.04, "kl": 0.3, "kl_sem": 0.05, "num_samples": 32},
                    {"step": 4, "reward": 0.5625, "reward_sem": 0.0412, "kl": 0.75, "kl_sem": 0.0833,
                     "num_samples": 32}]

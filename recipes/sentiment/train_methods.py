@@ -24,6 +24,7 @@ import math
 import shutil
 import time
 from dataclasses import replace
+from itertools import accumulate
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -215,7 +216,7 @@ def train_rounds(run, run_dir: Path, inputs, args, callbacks) -> dict:
     seconds = time.time() - start
     shutil.copytree(rounds_dir / f"round-{rounds}" / "adapter", run_dir, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("training_args.bin"))  # pickled; training_config.json replaces it
-    steps = [sum(s["train_steps"] for s in summaries[: r + 1]) for r in range(len(summaries))]
+    steps = accumulate(s["train_steps"] for s in summaries)  # each round's end, counted from the first round's start
     return {"config": config.to_dict(), "trainer": "dpo_ext.rounds.run_rounds", "seconds": seconds,
             "adapters": [(step, rounds_dir / f"round-{s['round']}" / "adapter") for step, s in zip(steps, summaries)],
             "more": {"rounds": {"rounds": rounds, "judge": [s["judge"] for s in summaries],

@@ -9,7 +9,7 @@ every group contributes its pick. Tensors are (P, N_max): prompts by samples.
 
 import torch
 
-from recipe_kit.frontier import markdown_header, mean_and_sem
+from recipe_kit.frontier import markdown_header, reported_mean_and_sem
 
 
 def picks_per_prompt(scores: torch.Tensor, truth: torch.Tensor, n: int) -> torch.Tensor:
@@ -24,9 +24,8 @@ def picks_per_prompt(scores: torch.Tensor, truth: torch.Tensor, n: int) -> torch
 
 
 def per_prompt_stats(values: torch.Tensor) -> tuple[float, float]:
-    """Mean over prompts (the independent units) and its standard error (0 for one prompt), rounded as reported."""
-    mean, sem = mean_and_sem(values.tolist())
-    return round(mean, 4), round(0.0 if sem is None else sem, 4)
+    """Mean over prompts (the independent units) and its standard error, as reported."""
+    return reported_mean_and_sem(values.tolist())
 
 
 def pair_agreement(scores: torch.Tensor, truth: torch.Tensor) -> float:

@@ -134,6 +134,13 @@ def mean_and_sem(values) -> tuple[float, float | None]:
     return statistics.fmean(values), statistics.stdev(values) / math.sqrt(n) if n >= 2 else None
 
 
+def reported_mean_and_sem(values) -> tuple[float, float]:
+    """`mean_and_sem` rounded as the reports print it, with 0 for the standard error of one value; over samples
+    (`recipe_kit.reward_kl`) and over prompts (`recipe_kit.best_of_n`)."""
+    mean, sem = mean_and_sem(values)
+    return round(mean, 4), round(0.0 if sem is None else sem, 4)
+
+
 def _summary(values: dict) -> dict:
     """``values`` ({seed: float or None}) -> ``{"values", "mean", "sem", "n"}`` over the seeds that have a value
     (`mean_and_sem`); mean and sem None for n = 0."""

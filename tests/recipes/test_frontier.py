@@ -85,6 +85,25 @@ def test_envelope_takes_the_better_beta_at_each_kl():
                                                             "rloo": {2.0: None, 5.0: None}}
 
 
+def test_one_seed_budget_view_fixed_kl_view_and_their_differences_by_hand():
+    """SFT 0.5. Method a: beta 1 through (0.5, 0.6), (3, 0.8); beta 2 through (1.5, 0.7). Method b: (0.8, 0.55).
+    Budget KL <= 1: a's best is 0.6 (beta 1, step 10), b's 0.55: a - b = 0.05 +- sqrt(0.01^2 + 0.01^2) = 0.0141.
+    Budget KL <= 2: a's best is 0.7 (beta 2): a - b = 0.15. Fixed KL 1: beta 1 at 0.6 + (0.5 / 2.5) * 0.2 = 0.64,
+    beta 2 at 0.5 + (1 / 1.5) * 0.2 = 0.6333: a reads 0.64 (beta 1); b never reaches KL 1: no difference."""
+    runs = {"a_beta1": {"method": "a", "checkpoints": curve((0.5, 0.6), (3.0, 0.8))},
+            "a_beta2": {"method": "a", "checkpoints": curve((1.5, 0.7))},
+            "b_beta1": {"method": "b", "checkpoints": curve((0.8, 0.55))}}
+    budgets = frontier.budget_table(runs, budgets=(1.0, 2.0))
+    assert budgets["a"]["kl<=1"] == {"reward": 0.6, "reward_sem": 0.01, "kl": 0.5, "run": "a_beta1", "step": 10}
+    assert budgets["a"]["kl<=2"]["run"] == "a_beta2" and budgets["b"]["kl<=2"]["reward"] == 0.55
+    differences = frontier.budget_differences(budgets, [("a", "b"), ("a", "c")])
+    assert differences == {"a-b": {"kl<=1": {"difference": 0.05, "sem": 0.0141},
+                                   "kl<=2": {"difference": 0.15, "sem": 0.0141}}}
+    fixed, fixed_differences = frontier.fixed_kl_tables(runs, 0.5, [1.0], [("a", "b")])
+    assert fixed == {"a": {"kl=1": {"reward": 0.64, "run": "a_beta1"}}, "b": {"kl=1": None}}
+    assert fixed_differences == {"a-b": {"kl=1": None}}
+
+
 def test_seed_table_mean_and_standard_error_by_hand():
     """Seeds 0, 1, 2 give 0.80, 0.83, 0.86: mean 0.83; deviations -0.03, 0, 0.03, sample variance 0.0018 / 2 =
     0.0009, sd 0.03, s.e. 0.03 / sqrt(3) = 0.01732. Seed 3 did not reach KL 2: n = 3. At KL 4 only seed 0: mean

@@ -1,12 +1,13 @@
-"""recipes/recipe_kit: the small pieces the HH, TL;DR and UltraFeedback recipes share (each recipe's test runs it end
-to end; these are the rules those runs do not reach)."""
+"""recipes/recipe_kit: the small pieces the HH, TL;DR, UltraFeedback and sentiment recipes share (each recipe's test
+runs it end to end; these are the rules those runs do not reach)."""
 
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+sys.path.insert(0, str(RECIPES))
 
 from recipe_kit.arguments import RecipeArguments, files_by_split, first, local_file  # noqa: E402
 from recipe_kit.win_rate import distinct_prompts, generation_config  # noqa: E402
@@ -92,6 +93,102 @@ def test_a_cached_stage_builds_once_records_its_settings_and_warns_with_the_reci
     assert json.loads((tmp_path / "s" / MARKER).read_text())["settings"] == {"lr": 1}
     assert "[2/5] demo: running" in caplog.text and "lr: 1 -> 2" in caplog.text
     assert {record.name for record in caplog.records} == {"some_recipe"}
+
+
+def test_best_of_n_picks_by_disjoint_groups():
+    """Two prompts, N_max = 4. Truth row 0: [0, 1, 2, 3]; scores favour index 0 in the first pair, 3 in the second.
+
+    N=1: every sample is a group, mean of truth = (0+1+2+3 + 4+5+6+7) / 8 = 3.5.
+    N=2: groups (0,1),(2,3) per row; picks by score: row 0 -> truth 0 and 3; row 1 -> truth 4 and 7: mean 3.5.
+    N=4: one group per row; argmax score is index 3 in both rows: truth 3 and 7, mean 5.
+    """
+    import torch
+    from recipe_kit import best_of_n
+
+    truth = torch.tensor([[0.0, 1, 2, 3], [4, 5, 6, 7]])
+    scores = torch.tensor([[9.0, 1, 2, 10], [9, 1, 2, 10]])
+    assert best_of_n.picks_per_prompt(scores, truth, 1).mean().item() == pytest.approx(3.5)
+    assert best_of_n.picks_per_prompt(scores, truth, 2).mean().item() == pytest.approx(3.5)
+    assert best_of_n.picks_per_prompt(scores, truth, 4).mean().item() == pytest.approx(5.0)
+    # Per prompt at N=4: 3 and 7; standard deviation 2 * sqrt(2), standard error over 2 prompts 2.
+    assert best_of_n.per_prompt_stats(best_of_n.picks_per_prompt(scores, truth, 4)) == (5.0, 2.0)
+    assert best_of_n.pair_agreement(truth, truth) == 1.0
+    assert best_of_n.pair_agreement(-truth, truth) == 0.0
+
+
+def test_sampling_is_from_the_untouched_distribution():
+    """The KL estimate needs samples from pi itself: the processed scores generate samples from must equal the raw
+    logits (no top-k, top-p or temperature warping)."""
+    import torch
+    from recipe_kit import reward_kl
+
+    from dpo_ext.testing import tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer).eval()
+    ids = torch.tensor([tokenizer("the movie was")["input_ids"]] * 3)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                         pad_token_id=tokenizer.pad_token_id, output_scores=True, output_logits=True,
+                         return_dict_in_generate=True, **reward_kl.SAMPLING)
+    assert torch.equal(torch.stack(out.scores), torch.stack(out.logits))
+
+
+def test_kl_log_ratios_match_a_manual_sum():
+    """Completions of different lengths (one a single token) and the prompt/completion boundary: compare the
+    scorer-based log-ratios with log-softmax summed by hand, policy minus adapters-disabled reference, row by row."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from recipe_kit import reward_kl
+
+    from dpo_ext.testing import tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    # init_lora_weights=False: B is random too, so the adapter changes the model (policy != reference).
+    model = get_peft_model(tiny_model(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"],
+                                                             fan_in_fan_out=True, init_lora_weights=False)).eval()
+    prompts = [tokenizer("the movie")["input_ids"], tokenizer("i really liked")["input_ids"]]
+    completions = [[tokenizer(" was good and fun")["input_ids"], tokenizer(" it")["input_ids"]],
+                   [tokenizer(" the movie was good")["input_ids"], tokenizer(" fun")["input_ids"][:1]]]
+    got = reward_kl.log_ratios(model, tokenizer, prompts, completions)  # (P, S)
+
+    def manual(prompt, completion):
+        ids = torch.tensor([prompt + completion])
+        with torch.no_grad():
+            logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)  # (T-1, V)
+        return sum(logps[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(completion))
+
+    for p, (prompt, row) in enumerate(zip(prompts, completions)):
+        for s, completion in enumerate(row):
+            policy = manual(prompt, completion)
+            with model.disable_adapter():
+                reference = manual(prompt, completion)
+            assert abs(policy - reference) > 1e-3  # the adapter matters, so the test can tell them apart
+            assert got[p, s].item() == pytest.approx(policy - reference, abs=1e-4)
+
+
+def test_sharded_sampling_gives_the_same_samples_on_one_or_two_workers(tmp_path, monkeypatch):
+    """The numbers must not depend on how many worker processes run the jobs: shards and their seeds are fixed by
+    the data, and every process runs torch on one thread."""
+    from recipe_kit import pool as parallel
+    from recipe_kit import reward_kl
+
+    from dpo_ext.testing import tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tiny_model(tokenizer).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    prompts = [tokenizer(text)["input_ids"] for text in ("the movie was", "i liked it", "the plot", "a film")]
+    monkeypatch.setattr(reward_kl, "SHARD_SEQUENCES", 4)  # 2 prompts x 2 samples per shard: 2 shards
+    results = {}
+    for workers in (1, 2):
+        with parallel.JobPool(workers, recipe_dir=RECIPES) as pool:
+            results[workers] = reward_kl.sample_in_shards(pool, tmp_path, prompts, 2, 6, seed=3)
+    assert results[1] == results[2]
+    assert len(results[1]) == 4 and all(len(row) == 2 and all(row) for row in results[1])
+    # Shard 1 is seeded on its own: its samples are what sampling its prompts alone with that seed gives.
+    alone = reward_kl.sample_job(tmp_path, prompts[2:], 2, 6, reward_kl.shard_seed(3, 1))
+    assert results[1][2:] == alone
 
 
 def small_tokenizer_and_texts():

@@ -19,10 +19,10 @@ import yaml
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sentiment"
 sys.path[:0] = [str(RECIPE), str(RECIPE.parent)]  # the recipe, and recipe_kit
 
-import best_of_n  # noqa: E402
 import preference_data  # noqa: E402
 import recipe_config  # noqa: E402
 from fixtures import TOKEN  # noqa: E402
+from recipe_kit.trl_trainers import trl_dpo_config  # noqa: E402
 
 from dpo_ext.data.files import read_rows  # noqa: E402
 
@@ -74,7 +74,7 @@ def test_default_run_trains_with_the_settings_behind_the_readme(tmp_path):
     assert config.unlikelihood_alpha == 0.1
     assert runs["rloo_beta0.05"] == {"name": "rloo_beta0.05", "method": "rloo", "beta": 0.05, "max_steps": 96}
     trl_run = {**runs["dpo_beta1"], "method": "trl_dpo"}
-    dpo = train_methods.trl_dpo_config(train_methods.run_config(args.training, trl_run, tmp_path))
+    dpo = trl_dpo_config(train_methods.run_config(args.training, trl_run, tmp_path))
     assert {k: getattr(dpo, k) for k in expected} == expected and dpo.loss_type == ["sigmoid"] and dpo.beta == 1.0
     assert dpo.remove_unused_columns  # TRL's default, not PLDPOConfig's
 
@@ -100,7 +100,7 @@ def test_trainer_only_yaml_keys_reach_the_trainer_configs(tmp_path):
     run = {"name": "x", "method": "trl_dpo", "beta": args.training.beta}
     ours = train_methods.run_config(args.training, run, tmp_path)
     assert (ours.prefix_sharing, ours.reference, ours.precompute_ref_log_probs) == (True, "disabled_adapters", True)
-    dpo = train_methods.trl_dpo_config(ours)
+    dpo = trl_dpo_config(ours)
     assert (dpo.weight_decay, dpo.learning_rate, dpo.beta, dpo.precompute_ref_log_probs) == (0.25, 1e-4, 0.3, True)
     assert args.training.per_device_train_batch_size == 64  # untouched keys keep default.yaml's values
 
@@ -180,8 +180,6 @@ def test_clean_strips_html_breaks():
 def test_stage_skips_a_done_folder_and_flags_changed_settings(tmp_path, caplog):
     import logging
 
-    import stage_cache
-
     built = []
 
     def build(folder):
@@ -191,24 +189,21 @@ def test_stage_skips_a_done_folder_and_flags_changed_settings(tmp_path, caplog):
     def load(folder):
         return (folder / "x.json").read_text()
 
-    assert stage_cache.stage(1, "demo", tmp_path / "s", build, load, settings={"lr": 1, "seed": 0}) == "1"
+    assert recipe_config.stage(1, "demo", tmp_path / "s", build, load, settings={"lr": 1, "seed": 0}) == "1"
     with caplog.at_level(logging.WARNING, logger="sentiment"):
-        assert stage_cache.stage(1, "demo", tmp_path / "s", build, load, settings={"lr": 2, "seed": 0}) == "1"
+        assert recipe_config.stage(1, "demo", tmp_path / "s", build, load, settings={"lr": 2, "seed": 0}) == "1"
     assert len(built) == 1
     assert "lr: 1 -> 2" in caplog.text and "seed" not in caplog.text
 
 
 def test_every_setting_is_checked_by_some_stage_or_deliberately_not():
-    import stage_cache
-
     fields = field_names(recipe_config.argument_classes())
-    staged = {k for keys in stage_cache.STAGE_SETTINGS.values() for k in keys}
-    assert staged <= fields and set(stage_cache.NOT_SETTINGS) <= fields
-    everything = stage_cache.all_settings(recipe_config.parse_args([]))
-    train = stage_cache.stage_settings(everything, "train")
+    staged = {k for keys in recipe_config.STAGE_SETTINGS.values() for k in keys}
+    assert staged <= fields and set(recipe_config.NOT_SETTINGS) <= fields
+    train = recipe_config.stage_settings(recipe_config.parse_args([]), "train")
     assert train["learning_rate"] == 0.002 and train["lora_r"] == 16 and train["prefix_sharing"] is True
-    assert not set(train) & set(stage_cache.NOT_SETTINGS)
-    assert everything == json.loads(json.dumps(everything))  # what the marker records compares equal after a reload
+    assert not set(train) & set(recipe_config.NOT_SETTINGS)
+    assert train == json.loads(json.dumps(train))  # what the marker records compares equal after a reload
 
 
 def test_pairwise_rows_best_worst_and_adjacent():
@@ -219,45 +214,10 @@ def test_pairwise_rows_best_worst_and_adjacent():
     assert [(r["chosen"], r["rejected"]) for r in adjacent] == [("b", "d"), ("d", "a"), ("a", "c")]
 
 
-def test_best_of_n_picks_by_disjoint_groups():
-    """Two prompts, N_max = 4. Truth row 0: [0, 1, 2, 3]; scores favour index 0 in the first pair, 3 in the second.
-
-    N=1: every sample is a group, mean of truth = (0+1+2+3 + 4+5+6+7) / 8 = 3.5.
-    N=2: groups (0,1),(2,3) per row; picks by score: row 0 -> truth 0 and 3; row 1 -> truth 4 and 7: mean 3.5.
-    N=4: one group per row; argmax score is index 3 in both rows: truth 3 and 7, mean 5.
-    """
-    truth = torch.tensor([[0.0, 1, 2, 3], [4, 5, 6, 7]])
-    scores = torch.tensor([[9.0, 1, 2, 10], [9, 1, 2, 10]])
-    assert best_of_n.picks_per_prompt(scores, truth, 1).mean().item() == pytest.approx(3.5)
-    assert best_of_n.picks_per_prompt(scores, truth, 2).mean().item() == pytest.approx(3.5)
-    assert best_of_n.picks_per_prompt(scores, truth, 4).mean().item() == pytest.approx(5.0)
-    # Per prompt at N=4: 3 and 7; standard deviation 2 * sqrt(2), standard error over 2 prompts 2.
-    assert best_of_n.per_prompt_stats(best_of_n.picks_per_prompt(scores, truth, 4)) == (5.0, 2.0)
-    assert best_of_n.pair_agreement(truth, truth) == 1.0
-    assert best_of_n.pair_agreement(-truth, truth) == 0.0
-
-
-def test_sampling_is_from_the_untouched_distribution():
-    """The KL estimate needs samples from pi itself: the processed scores generate samples from must equal the raw
-    logits (no top-k, top-p or temperature warping)."""
-    import generation
-
-    from dpo_ext.testing import tiny_model, tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    model = tiny_model(tokenizer).eval()
-    ids = torch.tensor([tokenizer("the movie was")["input_ids"]] * 3)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
-                         pad_token_id=tokenizer.pad_token_id, output_scores=True, output_logits=True,
-                         return_dict_in_generate=True, **generation.SAMPLING)
-    assert torch.equal(torch.stack(out.scores), torch.stack(out.logits))
-
-
 def test_fresh_adapter_has_zero_kl_and_zero_implicit_reward(tmp_path):
-    import evaluation
-    import generation
     import train_methods
     from peft import get_peft_model
+    from recipe_kit import best_of_n, reward_kl
 
     from dpo_ext.testing import tiny_model, tiny_tokenizer
 
@@ -268,46 +228,13 @@ def test_fresh_adapter_has_zero_kl_and_zero_implicit_reward(tmp_path):
     model_args = recipe_config.parse_args(["--lora_r", "4", "--lora_alpha", "8"]).model
     model = get_peft_model(base, train_methods.lora_config(model_args, base))
     prompts = [tokenizer("the movie was")["input_ids"], tokenizer("i liked it")["input_ids"]]
-    point = evaluation.evaluate_policy(model, tokenizer, lambda texts: [0.5] * len(texts), prompts,
+    point = reward_kl.evaluate_policy(model, tokenizer, lambda texts: [0.5] * len(texts), prompts,
                                        samples_per_prompt=3, max_new_tokens=5, seed=0)
     assert point["kl"] == 0.0 and point["num_samples"] == 6 and point["reward"] == 0.5
-    samples = generation.sample(model, prompts, 2, 5, tokenizer.eos_token_id, tokenizer.pad_token_id, seed=1)
+    samples = reward_kl.sample(model, prompts, 2, 5, tokenizer.eos_token_id, tokenizer.pad_token_id, seed=1)
     model.save_pretrained(tmp_path / "adapter")
     rewards = best_of_n.implicit_rewards(tmp_path / "sft", tmp_path / "adapter", prompts, samples, 0.1)
     assert rewards == [[0.0, 0.0], [0.0, 0.0]]
-
-
-def test_kl_log_ratios_match_a_manual_sum():
-    """Completions of different lengths (one a single token) and the prompt/completion boundary: compare the
-    scorer-based log-ratios with log-softmax summed by hand, policy minus adapters-disabled reference, row by row."""
-    import evaluation
-    from peft import LoraConfig, get_peft_model
-
-    from dpo_ext.testing import tiny_model, tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    # init_lora_weights=False: B is random too, so the adapter changes the model (policy != reference).
-    model = get_peft_model(tiny_model(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"],
-                                                             fan_in_fan_out=True, init_lora_weights=False)).eval()
-    prompts = [tokenizer("the movie")["input_ids"], tokenizer("i really liked")["input_ids"]]
-    completions = [[tokenizer(" was good and fun")["input_ids"], tokenizer(" it")["input_ids"]],
-                   [tokenizer(" the movie was good")["input_ids"], tokenizer(" fun")["input_ids"][:1]]]
-    got = evaluation.log_ratios(model, tokenizer, prompts, completions)  # (P, S)
-
-    def manual(prompt, completion):
-        ids = torch.tensor([prompt + completion])
-        with torch.no_grad():
-            logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)  # (T-1, V)
-        return sum(logps[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(completion))
-
-    for p, (prompt, row) in enumerate(zip(prompts, completions)):
-        for s, completion in enumerate(row):
-            policy = manual(prompt, completion)
-            with model.disable_adapter():
-                reference = manual(prompt, completion)
-            assert abs(policy - reference) > 1e-3  # the adapter matters, so the test can tell them apart
-            assert got[p, s].item() == pytest.approx(policy - reference, abs=1e-4)
 
 
 def run_recipe(out: Path, tmp_path: Path, *extra: str, config: Path | None = None, check: bool = True):
@@ -507,30 +434,6 @@ def test_quick_run_end_to_end_and_cached_rerun(tmp_path, hub, monkeypatch, capsy
     assert {"ground_truth_reward", "kl"} <= metrics
 
 
-def test_sharded_sampling_gives_the_same_samples_on_one_or_two_workers(tmp_path, monkeypatch):
-    """The numbers must not depend on how many worker processes run the jobs: shards and their seeds are fixed by
-    the data, and every process runs torch on one thread."""
-    import generation
-    from recipe_kit import pool as parallel
-
-    from dpo_ext.testing import tiny_model, tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    tiny_model(tokenizer).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    prompts = [tokenizer(text)["input_ids"] for text in ("the movie was", "i liked it", "the plot", "a film")]
-    monkeypatch.setattr(generation, "SHARD_SEQUENCES", 4)  # 2 prompts x 2 samples per shard: 2 shards
-    results = {}
-    for workers in (1, 2):
-        with parallel.JobPool(workers, recipe_dir=RECIPE) as pool:
-            results[workers] = generation.sample_in_shards(pool, tmp_path, prompts, 2, 6, seed=3)
-    assert results[1] == results[2]
-    assert len(results[1]) == 4 and all(len(row) == 2 and all(row) for row in results[1])
-    # Shard 1 is seeded on its own: its samples are what sampling its prompts alone with that seed gives.
-    alone = generation.sample_job(tmp_path, prompts[2:], 2, 6, generation.shard_seed(3, 1))
-    assert results[1][2:] == alone
-
-
 def test_trl_dpo_parity_run_matches_dpo(tmp_path):
     """The opt-in trl_dpo run (trl.DPOTrainer, sigmoid loss) and the dpo run (PLDPOTrainer, K = 2) train the same
     adapter on the same pairs: every checkpoint's reward and KL agree."""
@@ -548,7 +451,7 @@ def test_trl_dpo_parity_run_matches_dpo(tmp_path):
 def stage_demo_card(root: Path) -> tuple[Path, dict]:
     """A demo run's output folder at test size, as `make demo` leaves it for its publish step: the SFT policy (a tiny
     GPT-2 trained from scratch, here untrained), one DPO adapter with the training_config.json that
-    `train_methods.write_training_config` writes and the eval_results.json that `train_methods.train_run` writes,
+    `publish.write_training_config` writes and the eval_results.json that `train_methods.train_run` writes,
     the SFT policy's own evaluation and the reward's metrics. Then the recipe's publish step, as a dry run.
     Returns the staged card (README.md) and the facts it must state."""
     import peft
@@ -569,8 +472,8 @@ def stage_demo_card(root: Path) -> tuple[Path, dict]:
     peft_model.save_pretrained(run_dir)
     run = {"name": name, "method": "dpo", "beta": 1.0}
     config = train_methods.run_config(args.training, run, out / "trainer_output" / name)
-    train_methods.write_training_config(run_dir, config.to_dict(), peft_model.peft_config["default"], "PLDPOTrainer",
-                                        run, args, seconds=3.0)
+    publish.write_training_config(run_dir, config.to_dict(), peft_model.peft_config["default"], "PLDPOTrainer", run,
+                                  args, seconds=3.0)
     checkpoints = [{"step": 2, "reward": 0.52, "reward_sem": 0.04, "kl": 0.3, "kl_sem": 0.05, "num_samples": 32},
                    {"step": 4, "reward": 0.5625, "reward_sem": 0.0412, "kl": 0.75, "kl_sem": 0.0833,
                     "num_samples": 32}]

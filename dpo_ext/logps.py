@@ -84,14 +84,15 @@ class _LinearTargetLogps(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if want_hidden else None  # filled one row tile at a time
         grad_weight = torch.zeros(weight.shape, dtype=upcast, device=weight.device) if want_weight else None
         grad_bias = torch.zeros(bias.shape, dtype=upcast, device=bias.device) if want_bias else None
+        row_grad = None  # the current row tile's hidden-state gradient, summed over its vocabulary slices
         for r0, v0, logits in _logit_tiles(hidden, weight, bias, compute, upcast, rows, cols):
             r1, v1 = r0 + logits.shape[0], v0 + logits.shape[1]
             grad_logits = (logits - log_norm[r0:r1, None]).exp_().mul_(-grad_per_position[r0:r1, None])
             hit, row, col = _targets_in_tile(positions, labels, r0, v0, logits.shape)
             grad_logits.index_put_((row, col), grad[hit], accumulate=True)  # several targets may share an entry
-            if grad_hidden is not None:  # summed over the row tile's vocabulary slices in ``upcast``
-                row_grad = 0 if v0 == 0 else row_grad
-                row_grad = row_grad + (grad_logits.to(compute) @ weight[v0:v1].to(compute)).to(upcast)
+            if grad_hidden is not None:
+                part = (grad_logits.to(compute) @ weight[v0:v1].to(compute)).to(upcast)  # (rows, H)
+                row_grad = part if v0 == 0 else row_grad + part
                 if v1 == weight.shape[0]:
                     grad_hidden[r0:r1] = row_grad
             if grad_weight is not None:

@@ -49,6 +49,10 @@ _METHOD_NOTES = {
                    "implicit-reward order (Liu et al., 2024, LiPO, arXiv 2402.01878).",
 }
 _LISTWISE_NAMES = {"all_pairs": "DPO on all pairs", "lipo_lambda": "LiPO-lambda"}
+# TRL's RL trainers (the recipes' RL baselines) record no loss type: named by trainer, with no K (their completions
+# are sampled and scored, not ranked)
+_RL_TRAINERS = {"RLOOTrainer": "RLOO (reinforcement learning on a reward, TRL's RLOOTrainer)",
+                "GRPOTrainer": "GRPO (reinforcement learning on a reward, TRL's GRPOTrainer)"}
 _BASELINE_NOTE = ("This is a baseline, not a preference-optimisation method: it is not trained through the implicit "
                   "reward, which is reported below for comparison only.")
 _LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias")
@@ -71,8 +75,11 @@ def describe_method(training_config: Mapping, num_completions: int | None = None
 
     The Plackett-Luce loss with K = 2 is exactly DPO, so it is named Plackett-Luce DPO only when more than two
     completions were ranked per prompt (or, with K unknown, when the loss says so). `preferred_ft` and
-    `unlikelihood` are baselines, named as such; `all_pairs` and `lipo_lambda` by their own names.
+    `unlikelihood` are baselines, named as such; `all_pairs` and `lipo_lambda` by their own names; a run of TRL's
+    RLOO or GRPO trainer (``training_config["trainer"]``) by its trainer, without K.
     """
+    if training_config.get("trainer") in _RL_TRAINERS:
+        return _RL_TRAINERS[training_config["trainer"]], None, None
     loss = training_config.get("loss_type")
     loss = ", ".join(map(str, loss)) if isinstance(loss, (list, tuple)) else loss
     k = num_completions if num_completions is not None else training_config.get("num_completions")

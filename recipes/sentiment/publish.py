@@ -48,7 +48,8 @@ def write_training_config(run_dir: Path, trainer_args: dict, trained, trainer_na
     used (data, reward, base model: `provenance`, which the model card reads), the LoRA settings."""
     if run["method"] != "unlikelihood":  # unused by every other loss
         trainer_args = {k: v for k, v in trainer_args.items() if k != "unlikelihood_alpha"}
-    num_completions = args.data.num_completions if METHODS[run["method"]].data == "ranked" else 2
+    # K ranked per prompt: the ranked data's, and the rounds' (each round ranks K of its own samples)
+    num_completions = args.data.num_completions if METHODS[run["method"]].data in ("ranked", "rounds") else 2
     publish.write_training_config(run_dir, trainer_args, trained, args.model, seconds, **provenance(args),
                                   method=run["method"], run_name=run["name"], trainer=trainer_name, **more,
                                   num_completions=num_completions)

@@ -277,6 +277,11 @@ def test_method_named_from_the_training_config(adapter):
     # the listwise losses by their own names, whatever K (they were called Plackett-Luce DPO for K > 2)
     assert describe_method({"loss_type": "lipo_lambda", "num_completions": 4})[0] == "LiPO-lambda"
     assert describe_method({"loss_type": "all_pairs", "num_completions": 4})[0] == "DPO on all pairs"
+    # an RL baseline is not DPO, and ranks nothing (its card called it "DPO, K = 2")
+    rloo = {"trainer": "RLOOTrainer", "num_completions": 2, "num_generations": 4, "beta": 0.05}
+    assert describe_method(rloo) == ("RLOO (reinforcement learning on a reward, TRL's RLOOTrainer)", None, None)
+    card = build_model_card(adapter[0], "alice/rloo", training_config=rloo)
+    assert "aligned with **RLOO" in card.text and "K = " not in card.text and "**DPO**" not in card.text
 
     card = build_model_card(adapter[0], "alice/dpo", training_config={"beta": 0.25, "loss_type": "plackett_luce"},
                             num_completions=2)

@@ -303,6 +303,8 @@ def check_runs_report_their_own_results(out: Path, results: dict, settings: dict
                 "modules_to_save": ["lm_head"]} if run["method"] == "rloo" else {
             "lora_target_modules": sorted(lora["lora_target_modules"]), "modules_to_save": None}
         assert config["beta"] == run["beta"] and config["lora"] == {**lora, **head}, name
+        ranked = run["method"] in ("pl_dpo", "all_pairs", "lipo", "rounds", "rounds_self")
+        assert config["num_completions"] == (settings["num_completions"] if ranked else 2), name
         if config["trainer"] in ("PLDPOTrainer", "dpo_ext.rounds.run_rounds"):  # trainer-only keys of the YAML
             assert (config["prefix_sharing"], config["reference"]) == (True, "disabled_adapters"), name
 

@@ -44,9 +44,9 @@ def _tile_shape(positions: int, vocab: int, max_elements: int, min_rows: int = 2
     ``min_rows`` of them (or all positions) fit, else ``min_rows`` rows and a slice of the vocabulary, so that the
     projection stays a matrix product of useful height."""
     rows = max(1, max_elements // vocab)
-    min_rows = min(min_rows, positions)
+    min_rows = max(1, min(min_rows, positions))  # never 0 rows, even without positions
     if rows >= min_rows:
-        return min(rows, positions), vocab
+        return max(1, min(rows, positions)), vocab
     return min_rows, max(1, max_elements // min_rows)
 
 

@@ -79,6 +79,15 @@ def test_targets_keep_their_shape_and_only_needed_gradients_are_computed():
     assert torch.all(out < 0)
 
 
+def test_no_positions_give_no_log_probs_and_a_zero_gradient():
+    hidden = torch.zeros(0, 3, requires_grad=True)
+    out = linear_target_logps(hidden, torch.randn(5, 3), None, torch.zeros(0, dtype=torch.long),
+                              torch.zeros(0, dtype=torch.long))
+    assert out.shape == (0,)
+    out.sum().backward()
+    assert hidden.grad.shape == (0, 3)
+
+
 def test_bfloat16_head_computes_like_the_plain_head():
     """The tile is projected in the weight's dtype and upcast, as ``nn.Linear`` then ``.float()`` would do, so the
     fused values match the plain bf16 head to float32 rounding, not only to bf16's."""

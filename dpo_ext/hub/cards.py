@@ -205,7 +205,9 @@ def render_model_card(
     flat_results, by_benchmark = split_eval_results(eval_results)
     eval_dataset = eval_dataset or (datasets[0] if datasets else None)
     model_name = repo_id.split("/")[-1]
-    tags = ["dpo", "trl", "peft", "lora", "dpo_ext"] + (["plackett-luce"] if method == "Plackett-Luce DPO" else [])
+    trainer = training_config.get("trainer")
+    method_tag = trainer.removesuffix("Trainer").lower() if trainer in _RL_TRAINERS else "dpo"  # rloo, grpo
+    tags = [method_tag, "trl", "peft", "lora", "dpo_ext"] + (["plackett-luce"] if method == "Plackett-Luce DPO" else [])
     card_data = ModelCardData(
         base_model=base_model, library_name="peft", license=license, pipeline_tag="text-generation", tags=tags,
         # Only namespaced Hub ids: a bare name ("movie-reviews"), a local path or a URL is no dataset the Hub can link.

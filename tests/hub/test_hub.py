@@ -282,6 +282,7 @@ def test_method_named_from_the_training_config(adapter):
     assert describe_method(rloo) == ("RLOO (reinforcement learning on a reward, TRL's RLOOTrainer)", None, None)
     card = build_model_card(adapter[0], "alice/rloo", training_config=rloo)
     assert "aligned with **RLOO" in card.text and "K = " not in card.text and "**DPO**" not in card.text
+    assert "rloo" in card.data.tags and "dpo" not in card.data.tags
 
     card = build_model_card(adapter[0], "alice/dpo", training_config={"beta": 0.25, "loss_type": "plackett_luce"},
                             num_completions=2)

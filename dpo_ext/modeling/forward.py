@@ -41,12 +41,16 @@ def fusable_lm_head(model) -> torch.nn.Linear | None:
     return head if accepts_logits_to_keep(model) else None
 
 
-def _hidden_before_head(model, head: torch.nn.Linear, inputs: dict, keep: torch.Tensor) -> torch.Tensor:
-    """Run ``model`` with the head skipped: the final hidden states it would project at ``keep``, (R, M, H)."""
+def _hidden_before_head(model, head: torch.nn.Linear, inputs: dict, keep: torch.Tensor):
+    """Run ``model`` with the head skipped: the final hidden states it would project at ``keep``, (R, M, H), and the
+    autocast dtype the head would have run under (None: no autocast), since accelerate autocasts inside the forward
+    only."""
     captured = []
 
     def skip_head(module, args):
-        captured.append(args[0])
+        device = args[0].device.type
+        autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        captured.append((args[0], autocast))
         return (args[0][..., :0, :],)  # the head projects nothing; the model returns empty logits
 
     handle = head.register_forward_pre_hook(skip_head)
@@ -86,9 +90,10 @@ def target_logps(model, inputs: dict, rows, positions, labels, adapters=None) ->
     flat_index = ((copy * num_rows + rows) * kept + column)  # (copies, *S) into (copies * R * M)
     head = fusable_lm_head(model)
     if head is not None:
-        hidden = _hidden_before_head(model, head, inputs, keep)  # (copies * R, M, H)
-        return linear_target_logps(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias, flat_index,
-                                   labels.expand_as(flat_index), MAX_UPCAST_ELEMENTS)
+        hidden, autocast = _hidden_before_head(model, head, inputs, keep)  # (copies * R, M, H)
+        with torch.autocast(hidden.device.type, dtype=autocast, enabled=autocast is not None):
+            return linear_target_logps(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias, flat_index,
+                                       labels.expand_as(flat_index), MAX_UPCAST_ELEMENTS)
     if accepts_logits_to_keep(model):
         logits = model(**inputs, logits_to_keep=keep).logits  # (copies * R, M, V)
     else:

@@ -84,6 +84,21 @@ def test_tiling_does_not_change_the_result(monkeypatch):
     torch.testing.assert_close(tiled, whole, rtol=0, atol=5e-6)
 
 
+def test_a_forward_autocast_inside_the_model_reaches_the_fused_head(monkeypatch):
+    """accelerate's mixed precision autocasts inside ``model.forward`` only: the plain head ran in bf16 there, and so
+    must the fused one, which runs after the forward returns."""
+    model = build(CONFIGS["llama"]())
+    model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward)
+    inputs = batch()
+    fused = plain_rows_logps(model, *inputs)[0][0]
+    monkeypatch.setattr(forward, "fusable_lm_head", lambda model: None)
+    plain = plain_rows_logps(model, *inputs)[0][0]
+    with torch.no_grad():
+        float32 = own_forward_logps(build(CONFIGS["llama"]()), *inputs)
+    torch.testing.assert_close(fused, plain, rtol=0, atol=5e-6)
+    assert (fused - float32).abs().max() > 1e-4  # the model did run in bf16
+
+
 def test_lora_elsewhere_keeps_the_fused_head_and_adapters_switch_per_row():
     model = get_peft_model(build(CONFIGS["llama"]()), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
                                                                  init_lora_weights=False))

@@ -49,7 +49,9 @@ def measure_head(head: str, k: int, vocab: int, hidden_size: int, dtype: str) ->
     torch_dtype = getattr(torch, dtype)
     n = positions(head, k, device == "cuda")
     gen = torch.Generator(device).manual_seed(0)
-    weight = torch.randn(vocab, hidden_size, generator=gen, device=device, dtype=torch_dtype) * hidden_size ** -0.5
+    # filled in place: a temporary would raise the RSS high-water mark above the baseline, hiding a smaller peak
+    weight = torch.empty(vocab, hidden_size, device=device, dtype=torch_dtype).normal_(0, hidden_size ** -0.5,
+                                                                                      generator=gen)
     hidden = torch.randn(n, hidden_size, generator=gen, device=device, dtype=torch_dtype).requires_grad_()
     labels = torch.randint(0, vocab, (n,), generator=gen, device=device)
     memory = PeakMemory()  # baseline: hidden states and weight exist

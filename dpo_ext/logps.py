@@ -67,6 +67,7 @@ class _LinearTargetLogps(torch.autograd.Function):
                                                                  torch.logsumexp(logits, dim=-1))
             hit, row, col = _targets_in_tile(positions, labels, r0, v0, logits.shape)
             target_logits[hit] = logits[row, col]
+            del logits  # before the next tile is computed: one tile alive at a time
         ctx.save_for_backward(hidden, weight, bias, positions, labels, log_norm)
         ctx.tiling = (compute, upcast, rows, cols)
         return target_logits - log_norm[positions]
@@ -87,7 +88,8 @@ class _LinearTargetLogps(torch.autograd.Function):
         row_grad = None  # the current row tile's hidden-state gradient, summed over its vocabulary slices
         for r0, v0, logits in _logit_tiles(hidden, weight, bias, compute, upcast, rows, cols):
             r1, v1 = r0 + logits.shape[0], v0 + logits.shape[1]
-            grad_logits = (logits - log_norm[r0:r1, None]).exp_().mul_(-grad_per_position[r0:r1, None])
+            # in place: the tile becomes its own gradient
+            grad_logits = logits.sub_(log_norm[r0:r1, None]).exp_().mul_(-grad_per_position[r0:r1, None])
             hit, row, col = _targets_in_tile(positions, labels, r0, v0, logits.shape)
             grad_logits.index_put_((row, col), grad[hit], accumulate=True)  # several targets may share an entry
             if grad_hidden is not None:
@@ -99,6 +101,7 @@ class _LinearTargetLogps(torch.autograd.Function):
                 grad_weight[v0:v1] += grad_logits.to(compute).T @ hidden[r0:r1].to(compute)
             if grad_bias is not None:
                 grad_bias[v0:v1] += grad_logits.sum(0)
+            del logits, grad_logits  # before the next tile is computed
         return (grad_hidden,
                 None if grad_weight is None else grad_weight.to(weight.dtype),
                 None if grad_bias is None else grad_bias.to(bias.dtype), None, None, None)

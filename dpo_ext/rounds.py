@@ -254,12 +254,17 @@ def _rankable(rows: list[dict], r: int) -> list[dict]:
     return kept
 
 
-def _label(rows, spec, normalize, lipo_labels=True) -> list[dict]:
+def _judge(spec) -> Judge:
+    """A judge object as it is, a spec loaded (`dpo_ext.judges.load_judge`)."""
     from dpo_ext.judges import load_judge
+
+    return spec if isinstance(spec, Judge) else load_judge(spec)
+
+
+def _label(rows, spec, normalize, lipo_labels=True) -> list[dict]:
     from dpo_ext.labeling import label_rows
 
-    return label_rows(rows, spec if isinstance(spec, Judge) else load_judge(spec), normalize=normalize,
-                      lipo_labels=lipo_labels)
+    return label_rows(rows, _judge(spec), normalize=normalize, lipo_labels=lipo_labels)
 
 
 def _trainer(r, folder, model, tokenizer, rows, args, settings, peft_config, start, callbacks=None):
@@ -297,14 +302,12 @@ def _save_whole(trainer, adapter: Path, r: int, settings: RoundSettings) -> None
 def _evaluate(policy, tokenizer, eval_prompts, settings, r) -> dict:
     """The evaluation judge's mean score of ``eval_k`` samples per evaluation prompt of the trained policy, with its
     standard error over prompts (a prompt's samples are not independent of each other)."""
-    from dpo_ext.judges import load_judge
     from dpo_ext.labeling import label_rows
 
     samples = _sample_rows(policy, tokenizer, eval_prompts, settings.eval_k,
                            settings.generation, EVAL_SEED_OFFSET + settings.seed + r)
     spec = settings.eval_judge or settings.judge
-    scored = label_rows(samples, spec if isinstance(spec, Judge) else load_judge(spec), allow_empty=True,
-                        lipo_labels=False)  # measured, not trained on
+    scored = label_rows(samples, _judge(spec), allow_empty=True, lipo_labels=False)  # measured, not trained on
     per_prompt = [sum(row["scores"]) / len(row["scores"]) for row in scored]
     n = len(per_prompt)
     mean = sum(per_prompt) / n

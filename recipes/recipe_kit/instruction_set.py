@@ -52,17 +52,22 @@ AVX2_PIN = {
 _TOO_LATE_AFTER = ("torch", "numpy")
 
 
+def cpu_info(field: str) -> str | None:
+    """The first ``field`` line of /proc/cpuinfo (``"flags"``, ``"model name"``...), or None where it cannot tell (not
+    Linux, no such line)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith(field)), None)
+    except OSError:
+        return None
+
+
 def cpu_has_avx2() -> bool:
     """Whether this is an x86-64 CPU with AVX2 and FMA, the two torch's AVX2 kernels need (read from /proc/cpuinfo,
     before torch or numpy load). False where it cannot tell (not Linux)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return {"avx2", "fma"} <= set(flags)
+    return {"avx2", "fma"} <= set((cpu_info("flags") or "").split())
 
 
 def pin_instruction_set() -> bool:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from recipe_kit.frontier import markdown_seed_tables, method_table, paired_differences, seed_table
+from recipe_kit.instruction_set import cpu_info
 
 
 def run_seed(run_py: Path, seed: int, folder: Path, first: Path | None, recipe_argv: list[str],
@@ -43,13 +44,9 @@ def tables(results_by_seed: dict, comparisons) -> dict:
 
 def machine() -> str:
     """The CPU model (Linux), for the tables' caption."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
+    import platform
 
-        return platform.processor() or platform.machine()
+    return cpu_info("model name") or platform.processor() or platform.machine()
 
 
 def main(argv, *, run_py: Path, description: str, shared_stages, later_argv, comparisons, labels: dict) -> dict:
